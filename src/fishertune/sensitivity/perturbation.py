@@ -1,0 +1,172 @@
+"""DSU-style perturbation of feature statistics, a simulated unseen domain (Eq. 6, method.md §4)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+Offsets = tuple[Tensor, Tensor]
+"""Per-call additive offsets ``(a, b)`` of shape ``(B, C)``: α = μ + a and β = σ + b."""
+
+
+class FeaturePerturbation:
+    """Perturb the per-sample feature statistics of module outputs while the context is active.
+
+    For an output ``z`` of one of the given modules, per sample ``b`` and channel ``c``
+    (method.md §4, paper Eq. 6)::
+
+        μ_bc, σ_bc = mean and std of z over tokens / spatial positions (σ = sqrt(var + eps))
+        Σ_μ,c, Σ_σ,c = standard deviation over the batch of μ_·c and σ_·c
+        α = μ + ε_μ ⊙ Σ_μ,   β = σ + ε_σ ⊙ Σ_σ,   ε ~ N(0, s²) per (b, c)
+        z' = β ⊙ (z − μ) / σ + α
+
+    Token sequences ``(B, N, C)`` and feature maps ``(B, C, H, W)`` are supported. Choices made
+    where the paper is silent: the per-sample variance over tokens is the population variance,
+    the spread over the batch is the unbiased standard deviation (as DSU); Σ_μ, Σ_σ and the
+    noise are constants of the simulated domain (detached), so every sample's perturbed output
+    depends on its own features only and per-sample gradients are well defined. The first
+    ``num_prefix_tokens`` tokens of a sequence (class / register tokens) are left untouched and
+    excluded from the statistics.
+
+    Args:
+        modules: one module or several; each one's output is perturbed.
+        scale: s_μ, the "domain shift control factor" of the mean noise.
+        generator: draws the noise ε; seed it for reproducible perturbations.
+        scale_sigma: s_σ for the std noise (defaults to ``scale``).
+        eps: added to the variance before the square root.
+        num_prefix_tokens: leading tokens of ``(B, N, C)`` outputs kept unchanged.
+    """
+
+    def __init__(
+        self,
+        modules: nn.Module | Iterable[nn.Module],
+        scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        *,
+        scale_sigma: float | None = None,
+        eps: float = 1e-6,
+        num_prefix_tokens: int = 0,
+    ) -> None:
+        self.modules: list[nn.Module] = (
+            [modules] if isinstance(modules, nn.Module) else list(modules)
+        )
+        if not self.modules:
+            raise ValueError("FeaturePerturbation needs at least one module to perturb")
+        for name, value in (("scale", scale), ("scale_sigma", scale_sigma)):
+            if value is not None and value < 0:
+                raise ValueError(f"FeaturePerturbation: {name} must be >= 0, got {value}")
+        if num_prefix_tokens < 0:
+            raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
+        self.scale_mu = float(scale)
+        self.scale_sigma = float(scale if scale_sigma is None else scale_sigma)
+        self.generator = generator
+        self.eps = eps
+        self.num_prefix_tokens = num_prefix_tokens
+        self._handles: list[RemovableHandle] = []
+        self._record: list[Offsets] | None = None
+        self._replay: Sequence[Offsets] | None = None
+        self._replay_position = 0
+
+    @property
+    def coef(self) -> float:
+        """c = exp(−(s_μ + s_σ)), the weight of ΔF in the DR-FIM (method.md §5)."""
+        return math.exp(-(self.scale_mu + self.scale_sigma))
+
+    @property
+    def active(self) -> bool:
+        """Whether the hooks are installed."""
+        return bool(self._handles)
+
+    def __enter__(self) -> FeaturePerturbation:
+        if self._handles:
+            raise RuntimeError("FeaturePerturbation is already active (contexts do not nest)")
+        self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @contextmanager
+    def record_offsets(self) -> Iterator[list[Offsets]]:
+        """Collect the offsets drawn by every perturbed call inside the block, in call order."""
+        self._record = []
+        try:
+            yield self._record
+        finally:
+            self._record = None
+
+    @contextmanager
+    def use_offsets(self, offsets: Sequence[Offsets]) -> Iterator[None]:
+        """Replay previously recorded offsets instead of drawing new ones.
+
+        ``offsets`` holds one ``(a, b)`` pair per perturbed call, each ``(B, C)`` or ``(C,)``.
+        Used to evaluate single samples (or ``vmap``-ed samples) under exactly the
+        perturbation drawn for their whole batch.
+        """
+        self._replay, self._replay_position = offsets, 0
+        try:
+            yield
+        finally:
+            self._replay, self._replay_position = None, 0
+
+    def _draw(self, mu: Tensor, sigma: Tensor) -> Offsets:
+        batch = mu.shape[0]
+        if batch < 2:
+            raise ValueError(
+                "FeaturePerturbation needs a batch of at least 2 samples to estimate the "
+                f"spread of feature statistics, got batch size {batch}"
+            )
+        spread_mu = mu.detach().std(dim=0)
+        spread_sigma = sigma.detach().std(dim=0)
+        device = self.generator.device if self.generator is not None else mu.device
+        noise = torch.randn((2, *mu.shape), generator=self.generator, device=device)
+        noise = noise.to(device=mu.device, dtype=mu.dtype)
+        return noise[0] * self.scale_mu * spread_mu, noise[1] * self.scale_sigma * spread_sigma
+
+    def _next_offsets(self, mu: Tensor, sigma: Tensor) -> Offsets:
+        if self._replay is not None:
+            if self._replay_position >= len(self._replay):
+                raise RuntimeError(
+                    "FeaturePerturbation: more perturbed calls than recorded offsets "
+                    f"({len(self._replay)})"
+                )
+            offsets = self._replay[self._replay_position]
+            self._replay_position += 1
+            return offsets
+        offsets = self._draw(mu, sigma)
+        if self._record is not None:
+            self._record.append(offsets)
+        return offsets
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Tensor:
+        if not isinstance(output, Tensor) or output.dim() not in (3, 4):
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise TypeError(
+                f"FeaturePerturbation on {type(module).__name__}: expected a (B, N, C) token "
+                f"sequence or a (B, C, H, W) feature map, got {shape}"
+            )
+        if output.dim() == 3:
+            prefix = output[:, : self.num_prefix_tokens]
+            tokens = output[:, self.num_prefix_tokens :]
+            perturbed = self._perturb(tokens, stat_dims=(1,), channel_dim=2)
+            return torch.cat([prefix, perturbed], dim=1) if self.num_prefix_tokens else perturbed
+        return self._perturb(output, stat_dims=(2, 3), channel_dim=1)
+
+    def _perturb(self, z: Tensor, stat_dims: tuple[int, ...], channel_dim: int) -> Tensor:
+        mu = z.mean(dim=stat_dims, keepdim=True)
+        sigma = (z.var(dim=stat_dims, keepdim=True, correction=0) + self.eps).sqrt()
+        channels = z.shape[channel_dim]
+        a, b = self._next_offsets(mu.reshape(-1, channels), sigma.reshape(-1, channels))
+        a = a.reshape(
+            mu.shape[0], *((channels if d == channel_dim else 1) for d in range(1, z.dim()))
+        )
+        b = b.reshape(a.shape)
+        return (sigma + b) * (z - mu) / sigma + (mu + a)
