@@ -1,0 +1,41 @@
+"""Uniformly random element subsets (the random-selection baselines, paper Table 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from fishertune.selection.topk import topk_masks
+
+__all__ = ["random_masks"]
+
+
+def random_masks(
+    shapes: Mapping[str, torch.Size | Sequence[int]],
+    fraction: float | None = None,
+    count: int | None = None,
+    *,
+    total: int | None = None,
+    eligible: Mapping[str, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Tensor]:
+    """A uniformly random subset of exactly the budget among the eligible elements.
+
+    Budget, ``total`` and ``eligible`` mean the same as in
+    :func:`~fishertune.selection.topk_masks`: this draws an i.i.d. uniform float64 score per
+    element (in the order of ``shapes``, from ``generator``; on its device, else on
+    ``device``) and takes their top-k, so every subset of the right size is equally likely
+    (float64 draws make ties practically impossible) and a seeded generator reproduces the
+    masks. The masks are bool tensors on ``device`` (default CPU).
+    """
+    draw_device = device if generator is None else generator.device
+    scores = {
+        name: torch.rand(
+            tuple(shape), generator=generator, dtype=torch.float64, device=draw_device
+        ).to(device)
+        for name, shape in shapes.items()
+    }
+    return topk_masks(scores, fraction, count, total=total, eligible=eligible)
