@@ -96,6 +96,20 @@ def test_prior_distance_does_not_change_the_optimum() -> None:
         **kwargs,
     )
     torch.testing.assert_close(near["theta"], far["theta"])
+    # ... while the reported objective (Eq. 11) moves by γ · ½ Σ (θ̂ − θ_pt)² / τ² exactly.
+    seen: dict[str, list[float]] = {"near": [], "far": []}
+    for label, prior in (("near", None), ("far", {"theta": torch.full((3,), 10.0)})):
+        variational_fisher(
+            model,
+            _QUAD_BATCHES,
+            prior=prior,
+            generator=torch.Generator().manual_seed(1),
+            callback=lambda step, value, log=seen[label]: log.append(value),
+            **kwargs,
+        )
+    assert len(seen["near"]) == 300
+    shift = 1e-2 * 0.5 * 3 * 100.0
+    assert seen["far"][0] - seen["near"][0] == pytest.approx(shift, rel=1e-5)
 
 
 def test_model_is_left_untouched_and_estimates_are_finite() -> None:
