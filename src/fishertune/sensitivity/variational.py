@@ -103,14 +103,15 @@ def variational_precision(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * t / steps))
     )
+    noise = {name: torch.empty_like(r) for name, r in rho.items()}
     ranks = world_size()
     data = cycle(batches)
 
     with eval_mode(model), perturbation if perturbation is not None else nullcontext():
         for step in range(steps):
             inputs, targets = unpack_batch(next(data), device, need_targets=labels == "given")
-            std = {name: (0.5 * r).exp() for name, r in rho.items()}
-            noise = _draw_noise(theta_hat, generator)
+            std = {name: torch.mul(r, 0.5).exp_() for name, r in rho.items()}
+            _draw_noise(noise, generator)
             weights = {
                 name: torch.addcmul(value.float(), std[name], noise[name])
                 .to(value.dtype)
@@ -144,13 +145,14 @@ def variational_precision(
     return {key: (-rho[name]).exp() for key, name in names.items()}
 
 
-def _draw_noise(like: Mapping[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
-    """One standard normal ε per scored tensor, drawn on the generator's device."""
-    noise = {}
-    for name, value in like.items():
-        device = generator.device if generator is not None else value.device
-        noise[name] = torch.randn(value.shape, generator=generator, device=device).to(value.device)
-    return noise
+def _draw_noise(noise: Mapping[str, Tensor], generator: torch.Generator | None) -> None:
+    """Fill each buffer with a fresh standard normal ε (in place when the devices agree)."""
+    for buffer in noise.values():
+        if generator is None or generator.device == buffer.device:
+            buffer.normal_(generator=generator)
+        else:
+            drawn = torch.randn(buffer.shape, generator=generator, device=generator.device)
+            buffer.copy_(drawn)
 
 
 def _rho_gradient(
@@ -160,10 +162,11 @@ def _rho_gradient(
 
     The KL part of Eq. 13 depends on ρ only through v/τ² − ln v; (θ̂ − θ_pt)² is constant in v.
     """
-    out = std.square().mul_(0.5 * gamma / (tau * tau)).sub_(0.5 * gamma)
-    if grad is not None:
-        out.addcmul_(grad.float() * noise, std, value=0.5)
-    return out
+    if grad is None:  # the parameter does not reach the loss: only the KL pulls on ρ
+        return std.square().mul_(0.5 * gamma / (tau * tau)).sub_(0.5 * gamma)
+    # ½ std ⊙ (g ⊙ ε + γ std / τ²) − ½ γ, in place on the fresh gradient tensor.
+    out = grad.float().mul_(noise).add_(std, alpha=gamma / (tau * tau)).mul_(std)
+    return out.sub_(gamma).mul_(0.5)
 
 
 def variational_fisher(

@@ -1,0 +1,134 @@
+"""SparseAdamW vs dense torch.optim.AdamW on ViT-B-sized parameters: state bytes and step time.
+
+Builds the parameter tensors of ``--blocks`` ViT blocks of width ``--dim`` (12 blocks of 768 are
+ViT-B's 85M backbone elements: qkv, proj, fc1, fc2 with biases and two LayerNorms per block),
+random gradients and random selection masks of ``--fraction`` of each tensor, then measures
+
+- the optimiser state after one step (sum of ``nbytes`` of every state tensor), and
+- the median step time over ``--steps`` steps after ``--warmup`` steps,
+
+for dense AdamW (default settings, and ``foreach=True``) and for SparseAdamW with one cohort
+(every element selected at the start) and with two (half the selection added one step later,
+so per-element bias corrections are in use), in one run, the optimisers taking their steps in
+turn. Targets (issue): state <= 12% of dense, step time <= 0.5x dense.
+
+    .venv/bin/python benchmarks/sparse_adamw.py            # ViT-B, < 1 minute on 2 CPU cores
+    .venv/bin/python benchmarks/sparse_adamw.py --blocks 2 # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from fishertune.optim import SparseAdamW
+
+
+def vit_parameters(blocks: int, dim: int, device: torch.device) -> list[nn.Parameter]:
+    """The weight and bias tensors of ``blocks`` ViT blocks (MLP ratio 4), random values."""
+    shapes: list[tuple[int, ...]] = []
+    for _ in range(blocks):
+        shapes += [(dim,), (dim,)]  # norm1
+        shapes += [(3 * dim, dim), (3 * dim,)]  # attn.qkv
+        shapes += [(dim, dim), (dim,)]  # attn.proj
+        shapes += [(dim,), (dim,)]  # norm2
+        shapes += [(4 * dim, dim), (4 * dim,)]  # mlp.fc1
+        shapes += [(dim, 4 * dim), (dim,)]  # mlp.fc2
+    return [nn.Parameter(torch.randn(shape, device=device) * 0.02) for shape in shapes]
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held by all tensors in the optimiser state."""
+    return sum(
+        value.nbytes
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, Tensor)
+    )
+
+
+def timed_step(optimizer: torch.optim.Optimizer, synchronize: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    optimizer.step()
+    synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=12, help="ViT blocks (12: ViT-B)")
+    parser.add_argument("--dim", type=int, default=768, help="embedding width (768: ViT-B)")
+    parser.add_argument("--fraction", type=float, default=0.05, help="selected share")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    params = vit_parameters(args.blocks, args.dim, device)
+    for param in params:
+        param.grad = torch.randn_like(param)
+    ranked = [(param, torch.rand(param.shape, device=device)) for param in params]
+    masks = {param: rank < args.fraction for param, rank in ranked}
+    half_masks = {param: rank < args.fraction / 2 for param, rank in ranked}  # nested
+    elements = sum(param.numel() for param in params)
+    selected = sum(int(mask.sum()) for mask in masks.values())
+    print(
+        f"{args.blocks} blocks x {args.dim}: {len(params)} tensors, {elements / 1e6:.1f}M elements,"
+        f" {selected / 1e6:.2f}M selected ({selected / elements:.1%}); device {device},"
+        f" {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+
+    # The optimisers share the parameters (only timing and state sizes matter here) and take
+    # their steps in turn, so that load from other processes and the allocator's state affect
+    # all of them alike. "2 cohorts" starts from half the selection and grows to the full one
+    # after its first step, so that its elements have two different steps (per-element bias
+    # corrections); the plain SparseAdamW keeps one cohort (AdamW's scalar bias corrections).
+    grown = SparseAdamW(params, half_masks)
+    grown.step()
+    grown.update_masks(masks)
+    optimizers: dict[str, torch.optim.Optimizer] = {
+        "AdamW (default)": torch.optim.AdamW(params),
+        "AdamW (foreach=True)": torch.optim.AdamW(params, foreach=True),
+        "SparseAdamW": SparseAdamW(params, masks),
+        "SparseAdamW (2 cohorts)": grown,
+    }
+    for optimizer in optimizers.values():
+        optimizer.step()  # allocates the state
+    sizes = {name: state_bytes(optimizer) for name, optimizer in optimizers.items()}
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    for round_ in range(args.warmup + args.steps):
+        for name, optimizer in optimizers.items():
+            seconds = timed_step(optimizer, synchronize)
+            if round_ >= args.warmup:
+                times[name].append(seconds)
+    results = {name: (sizes[name], statistics.median(times[name])) for name in optimizers}
+
+    print(f"{'optimiser':<24} {'state MiB':>10} {'median step ms':>15}")
+    for name, (nbytes, seconds) in results.items():
+        print(f"{name:<24} {nbytes / 2**20:>10.1f} {seconds * 1e3:>15.1f}")
+    dense_bytes, dense_seconds = results["AdamW (default)"]
+    foreach_seconds = results["AdamW (foreach=True)"][1]
+    sparse_bytes, sparse_seconds = results["SparseAdamW"]
+    grown_seconds = results["SparseAdamW (2 cohorts)"][1]
+    print(f"state ratio sparse/dense = {sparse_bytes / dense_bytes:.1%} (target <= 12%)")
+    print(
+        f"step time ratio sparse/dense = {sparse_seconds / dense_seconds:.2f}x (target <= 0.5x);"
+        f" vs foreach=True: {sparse_seconds / foreach_seconds:.2f}x;"
+        f" 2 cohorts: {grown_seconds / dense_seconds:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""AdamW restricted to selected elements, with state only for those elements (§7).
+
+FisherTune trains a small, growing, nested subset of a backbone's elements chosen by Fisher
+scores, and method.md §7 requires that "unselected elements must not change at all: no gradient
+step and no weight decay". A dense ``torch.optim.AdamW`` applied after zeroing gradients still
+decays every element and keeps two full-size moment tensors, so :class:`SparseAdamW` is its own
+optimiser:
+
+- For each masked parameter the state holds the sorted flat indices of the selected elements
+  (int32 below 2**31 elements), their two moments and a per-element step counter: memory is
+  proportional to the number of selected elements, not to the parameter's size.
+- The per-element step makes an element added by :meth:`SparseAdamW.update_masks` run a fresh
+  AdamW from step 1 with zero moments, bias correction included; a shared per-parameter step
+  would give late elements first steps about three times too large.
+- The update of a selected element repeats, operation for operation, the non-capturable
+  single-tensor path of ``torch.optim.AdamW`` (``_single_tensor_adam``), so on CPU it equals
+  AdamW bit for bit; unselected elements are never written and their gradients never read.
+- Parameters without a mask are updated densely, exactly like ``torch.optim.AdamW``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from itertools import chain
+from typing import Any, overload
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT, StateDict
+
+__all__ = ["SparseAdamW"]
+
+_INT32_LIMIT = 2**31
+"""Parameters with fewer elements than this store their selected indices as int32."""
+
+
+def _describe(tensor: object) -> str:
+    if isinstance(tensor, Tensor):
+        return f"tensor of shape {tuple(tensor.shape)}"
+    return f"object of type {type(tensor).__name__}"
+
+
+def _real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def _check_hyperparameters(group: Mapping[str, Any]) -> None:
+    """Raise if a parameter group's lr, betas, eps or weight_decay is invalid."""
+    for name in ("lr", "eps", "weight_decay"):
+        if not _real(name, group[name]) >= 0.0:
+            raise ValueError(f"invalid {name}: {group[name]} (must be >= 0)")
+    betas = group["betas"]
+    if not isinstance(betas, tuple | list) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair of real numbers, got {betas!r}")
+    for position, beta in enumerate(betas):
+        if not 0.0 <= _real(f"betas[{position}]", beta) < 1.0:
+            raise ValueError(f"invalid betas[{position}]: {beta} (must be in [0, 1))")
+
+
+class SparseAdamW(Optimizer):
+    """AdamW that updates only the selected elements of masked parameters.
+
+    Args:
+        params: parameters or parameter-group dicts, as for any ``torch.optim.Optimizer``;
+            groups may override ``lr``, ``betas``, ``eps`` and ``weight_decay``.
+        masks: maps a parameter (the tensor object itself) to a bool tensor of its shape whose
+            True elements are trained. Parameters without a mask are updated densely.
+        lr, betas, eps, weight_decay: as in ``torch.optim.AdamW`` (decoupled weight decay).
+
+    A selected element gets exactly the ``torch.optim.AdamW`` update, counted from the step at
+    which it was selected; an unselected element never changes, neither by a gradient step nor
+    by weight decay (method.md §7: "unselected elements must not change at all"), and its
+    gradient is ignored. A masked parameter's state is ``indices`` (sorted flat indices of the
+    selected elements), ``exp_avg``, ``exp_avg_sq`` and ``step`` (int32), one entry per
+    selected element, plus ``max_step`` and ``min_step``, Python ints equal to the largest and
+    smallest per-element step (known without reading the device), so it grows with the number
+    of selected elements only. A parameter with no selected element gets
+    ``requires_grad_(False)`` so that backward skips it, and is switched back on when
+    :meth:`update_masks` selects elements in it. Dense parameters have ``torch.optim.AdamW``'s
+    state (``step``, full-size ``exp_avg`` and ``exp_avg_sq``).
+
+    Masked parameters must be real floating point (any memory layout: flat indices are
+    row-major positions); the update is bit-identical to ``torch.optim.AdamW``
+    (``foreach=False``) for float32 and float64 on CPU.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        masks: Mapping[Tensor, Tensor],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        defaults: dict[str, Any] = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+        }
+        _check_hyperparameters(defaults)
+        self._bias_tables: dict[tuple[float, float, torch.device], tuple[Tensor, Tensor]] = {}
+        super().__init__(params, defaults)
+        for param, flat_mask in self._checked_masks(masks):
+            indices = self._selected_indices(param, flat_mask)
+            self.state[param] = {
+                "indices": indices,
+                "exp_avg": torch.zeros(indices.numel(), dtype=param.dtype, device=param.device),
+                "exp_avg_sq": torch.zeros(indices.numel(), dtype=param.dtype, device=param.device),
+                "step": torch.zeros(indices.numel(), dtype=torch.int32, device=param.device),
+                "max_step": 0,
+                "min_step": 0,
+            }
+        self._sync_requires_grad()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group after checking its hyper-parameters (see ``Optimizer``)."""
+        _check_hyperparameters({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    def update_masks(self, masks: Mapping[Tensor, Tensor]) -> None:
+        """Grow the selection of the given masked parameters.
+
+        Each new mask must contain the parameter's current selection ("masks may only grow",
+        §7: the selected sets are nested). Already selected elements keep their moments and
+        step; new elements start with zero moments and step 0, i.e. a fresh AdamW. Parameters
+        not in ``masks`` keep their selection. Nothing changes if any mask is rejected.
+        """
+        grown: list[tuple[Tensor, Tensor]] = []
+        for param, flat_mask in self._checked_masks(masks):
+            state = self.state[param]
+            if "indices" not in state:
+                raise ValueError(
+                    f"parameter ({_describe(param)}) has no mask and updates densely; "
+                    "only masked parameters can have their selection grown"
+                )
+            if not bool(flat_mask.index_select(0, state["indices"]).all()):
+                raise ValueError(
+                    f"masks may only grow: the new mask for the parameter ({_describe(param)}) "
+                    "drops elements that are currently selected"
+                )
+            grown.append((param, flat_mask))
+        for param, flat_mask in grown:
+            state = self.state[param]
+            indices = self._selected_indices(param, flat_mask)
+            positions = torch.searchsorted(indices, state["indices"])
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                old = state[key]
+                state[key] = old.new_zeros(indices.numel()).index_copy_(0, positions, old)
+            if indices.numel() > state["indices"].numel():
+                state["min_step"] = 0
+            state["indices"] = indices
+        self._sync_requires_grad()
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimisation step; ``closure`` re-evaluates the loss (optional)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            step_tables: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+            for param in group["params"]:
+                grad = param.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse:
+                    raise RuntimeError("SparseAdamW does not support sparse gradients")
+                state = self.state[param]
+                if "indices" not in state:
+                    _dense_adamw(param, grad, state, group)
+                elif state["indices"].numel() > 0:
+                    self._masked_adamw(param, grad, state, group, step_tables)
+        return loss
+
+    def load_state_dict(self, state_dict: StateDict) -> None:
+        """Load a state produced by :meth:`state_dict`, keeping integer tensors integer.
+
+        ``Optimizer.load_state_dict`` casts every state tensor except ``step`` to the
+        parameter's floating dtype, which would turn the int32 indices into floats (inexact
+        above 2**24); integer tensors are therefore set aside and restored on the parameter's
+        device after the base class has loaded the rest.
+        """
+        integer_state: dict[int, dict[str, Tensor]] = {}
+        other_state: dict[int, dict[str, Any]] = {}
+        for param_id, param_state in state_dict["state"].items():
+            integer_state[param_id] = {
+                key: value
+                for key, value in param_state.items()
+                if isinstance(value, Tensor) and not value.is_floating_point()
+            }
+            other_state[param_id] = {
+                key: value
+                for key, value in param_state.items()
+                if key not in integer_state[param_id]
+            }
+        super().load_state_dict({**state_dict, "state": other_state})
+        saved_ids = chain.from_iterable(group["params"] for group in state_dict["param_groups"])
+        params = chain.from_iterable(group["params"] for group in self.param_groups)
+        for param_id, param in zip(saved_ids, params, strict=True):
+            for key, value in integer_state.get(param_id, {}).items():
+                self.state[param][key] = value.to(device=param.device)
+        self._sync_requires_grad()
+
+    def _masked_adamw(
+        self,
+        param: Tensor,
+        grad: Tensor,
+        state: dict[str, Any],
+        group: Mapping[str, Any],
+        step_tables: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, Tensor]],
+    ) -> None:
+        """AdamW on the selected elements: gather them by flat index, update, write back.
+
+        While all selected elements share one step (no element added since the first step,
+        e.g. a constant selection) the bias corrections are AdamW's own scalars; otherwise
+        each element gets those of its own step from tables shared within the parameter group
+        (``step_tables``, keyed by length, dtype and device).
+        """
+        state["step"].add_(1)
+        state["max_step"] += 1
+        state["min_step"] += 1
+        positions = state["indices"].long()
+        values = torch.take(param, positions)
+        neg_step_size: float | Tensor
+        bias_correction2_sqrt: float | Tensor
+        if state["min_step"] == state["max_step"]:
+            neg_step_size, bias_correction2_sqrt = _bias_corrections(group, state["max_step"])
+        else:
+            key = (state["max_step"] + 1, param.dtype, param.device)
+            if key not in step_tables:
+                step_tables[key] = self._step_tables(group, *key)
+            neg_step_size, bias_correction2_sqrt = (
+                table.index_select(0, state["step"]) for table in step_tables[key]
+            )
+        _adamw_update(
+            values,
+            torch.take(grad, positions),
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            group,
+            neg_step_size,
+            bias_correction2_sqrt,
+        )
+        param.put_(positions, values)
+
+    def _checked_masks(self, masks: Mapping[Tensor, Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Validate ``masks`` and return (parameter, flat bool mask on its device) pairs."""
+        known = {id(param) for group in self.param_groups for param in group["params"]}
+        checked = []
+        for param, mask in masks.items():
+            if id(param) not in known:
+                raise ValueError(
+                    f"mask given for a {_describe(param)} that is not a parameter of this optimiser"
+                )
+            if not isinstance(mask, Tensor):
+                raise TypeError(
+                    f"mask for the parameter ({_describe(param)}) must be a bool tensor, "
+                    f"got {type(mask).__name__}"
+                )
+            if mask.dtype != torch.bool:
+                raise TypeError(
+                    f"mask for the parameter ({_describe(param)}) must have dtype torch.bool, "
+                    f"got {mask.dtype}"
+                )
+            if mask.shape != param.shape:
+                raise ValueError(
+                    f"mask of shape {tuple(mask.shape)} does not match the parameter "
+                    f"({_describe(param)})"
+                )
+            if not param.is_floating_point():
+                raise TypeError(
+                    f"masked parameter ({_describe(param)}) must be real floating point, "
+                    f"got {param.dtype}"
+                )
+            checked.append((param, mask.to(device=param.device).reshape(-1)))
+        return checked
+
+    @staticmethod
+    def _selected_indices(param: Tensor, flat_mask: Tensor) -> Tensor:
+        """Sorted flat indices of the True elements, int32 when the parameter allows it."""
+        indices = flat_mask.nonzero().view(-1)
+        return indices.to(torch.int32) if param.numel() < _INT32_LIMIT else indices
+
+    def _sync_requires_grad(self) -> None:
+        """Let backward skip masked parameters with no selected element."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state[param]
+                if "indices" in state:
+                    param.requires_grad_(state["indices"].numel() > 0)
+
+    def _step_tables(
+        self, group: Mapping[str, Any], length: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """``-lr / (1 - beta1**k)`` and ``sqrt(1 - beta2**k)`` for k < length, in ``dtype``.
+
+        AdamW computes both in Python floats (float64) and rounds them to the parameter's dtype
+        when they meet a tensor; these tables do the same per step value, so gathering them
+        with the per-element step gives each element its own AdamW scalars. Entry 0 is unused.
+        """
+        beta1, beta2 = group["betas"]
+        key = (float(beta1), float(beta2), device)
+        tables = self._bias_tables.get(key)
+        if tables is None or tables[0].numel() < length:
+            size = 2 * length  # doubling keeps the Python work amortised O(1) per step
+            steps = [float(k) for k in range(size)]
+            tables = (
+                torch.tensor([1 - beta1**k for k in steps], dtype=torch.float64, device=device),
+                torch.tensor(
+                    [(1 - beta2**k) ** 0.5 for k in steps], dtype=torch.float64, device=device
+                ),
+            )
+            self._bias_tables[key] = tables
+        bias_correction1, bias_correction2_sqrt = (table[:length] for table in tables)
+        # lr / tensor would be computed as reciprocal(tensor) * lr: divide explicitly.
+        neg_step_size = torch.full_like(bias_correction1, -group["lr"]).div_(bias_correction1)
+        return neg_step_size.to(dtype), bias_correction2_sqrt.to(dtype)
+
+
+def _bias_corrections(group: Mapping[str, Any], step: float) -> tuple[float, float]:
+    """AdamW's ``-lr / (1 - beta1**step)`` and ``sqrt(1 - beta2**step)`` as Python floats."""
+    beta1, beta2 = group["betas"]
+    step = float(step)
+    step_size = group["lr"] / (1 - beta1**step)
+    return -step_size, (1 - beta2**step) ** 0.5
+
+
+def _dense_adamw(
+    param: Tensor, grad: Tensor, state: dict[str, Any], group: Mapping[str, Any]
+) -> None:
+    """``torch.optim.AdamW``'s update of a whole parameter, state created on first use."""
+    if not state:
+        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    state["step"] += 1
+    _adamw_update(
+        param,
+        grad,
+        state["exp_avg"],
+        state["exp_avg_sq"],
+        group,
+        *_bias_corrections(group, state["step"].item()),
+    )
+
+
+def _adamw_update(
+    values: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    group: Mapping[str, Any],
+    neg_step_size: float | Tensor,
+    bias_correction2_sqrt: float | Tensor,
+) -> None:
+    """One AdamW update in place, in the order of operations of torch's ``_single_tensor_adam``
+    (non-capturable path), so that results are bit-identical to ``torch.optim.AdamW`` on CPU.
+
+    The bias-correction terms are Python floats (as in torch) or per-element tensors of the
+    same values rounded to the parameter's dtype, which is what torch's scalars become.
+    """
+    lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+    beta1, beta2 = group["betas"]
+    if weight_decay != 0:
+        values.mul_(1 - lr * weight_decay)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    if isinstance(neg_step_size, Tensor):
+        # addcdiv_(t1, t2, value=s) computes (s * t1) / t2: form the same product per element.
+        values.addcdiv_(neg_step_size.mul_(exp_avg), denom)
+    else:
+        values.addcdiv_(exp_avg, denom, value=neg_step_size)

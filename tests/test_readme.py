@@ -1,0 +1,22 @@
+"""The README's code examples run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_examples_run() -> None:
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) >= 2, "the README lost its examples"
+    namespace: dict[str, object] = {}
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), namespace)
+    masks = namespace["masks"]
+    scores = namespace["scores"]
+    assert isinstance(masks, dict)
+    assert isinstance(scores, dict)
+    assert set(masks) == set(scores)
