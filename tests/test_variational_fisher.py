@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -50,29 +52,24 @@ def test_quadratic_curvatures_are_recovered() -> None:
     """Curvatures over three decades come back within 5% (median) and 25% (worst element)."""
     h = torch.logspace(-2, 1, 60)
     model = _Quadratic(h)
-    estimate = variational_fisher(
-        model,
-        _QUAD_BATCHES,
-        gamma=1e-2,
-        tau=1.0,
-        steps=2000,
-        generator=torch.Generator().manual_seed(0),
-        loss_fn=_quadratic_loss,
-    )["theta"]
+
+    def run(estimator: Callable[..., dict[str, Tensor]]) -> Tensor:
+        return estimator(
+            model,
+            _QUAD_BATCHES,
+            gamma=1e-2,
+            tau=1.0,
+            steps=2000,
+            generator=torch.Generator().manual_seed(0),
+            loss_fn=_quadratic_loss,
+        )["theta"]
+
+    estimate = run(variational_fisher)
     relative = (estimate / h - 1).abs()
     assert float(relative.median()) < 0.05
     assert float(relative.max()) < 0.25
     # The precision is the posterior's: Λ = h/γ + τ⁻².
-    lam = variational_precision(
-        model,
-        _QUAD_BATCHES,
-        gamma=1e-2,
-        tau=1.0,
-        steps=2000,
-        generator=torch.Generator().manual_seed(0),
-        loss_fn=_quadratic_loss,
-    )["theta"]
-    torch.testing.assert_close(1e-2 * (lam - 1.0), estimate)
+    torch.testing.assert_close(1e-2 * (run(variational_precision) - 1.0), estimate)
 
 
 def test_prior_distance_does_not_change_the_optimum() -> None:
