@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/per_sample_fisher.py
 	$(BIN)/python benchmarks/variational_step.py
 	$(BIN)/python benchmarks/sparse_adamw.py
+	$(BIN)/python benchmarks/topk_masks.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

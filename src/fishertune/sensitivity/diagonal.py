@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from fishertune.progress import track
 from fishertune.sensitivity._common import (
     LossFn,
     all_reduce_sum,
@@ -45,6 +46,7 @@ def diagonal_fisher(
     method: str = "auto",
     chunk_size: int | None = None,
     max_chunk_elements: int = 2**27,
+    progress: bool = False,
 ) -> dict[str, Tensor]:
     """Diagonal Fisher F_n = (1/N) Σ_i (∂ℓ_i/∂θ_n)² over all N samples of ``batches``.
 
@@ -75,7 +77,8 @@ def diagonal_fisher(
     (and the sampled labels), then every sample is replayed under its own draw.
 
     Under ``torch.distributed`` the sums and sample counts are all-reduced, so every rank
-    returns the Fisher of the union of all ranks' samples.
+    returns the Fisher of the union of all ranks' samples. ``progress`` shows a bar over the
+    batches.
 
     Returns name → tensor of the parameter's shape (float32, or float64 for float64 params).
     """
@@ -97,7 +100,7 @@ def diagonal_fisher(
     engine = _PerSampleGrads(model, names, perturbation, ignore_index, loss_fn, method)
 
     with eval_mode(model), perturbation if perturbation is not None else nullcontext():
-        for raw in batches:
+        for raw in track(batches, "diagonal Fisher", enabled=progress):
             inputs, targets = unpack_batch(raw, device, need_targets=labels != "sampled")
             size = inputs.shape[0]
             if labels == "batch":

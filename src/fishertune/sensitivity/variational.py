@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from fishertune.progress import track
 from fishertune.sensitivity._common import (
     LossFn,
     all_reduce_sum,
@@ -54,6 +55,7 @@ def variational_precision(
     generator: torch.Generator | None = None,
     loss_fn: LossFn | None = None,
     callback: Callable[[int, float], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, Tensor]:
     """Posterior precision Λ = 1/v of q(θ) = N(θ̂, diag(v)) fitted by Eq. 11 (method.md §6).
 
@@ -80,6 +82,7 @@ def variational_precision(
     the gradients of ρ are averaged across ranks, so all ranks hold the same estimate.
     ``callback(step, objective)``, when given, receives the value of Eq. 11 at every step
     (the only place ``prior`` matters: (θ̂ − θ_pt)² shifts the KL but not its optimum in v).
+    ``progress`` shows a bar over the steps.
     """
     check_labels(labels, loss_fn)
     if labels == "batch":
@@ -108,7 +111,7 @@ def variational_precision(
     data = cycle(batches)
 
     with eval_mode(model), perturbation if perturbation is not None else nullcontext():
-        for step in range(steps):
+        for step in track(range(steps), "variational Fisher", enabled=progress):
             inputs, targets = unpack_batch(next(data), device, need_targets=labels == "given")
             std = {name: torch.mul(r, 0.5).exp_() for name, r in rho.items()}
             _draw_noise(noise, generator)
@@ -186,6 +189,7 @@ def variational_fisher(
     generator: torch.Generator | None = None,
     loss_fn: LossFn | None = None,
     callback: Callable[[int, float], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, Tensor]:
     """Stable Fisher estimate F̂ = γ(Λ − τ⁻²) (paper Eq. 14, method.md §6).
 
@@ -210,6 +214,7 @@ def variational_fisher(
         generator=generator,
         loss_fn=loss_fn,
         callback=callback,
+        progress=progress,
     )
     return {key: (gamma * (value - tau**-2)).clamp_min(0.0) for key, value in lam.items()}
 
