@@ -1,0 +1,1 @@
+"""Vision-foundation-model segmentors: timm ViT backbones, multi-scale neck, heads (§2)."""

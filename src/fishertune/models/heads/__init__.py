@@ -1,0 +1,1 @@
+"""Segmentation heads behind one interface (:class:`SegmentationHead`)."""
