@@ -1,0 +1,103 @@
+"""A linear decoder in the style of DINOv2's linear segmentation probe (the CPU default head)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers.norm import LayerNorm2d
+from torch import Tensor, nn
+
+NORMS = ("bn", "ln")
+
+
+class LinearHead(nn.Module):
+    """Upsample, concatenate, normalise, classify each pixel with a 1×1 convolution.
+
+    As DINOv2's ``BNHead``: every level is bilinearly resized (``align_corners=False``) to the
+    size of the first (finest) level, the maps are concatenated along channels, normalised
+    (``"bn"``: ``BatchNorm2d``; ``"ln"``: ``LayerNorm`` over the channels of each pixel),
+    passed through ``Dropout2d(dropout)`` and a 1×1 convolution gives ``num_classes`` logits
+    at the finest level's resolution. Implements
+    :class:`fishertune.models.heads.base.SegmentationHead`.
+
+    Args:
+        in_channels: channels of each input level, finest first (e.g. ``neck.out_channels``).
+        num_classes: number of classes ``K``.
+        norm: ``"bn"`` or ``"ln"``.
+        ignore_index: label of unlabelled pixels, excluded from the loss.
+        dropout: channel dropout probability before the classifier (DINOv2 uses 0).
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        norm: str = "bn",
+        ignore_index: int = 255,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        channels = tuple(in_channels)
+        if not channels or min(channels) < 1:
+            raise ValueError(f"in_channels must be one or more positive ints, got {in_channels!r}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.in_channels = channels
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        total = sum(channels)
+        self.norm = nn.BatchNorm2d(total) if norm == "bn" else LayerNorm2d(total)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(total, num_classes, kernel_size=1)
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        """Logits ``(B, K, H_0, W_0)`` at the resolution of the first (finest) level."""
+        if len(features) != len(self.in_channels):
+            raise ValueError(
+                f"LinearHead expects {len(self.in_channels)} feature maps, got {len(features)}"
+            )
+        for i, (x, channels) in enumerate(zip(features, self.in_channels, strict=True)):
+            if x.dim() != 4 or x.shape[1] != channels:
+                raise ValueError(
+                    f"feature map {i} must be (B, {channels}, h, w), got {tuple(x.shape)}"
+                )
+        size = features[0].shape[-2:]
+        resized = [
+            x
+            if x.shape[-2:] == size
+            else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            for x in features
+        ]
+        out: Tensor = self.classifier(self.dropout(self.norm(torch.cat(resized, dim=1))))
+        return out
+
+    def losses(self, features: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
+        """``{"loss_ce": ...}``: pixel cross-entropy averaged over the batch's valid pixels.
+
+        Logits are bilinearly upsampled to the targets' size ``(H, W)``. A batch without any
+        valid pixel gives a loss of exactly 0 (with a zero gradient) rather than NaN.
+        """
+        if targets.dim() != 3 or targets.shape[0] != features[0].shape[0]:
+            raise ValueError(
+                f"targets must be (B, H, W) with B = {features[0].shape[0]}, "
+                f"got {tuple(targets.shape)}"
+            )
+        logits = self.predict(features, (targets.shape[1], targets.shape[2]))
+        summed = F.cross_entropy(
+            logits, targets.long(), ignore_index=self.ignore_index, reduction="sum"
+        )
+        valid = (targets != self.ignore_index).sum().clamp_min(1)
+        return {"loss_ce": summed / valid}
+
+    def predict(self, features: list[Tensor], image_size: tuple[int, int]) -> Tensor:
+        """Logits ``(B, K, H, W)`` bilinearly upsampled to ``image_size``."""
+        logits = self.forward(features)
+        if tuple(logits.shape[-2:]) == tuple(image_size):
+            return logits
+        return F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)
