@@ -217,3 +217,62 @@ def test_parameter_groups_cover_everything_once_with_the_right_qkv_split(family:
         kinds = {g.name.split(".")[-2]: g.kind for g in groups if g.block == 0}
         assert kinds["fc1_g"] == kinds["fc1_x"] == "FFN1"
         assert kinds["q_proj"] == "Q"
+
+
+def _same_features(a: ViTBackbone, b: ViTBackbone) -> None:
+    a.eval()
+    b.eval()
+    images = torch.randn(1, 3, 4 * a.patch_size, 4 * a.patch_size)
+    for x, y in zip(a(images), b(images), strict=True):
+        torch.testing.assert_close(x, y)
+
+
+def test_official_dinov2_layout_with_registers(tmp_path: Path) -> None:
+    """Meta's layout: mask_token, register_tokens, class position inside pos_embed."""
+    torch.manual_seed(0)
+    source = build("dinov2_reg4")
+    state = {k: v.clone() for k, v in source.model.state_dict().items()}
+    cls_pos = torch.randn(1, 1, state["pos_embed"].shape[-1])
+    official = {k: v for k, v in state.items() if k not in ("reg_token", "cls_token", "pos_embed")}
+    official["register_tokens"] = state["reg_token"]
+    official["cls_token"] = state["cls_token"] - cls_pos
+    official["pos_embed"] = torch.cat([cls_pos, state["pos_embed"]], dim=1)
+    official["mask_token"] = torch.zeros(1, state["pos_embed"].shape[-1])
+    path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
+    torch.save(official, path)
+    loaded = build("dinov2_reg4", checkpoint=path)
+    _same_features(source, loaded)
+
+
+def test_official_eva02_layout(tmp_path: Path) -> None:
+    """BAAI's layout: mlp.w1/w2/w3 and ffn_ln, q_bias/v_bias, rope buffers, MIM extras."""
+    torch.manual_seed(0)
+    source = build("eva02_separate")
+    renames = {
+        "mlp.fc1_g": "mlp.w1",
+        "mlp.fc1_x": "mlp.w2",
+        "mlp.fc2": "mlp.w3",
+        "mlp.norm": "mlp.ffn_ln",
+        "attn.q_proj.bias": "attn.q_bias",
+        "attn.v_proj.bias": "attn.v_bias",
+    }
+    official: dict[str, Tensor] = {}
+    for key, value in source.model.state_dict().items():
+        for timm_name, eva_name in renames.items():
+            key = key.replace(timm_name, eva_name)
+        official[key] = value.clone()
+    official["rope.freqs_cos"] = torch.zeros(4, 4)
+    path = tmp_path / "eva02_L_pt_m38m_p14.pt"
+    torch.save({"module": official}, path)
+    loaded = build("eva02_separate", checkpoint=path)
+    _same_features(source, loaded)
+
+
+def test_position_embeddings_resampled_from_another_grid(tmp_path: Path) -> None:
+    big = ViTBackbone("vit_small_patch14_dinov2", img_size=112, **TINY)
+    path = tmp_path / "big.safetensors"
+    save_file({k: v.contiguous() for k, v in big.model.state_dict().items()}, str(path))
+    small = build("dinov2", checkpoint=path)
+    assert small.load_report is not None
+    assert small.load_report.clean
+    assert small.model.pos_embed.shape != big.model.pos_embed.shape
