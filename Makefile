@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/variational_step.py
 	$(BIN)/python benchmarks/sparse_adamw.py
 	$(BIN)/python benchmarks/topk_masks.py
+	$(BIN)/python benchmarks/segmentor_tiny.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -276,3 +276,16 @@ def test_position_embeddings_resampled_from_another_grid(tmp_path: Path) -> None
     assert small.load_report is not None
     assert small.load_report.clean
     assert small.model.pos_embed.shape != big.model.pos_embed.shape
+
+
+def test_patch_14_weights_resampled_into_a_patch_16_model(tmp_path: Path) -> None:
+    """Rein's 14 → 16 resampling of the patch embedding when loading a checkpoint."""
+    source = build("dinov2")
+    path = tmp_path / "p14.safetensors"
+    save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, str(path))
+    resampled = build("dinov2", patch_size=16, checkpoint=path)
+    assert resampled.load_report is not None
+    assert resampled.load_report.clean
+    assert resampled.model.patch_embed.proj.weight.shape[-2:] == (16, 16)
+    original = source.model.blocks[0].attn.qkv.weight
+    assert torch.equal(resampled.model.blocks[0].attn.qkv.weight, original)

@@ -1,4 +1,4 @@
-"""The README's code examples run as written."""
+"""The README's code examples marked ``<!-- tested: ... -->`` run as written, in order."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_python_examples_run() -> None:
     text = README.read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    blocks = re.findall(r"<!-- tested:[^\n]*-->\n```python\n(.*?)```", text, flags=re.DOTALL)
     assert len(blocks) >= 2, "the README lost its examples"
     namespace: dict[str, object] = {}
     for block in blocks:
