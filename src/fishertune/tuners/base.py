@@ -1,0 +1,241 @@
+"""The interface every tuning method implements, and what they share (method.md §7–§10).
+
+A tuner is applied to a :class:`~fishertune.models.Segmentor`: it freezes the backbone, then
+decides what in it trains and adds what the method needs (adapters, prompts, masks); the
+decoder (neck and head) always trains. It then reports its trainable sizes, builds the
+optimiser with Rein's parameter-group conventions, saves only what it changed and, where the
+method allows, merges itself into a plain segmentor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from fishertune.models.segmentor import Segmentor
+from fishertune.sensitivity import FeaturePerturbation
+
+NO_DECAY_KEYS = ("norm", "token", "query_embed", "query_feat", "level_embed", "scale", "pos_embed")
+"""Parameters whose name contains one of these get no weight decay (Rein's optimiser setup)."""
+
+
+@dataclass
+class TunerConfig:
+    """Options every method accepts (defaults = the paper's).
+
+    Attributes:
+        train_perturbation: keep the DSU feature perturbation (method.md §4) active during
+            training as well (paper Table 5); it perturbs the tokens entering the first block.
+        perturbation_scale: s of that perturbation.
+        backbone_lr_mult: learning-rate multiplier of trained backbone weights (Rein uses 0.1
+            for full fine-tuning); added modules (adapters, prompts) use ``adapter_lr_mult``.
+        adapter_lr_mult: learning-rate multiplier of the parameters a method adds.
+    """
+
+    train_perturbation: bool = False
+    perturbation_scale: float = 1.0
+    backbone_lr_mult: float = 1.0
+    adapter_lr_mult: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainableCount:
+    """Trainable parameter counts, backbone side (incl. adapters) and decoder side."""
+
+    backbone: int
+    decoder: int
+
+
+class Tuner:
+    """Base class of the tuning methods; subclasses set ``name`` and ``config_class``.
+
+    Subclasses implement :meth:`attach` (what trains in the backbone, what is added) and may
+    override :meth:`backbone_trainable`, :meth:`make_optimizer`, :meth:`after_backward`,
+    :meth:`on_step`, :meth:`saved_state` / :meth:`load_saved` and :meth:`merge`.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[TunerConfig]] = TunerConfig
+
+    def __init__(self, config: TunerConfig | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise ValueError("give either a config object or keyword options, not both")
+        self.config = (
+            config if config is not None else _make_config(self.config_class, self.name, options)
+        )
+        self._segmentor: Segmentor | None = None
+        self._perturbation: FeaturePerturbation | None = None
+
+    # ---------------------------------------------------------------- application
+    @property
+    def segmentor(self) -> Segmentor:
+        """The segmentor the tuner was applied to."""
+        if self._segmentor is None:
+            raise RuntimeError(f"tuner {self.name!r} has not been applied to a segmentor yet")
+        return self._segmentor
+
+    def apply(self, segmentor: Segmentor) -> Tuner:
+        """Freeze the backbone, let the method attach itself, train the decoder."""
+        if self._segmentor is not None:
+            raise RuntimeError(f"tuner {self.name!r} is already applied")
+        self._segmentor = segmentor
+        segmentor.backbone.requires_grad_(False)
+        self.attach(segmentor)
+        segmentor.neck.requires_grad_(True)
+        segmentor.head.requires_grad_(True)
+        if self.config.train_perturbation:
+            entry = _block_entry(segmentor)
+            self._perturbation = FeaturePerturbation(
+                entry,
+                scale=self.config.perturbation_scale,
+                num_prefix_tokens=int(getattr(segmentor.backbone, "num_prefix_tokens", 0)),
+            )
+        return self
+
+    def attach(self, segmentor: Segmentor) -> None:
+        """Decide what trains in the (frozen) backbone and add the method's modules."""
+        raise NotImplementedError
+
+    def train_context(self) -> Any:
+        """Context for training steps: the DSU perturbation when ``train_perturbation``."""
+        if self._perturbation is None:
+            return _Nothing()
+        return self._perturbation
+
+    # ---------------------------------------------------------------- sizes
+    def backbone_trainable(self) -> int:
+        """Trainable elements on the backbone side (weights and added modules)."""
+        return sum(p.numel() for p in self.segmentor.backbone.parameters() if p.requires_grad)
+
+    def count(self) -> TrainableCount:
+        """Trainable parameter counts (paper Tables 1–4 report the backbone side)."""
+        decoder = sum(
+            p.numel()
+            for module in (self.segmentor.neck, self.segmentor.head)
+            for p in module.parameters()
+            if p.requires_grad
+        )
+        return TrainableCount(self.backbone_trainable(), decoder)
+
+    # ---------------------------------------------------------------- optimisation
+    def added_parameter_names(self) -> set[str]:
+        """Segmentor-level names of the parameters the method added (adapters, prompts)."""
+        return set()
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimiser groups: decoder, backbone weights, added modules, each with and without
+        weight decay (none on norms, tokens, embeddings and scales, as Rein)."""
+        added = self.added_parameter_names()
+        buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
+        for name, param in self.segmentor.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name in added:
+                part = "adapter"
+            elif name.startswith("backbone."):
+                part = "backbone"
+            else:
+                part = "decoder"
+            decay = not any(key in name for key in NO_DECAY_KEYS)
+            buckets.setdefault((part, decay), []).append(param)
+        mults = {
+            "decoder": 1.0,
+            "backbone": self.config.backbone_lr_mult,
+            "adapter": self.config.adapter_lr_mult,
+        }
+        return [
+            {
+                "params": params,
+                "lr": lr * mults[part],
+                "weight_decay": weight_decay if decay else 0.0,
+                "name": f"{part}{'' if decay else '_no_decay'}",
+            }
+            for (part, decay), params in sorted(buckets.items())
+        ]
+
+    def make_optimizer(
+        self,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+    ) -> torch.optim.Optimizer:
+        """AdamW over :meth:`param_groups` (Rein's defaults: lr 1e-4, weight decay 0.05)."""
+        return torch.optim.AdamW(self.param_groups(lr, weight_decay), lr=lr, betas=betas)
+
+    def after_backward(self) -> None:
+        """Called between backward and the optimiser step (gradient masking hooks)."""
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        """Called before each training step (schedules, e.g. growing masks)."""
+
+    # ---------------------------------------------------------------- saving
+    def saved_state(self) -> dict[str, Tensor]:
+        """What the method changed: trainable backbone tensors, added modules, the decoder.
+
+        Keys are segmentor state-dict names. Sparse methods override this to save deltas.
+        """
+        trainable = {n for n, p in self.segmentor.named_parameters() if p.requires_grad}
+        state = {}
+        for name, tensor in self.segmentor.state_dict().items():
+            if name in trainable or not name.startswith("backbone."):
+                state[name] = tensor.detach().clone()
+        return state
+
+    def load_saved(self, state: Mapping[str, Tensor]) -> None:
+        """Load :meth:`saved_state` output into the applied segmentor (keys must match)."""
+        own = self.segmentor.state_dict()
+        unknown = sorted(set(state) - set(own))
+        if unknown:
+            raise ValueError(
+                f"saved state has keys this {self.name!r} segmentor lacks: {unknown[:10]}"
+            )
+        expected = set(self.saved_state())
+        missing = sorted(expected - set(state))
+        if missing:
+            raise ValueError(f"saved state lacks keys of method {self.name!r}: {missing[:10]}")
+        self.segmentor.load_state_dict(dict(state), strict=False)
+
+    def merge(self) -> None:
+        """Fold the method into plain backbone weights, where the method allows it."""
+        raise NotImplementedError(f"method {self.name!r} cannot be merged into the backbone")
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _block_entry(segmentor: Segmentor) -> nn.Module:
+    """The module whose output is the token sequence entering the first block."""
+    model = getattr(segmentor.backbone, "model", None)
+    entry = getattr(model, "norm_pre", None)
+    if not isinstance(entry, nn.Module):
+        raise ValueError("train_perturbation needs a ViTBackbone (timm model with norm_pre)")
+    return entry
+
+
+def _make_config(cls: type[TunerConfig], name: str, options: Mapping[str, Any]) -> TunerConfig:
+    """Build ``cls`` from keyword options, naming unknown keys and the allowed ones."""
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for tuner {name!r}; allowed: {sorted(allowed)}"
+        )
+    return cls(**options)
+
+
+def named_blocks(segmentor: Segmentor) -> Iterator[tuple[int, nn.Module]]:
+    """The backbone's transformer blocks with their indices."""
+    blocks = getattr(segmentor.backbone, "blocks", None)
+    if not isinstance(blocks, nn.Sequential | nn.ModuleList):
+        raise ValueError("the segmentor's backbone exposes no transformer blocks")
+    yield from enumerate(blocks)

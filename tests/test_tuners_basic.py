@@ -1,0 +1,59 @@
+"""The tuner interface, registry, full fine-tuning and the frozen backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fishertune.tuners import available_tuners, build_tuner
+from tuner_harness import check_save_load, check_trains_and_keeps_the_rest, tiny_segmentor
+
+
+def test_registry_lists_and_rejects() -> None:
+    assert {"full", "freeze"} <= set(available_tuners())
+    with pytest.raises(ValueError, match="unknown tuner 'bitfit'; available:"):
+        build_tuner("bitfit", tiny_segmentor())
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['rank'\] for tuner 'full'"):
+        build_tuner("full", tiny_segmentor(), rank=4)
+
+
+@pytest.mark.parametrize("name", ["full", "freeze"])
+def test_trains_and_keeps_the_rest(name: str) -> None:
+    tuner = check_trains_and_keeps_the_rest(name)
+    count = tuner.count()
+    backbone = sum(p.numel() for p in tuner.segmentor.backbone.parameters())
+    assert count.backbone == (backbone if name == "full" else 0)
+    assert count.decoder > 0
+
+
+def test_param_groups_follow_rein() -> None:
+    tuner = build_tuner("full", tiny_segmentor())
+    groups = {g["name"]: g for g in tuner.param_groups(lr=1e-4, weight_decay=0.05)}
+    assert groups["backbone"]["lr"] == pytest.approx(1e-5)  # backbone lr × 0.1
+    assert groups["decoder"]["lr"] == pytest.approx(1e-4)
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0
+    grouped = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert grouped == sum(tuner.count().__dict__.values())
+    named = dict(tuner.segmentor.named_parameters())
+    no_decay = {id(p) for p in groups["backbone_no_decay"]["params"]}
+    assert id(named["backbone.model.blocks.0.norm1.weight"]) in no_decay
+    assert id(named["backbone.model.cls_token"]) in no_decay
+
+
+@pytest.mark.parametrize("name", ["full", "freeze"])
+def test_save_and_load(name: str, tmp_path: Path) -> None:
+    check_save_load(name, tmp_path)
+
+
+def test_train_perturbation_changes_training_outputs() -> None:
+    model = tiny_segmentor()
+    tuner = build_tuner("freeze", model, train_perturbation=True)
+    images = torch.randn(2, 3, 56, 56)
+    model.eval()
+    clean = model.predict(images)
+    with tuner.train_context():
+        shifted = model.predict(images)
+    assert not torch.allclose(clean, shifted)
+    assert torch.equal(model.predict(images), clean)
