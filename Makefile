@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sparse_adamw.py
 	$(BIN)/python benchmarks/topk_masks.py
 	$(BIN)/python benchmarks/segmentor_tiny.py
+	$(BIN)/python benchmarks/tuner_costs.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
