@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fishertune.tuners import available_tuners, build_tuner
+from fishertune.tuners.base import decays
 from tuner_harness import check_save_load, check_trains_and_keeps_the_rest, tiny_segmentor
 
 
@@ -57,3 +58,23 @@ def test_train_perturbation_changes_training_outputs() -> None:
         shifted = model.predict(images)
     assert not torch.allclose(clean, shifted)
     assert torch.equal(model.predict(images), clean)
+
+
+@pytest.mark.parametrize(
+    ("name", "decayed"),
+    [
+        ("backbone.model.blocks.0.norm1.weight", False),
+        ("backbone.model.blocks.0.mlp.norm.bias", False),
+        ("backbone.model.cls_token", False),
+        ("backbone.model.pos_embed", False),
+        ("backbone.rein.learnable_tokens_a", False),
+        ("backbone.rein.scale", False),
+        ("backbone.rein.token2feat.weight", True),
+        ("backbone.model.patch_embed.proj.weight", True),
+        ("head.transformer.queries_embedder.weight", False),
+        ("head.pixel_decoder.level_embed", False),
+        ("backbone.model.blocks.0.attn.qkv.weight", True),
+    ],
+)
+def test_weight_decay_rules(name: str, decayed: bool) -> None:
+    assert decays(name) is decayed

@@ -20,8 +20,18 @@ from torch import Tensor, nn
 from fishertune.models.segmentor import Segmentor
 from fishertune.sensitivity import FeaturePerturbation
 
-NO_DECAY_KEYS = ("norm", "token", "query_embed", "query_feat", "level_embed", "scale", "pos_embed")
-"""Parameters whose name contains one of these get no weight decay (Rein's optimiser setup)."""
+NO_DECAY_MODULES = ("norm", "query_embed", "query_feat", "queries_embedder", "queries_features")
+"""No weight decay inside modules whose name contains one of these (Rein's optimiser setup)."""
+NO_DECAY_LEAVES = ("token", "scale", "pos_embed", "level_embed")
+"""No weight decay on parameters whose own name contains one of these (tokens, scales, ...)."""
+
+
+def decays(name: str) -> bool:
+    """Whether the parameter ``name`` gets weight decay: not norms, tokens, embeddings, scales."""
+    *modules, leaf = name.split(".")
+    if any(key in module for module in modules for key in NO_DECAY_MODULES):
+        return False
+    return not any(key in leaf for key in NO_DECAY_LEAVES)
 
 
 @dataclass
@@ -141,7 +151,7 @@ class Tuner:
                 part = "backbone"
             else:
                 part = "decoder"
-            decay = not any(key in name for key in NO_DECAY_KEYS)
+            decay = decays(name)
             buckets.setdefault((part, decay), []).append(param)
         mults = {
             "decoder": 1.0,

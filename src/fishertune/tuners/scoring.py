@@ -1,0 +1,135 @@
+"""Score-driven selection: the estimation stage and the growth schedule (method.md §7–§8).
+
+FisherTune and ChildTune-D select the global top-k of per-element sensitivity scores computed
+from source data (:meth:`ScoredTuner.estimate`, Algorithm 1 step 2) and, with the ``grow``
+schedule, enlarge the selection during tuning (Algorithm 1 step 3, paper Eq. 16 as method.md §7
+reads it) through :meth:`ScoredTuner.on_step`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from fishertune.models.segmentor import Segmentor
+from fishertune.selection import SCHEDULE_KINDS, topk_masks, trainable_fraction
+from fishertune.tuners.base import TunerConfig
+from fishertune.tuners.sparse import BudgetConfig, BudgetTuner, estimate_first
+
+
+@dataclass
+class ScoredConfig(BudgetConfig):
+    """Options of the score-driven methods (FisherTune, ChildTune-D): the schedule of §7.
+
+    Attributes:
+        schedule: ``"grow"`` (p(t) from δ_min to δ_max, method.md §7) or ``"constant"`` (δ_max
+            throughout, the paper's "5% fine-tunable" ablation, Table 4).
+        min_fraction: δ_min, the share of all backbone parameters trained at the first step of
+            ``grow``. The paper gives no value; 0.01 (a fifth of δ_max) is our choice.
+        refresh_every: the masks grow every this many steps (and at the last step, which trains
+            exactly δ_max). Algorithm 1 re-thresholds every step; with 40k steps p(t) moves by
+            at most ~1.6e-6 of the backbone per step, so 100 steps between top-k refreshes (each
+            a pass over all candidate scores) change the schedule negligibly.
+    """
+
+    schedule: str = "constant"
+    min_fraction: float = 0.01
+    refresh_every: int = 100
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.schedule not in SCHEDULE_KINDS:
+            raise ValueError(f"schedule must be one of {SCHEDULE_KINDS}, got {self.schedule!r}")
+        if not 0.0 <= self.min_fraction <= 1.0:
+            raise ValueError(f"min_fraction must lie in [0, 1], got {self.min_fraction}")
+        if self.refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every}")
+
+
+class ScoredTuner(BudgetTuner):
+    """Selection by the global top-k of sensitivity scores, grown by the schedule (§7, Alg. 1).
+
+    :meth:`estimate` (method.md §8 step 2) computes the scores with :meth:`compute_scores` and
+    selects the first share p(0); :meth:`on_step` grows the selection to
+    round(p(t) × all backbone parameters) elements by ``topk_masks(..., keep=previous)``, so
+    the selected sets are nested, and hands the grown masks to the optimiser.
+    """
+
+    config_class = ScoredConfig
+    config: ScoredConfig
+
+    def __init__(self, config: TunerConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self._scores: dict[str, Tensor] | None = None
+
+    def attach(self, segmentor: Segmentor) -> None:
+        """As :meth:`SparseTuner.attach`, also checking δ_min ≤ δ_max."""
+        super().attach(segmentor)
+        if self.config.schedule == "grow" and self.config.min_fraction > self.max_fraction:
+            raise ValueError(
+                f"min_fraction={self.config.min_fraction} exceeds the budget's share "
+                f"{self.max_fraction:.6g} of the backbone"
+            )
+
+    def compute_scores(
+        self, batches: Iterable[Any], params: Mapping[str, nn.Parameter]
+    ) -> dict[str, Tensor]:
+        """Sensitivity scores of ``params`` (name → tensor of the parameter's shape)."""
+        raise NotImplementedError
+
+    def estimate(self, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """The estimation stage (method.md §8 step 2): score the candidates, select p(0).
+
+        ``batches`` yields ``(images, targets)`` source batches (a one-shot iterator is
+        materialised, since estimators may pass over the data more than once). Elements that
+        are not candidates get the score −inf. Returns the scores (kept for the growth).
+        Must run once, before training.
+        """
+        if self._index is not None:
+            raise RuntimeError(
+                f"tuner {self.name!r} already has a selection; estimate() runs once, before "
+                "training"
+            )
+        data = list(batches) if isinstance(batches, Iterator) else batches
+        scores = self.compute_scores(data, self.candidate_params())
+        for name, eligible in self.eligible_masks().items():
+            scores[name] = scores[name].float().masked_fill_(~eligible, -math.inf)
+        self._scores = scores
+        self.set_masks(topk_masks(scores, count=self.scheduled_count(0, 1)))
+        return scores
+
+    @property
+    def scores(self) -> dict[str, Tensor]:
+        """The scores computed by :meth:`estimate`."""
+        if self._scores is None:
+            raise estimate_first(self.name)
+        return self._scores
+
+    def scheduled_count(self, step: int, total_steps: int) -> int:
+        """round(p(t) × all backbone parameters) at training step ``step`` of ``total_steps``.
+
+        ``on_step`` is called before each of the steps 0 … total_steps − 1, so the schedule of
+        method.md §7 runs over t = step with T = total_steps − 1: the first step trains δ_min,
+        the last exactly the budget δ_max.
+        """
+        fraction = trainable_fraction(
+            step,
+            max(total_steps - 1, 1),
+            min(self.config.min_fraction, self.max_fraction),
+            self.max_fraction,
+            self.config.schedule,
+        )
+        return round(fraction * self._total)
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        """Grow the selection every ``refresh_every`` steps and at the last step."""
+        scores = self.scores
+        if step % self.config.refresh_every and step != total_steps - 1:
+            return
+        count = self.scheduled_count(step, total_steps)
+        if count != self.selected_count:
+            self.set_masks(topk_masks(scores, count=count, keep=self.masks()))

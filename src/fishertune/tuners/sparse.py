@@ -1,0 +1,402 @@
+"""Shared machinery of the sparse methods: element masks over backbone weights (method.md §7).
+
+FisherTune, ChildTune-D/-F, the random-selection baselines and the manual layer-group study all
+train a subset of the backbone's own elements, chosen among the candidates of method.md §2
+(Q, K, V, FFN of every block by default, split out of fused ``qkv`` tensors by
+:func:`~fishertune.models.parameter_groups`). They share, here:
+
+- the candidates and the budget: a fraction of *all* backbone parameters or an absolute count
+  (the paper: 5% of 304.2M = 15.21M on ViT-L, Tables 1–4), known without data, so that
+  :meth:`SparseTuner.backbone_trainable` reports it on a meta-device model;
+- the selection: per candidate tensor the sorted flat indices of the selected elements, which may
+  only grow (nested masks, §7), with ``requires_grad`` on exactly the tensors holding a selected
+  element;
+- the optimiser: :class:`~fishertune.optim.SparseAdamW`, so that unselected elements never change
+  (no step, no weight decay, §7); a tensor selected whole updates densely (the same AdamW
+  update, without index overhead); masks grown during training reach it by ``update_masks``;
+- saving: the decoder plus, per partly selected tensor, the selected flat indices and their
+  deltas from the pretrained values (a tensor selected whole is saved as is), never the whole
+  backbone; loading applies them to a fresh segmentor with the same pretrained weights.
+
+The data-driven selection of FisherTune and ChildTune-D (scores, top-k, growth schedule) is in
+:mod:`fishertune.tuners.scoring`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fishertune.models.parameter_groups import (
+    CANDIDATE_KINDS,
+    KINDS,
+    ParameterGroup,
+    parameter_groups,
+)
+from fishertune.models.segmentor import Segmentor
+from fishertune.optim import SparseAdamW
+from fishertune.selection import (
+    GroupSlice,
+    group_masks,
+)
+from fishertune.tuners.base import Tuner, TunerConfig
+
+DEFAULT_FRACTION = 0.05
+"""δ_max of the paper: 5% of all backbone parameters (15.21M of 304.2M on ViT-L, Tables 1–4)."""
+
+INDEX_SUFFIX = ":index"
+"""Saved-state key suffix of a tensor's selected flat indices (``backbone.<name>:index``)."""
+
+DELTA_SUFFIX = ":delta"
+"""Saved-state key suffix of the float64 deltas from the pretrained values at those indices."""
+
+_INT32_LIMIT = 2**31
+_CANDIDATE = "candidate"
+
+
+def parse_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
+    """Element kinds from ``"Q,K,V"`` or a sequence; ``"FFN"`` stands for FFN1 and FFN2.
+
+    Kinds are those of :func:`~fishertune.models.parameter_groups` (Q, K, V, O, FFN1, FFN2, norm,
+    other); the paper's θ_FFN (Eq. 3, Fig. 3) is both FFN linears.
+    """
+    items = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else list(kinds)
+    out: list[str] = []
+    for item in items:
+        for kind in ("FFN1", "FFN2") if item == "FFN" else (item,):
+            if kind not in KINDS:
+                raise ValueError(f"unknown parameter kind {kind!r}; choose from {KINDS} or FFN")
+            if kind not in out:
+                out.append(kind)
+    if not out:
+        raise ValueError("no parameter kinds given")
+    return tuple(out)
+
+
+def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (draws reproducible per device type)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+class SparseTuner(Tuner):
+    """Base of the methods that train selected elements of the backbone's own weights.
+
+    Subclasses choose the candidate elements (:meth:`candidate_groups`), the final budget
+    (:meth:`budget`) and, when no data is needed, the selection (:meth:`initial_masks`);
+    data-driven methods set it with :meth:`set_masks` instead. Names of backbone tensors are
+    those of ``segmentor.backbone.named_parameters()`` (as in ``parameter_groups``).
+    """
+
+    def __init__(self, config: TunerConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self._total = 0
+        self._groups: list[ParameterGroup] = []
+        self._n_eligible = 0
+        self._index: dict[str, Tensor] | None = None
+        self._reference: dict[str, Tensor] = {}
+        self._optimizer: SparseAdamW | None = None
+        self._sparse_names: set[str] = set()
+
+    # ---------------------------------------------------------------- candidates and budget
+    def attach(self, segmentor: Segmentor) -> None:
+        """Record the backbone size and the candidate elements; nothing trains until selected.
+
+        Works on a meta-device model (shapes only), so the budget is known without data.
+        """
+        backbone = segmentor.backbone
+        params = dict(backbone.named_parameters())
+        self._total = sum(p.numel() for p in params.values())
+        self._groups = self.candidate_groups(parameter_groups(backbone))
+        if not self._groups:
+            raise ValueError(f"tuner {self.name!r}: no backbone element is a candidate")
+        self._n_eligible = sum(params[g.name][g.index].numel() for g in self._groups)
+        if self.budget() > self._n_eligible:
+            raise ValueError(
+                f"tuner {self.name!r}: a budget of {self.budget()} elements exceeds the "
+                f"{self._n_eligible} candidate elements"
+            )
+
+    def candidate_groups(self, groups: list[ParameterGroup]) -> list[ParameterGroup]:
+        """The groups (block, kind, tensor slice) whose elements may be selected."""
+        raise NotImplementedError
+
+    def budget(self) -> int:
+        """Number of elements selected at the end of training (the reported trainable size)."""
+        raise NotImplementedError
+
+    @property
+    def backbone_total(self) -> int:
+        """Number of elements of the whole backbone (the population of the budget fraction)."""
+        return self._total
+
+    @property
+    def candidate_count(self) -> int:
+        """Number of candidate elements."""
+        return self._n_eligible
+
+    def backbone_trainable(self) -> int:
+        """The final budget, as the paper reports it (15.21M on ViT-L for a 5% budget)."""
+        return self.budget()
+
+    def candidate_params(self) -> dict[str, nn.Parameter]:
+        """Backbone tensors holding candidate elements, by backbone name."""
+        names = {g.name for g in self._groups}
+        return {n: p for n, p in self.segmentor.backbone.named_parameters() if n in names}
+
+    def eligible_masks(self) -> dict[str, Tensor]:
+        """Bool masks of the candidate elements, one per candidate tensor."""
+        params = self.candidate_params()
+        slices = [GroupSlice(g.name, g.index, _CANDIDATE) for g in self._groups]
+        device = next(iter(params.values())).device
+        shapes = {n: p.shape for n, p in params.items()}
+        return group_masks(shapes, slices, _CANDIDATE, device=device)
+
+    # ---------------------------------------------------------------- selection
+    def initial_masks(self) -> dict[str, Tensor]:
+        """The selection of a method that needs no data; data-driven methods raise."""
+        raise estimate_first(self.name)
+
+    def masks(self) -> dict[str, Tensor]:
+        """The current selection: a bool mask per candidate tensor (built on first use)."""
+        if self._index is None:
+            self.set_masks(self.initial_masks())
+        assert self._index is not None
+        params = self.candidate_params()
+        return {name: _mask_of(index, params[name]) for name, index in self._index.items()}
+
+    @property
+    def selected_count(self) -> int:
+        """Number of elements selected now (0 before the selection exists)."""
+        return sum(i.numel() for i in (self._index or {}).values())
+
+    def set_masks(self, masks: Mapping[str, Tensor]) -> None:
+        """Set or grow the selection (masks may only grow: the selected sets are nested, §7).
+
+        The pretrained value of every newly selected element is recorded for the saved deltas;
+        it is still the current value because unselected elements never change. Tensors with a
+        selected element get ``requires_grad``; a live optimiser gets the grown masks.
+        """
+        params = self.candidate_params()
+        unknown = sorted(set(masks) - set(params))
+        if unknown:
+            raise ValueError(f"masks for tensors that hold no candidate element: {unknown}")
+        index_by_name = dict(self._index or {})
+        for name, mask in masks.items():
+            param = params[name]
+            if mask.shape != param.shape or mask.dtype != torch.bool:
+                raise ValueError(f"mask for {name!r} must be a bool tensor of shape {param.shape}")
+            flat = mask.reshape(-1).to(param.device)
+            index = flat.nonzero().view(-1)
+            old = index_by_name.get(name)
+            if old is not None and not bool(flat[old].all()):
+                raise ValueError(f"masks may only grow: the new mask for {name!r} drops elements")
+            if index.numel() == param.numel():
+                self._reference.pop(name, None)  # saved whole, no reference needed
+            else:
+                values = param.detach().reshape(-1)[index]
+                if old is not None and name in self._reference:
+                    values[torch.searchsorted(index, old)] = self._reference[name]
+                self._reference[name] = values
+            index_by_name[name] = index
+            param.requires_grad_(index.numel() > 0)
+        self._index = index_by_name
+        if self._optimizer is not None:
+            grown: dict[Tensor, Tensor] = {
+                params[n]: m for n, m in masks.items() if n in self._sparse_names
+            }
+            self._optimizer.update_masks(grown)
+
+    # ---------------------------------------------------------------- optimisation
+    def make_optimizer(
+        self,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+    ) -> SparseAdamW:
+        """:class:`~fishertune.optim.SparseAdamW` over :meth:`param_groups` with the masks.
+
+        The decoder updates densely; so does a backbone tensor selected whole (the same AdamW
+        update); the other candidate tensors update only on their selected elements, including
+        those with no element selected yet, which later growth switches on.
+        """
+        masks = self.masks()
+        params = self.candidate_params()
+        for name in masks:
+            params[name].requires_grad_(True)
+        self._sparse_names = {n for n, m in masks.items() if not bool(m.all())}
+        self._optimizer = SparseAdamW(
+            self.param_groups(lr, weight_decay),
+            {params[n]: masks[n] for n in self._sparse_names},
+            lr=lr,
+            betas=betas,
+            weight_decay=weight_decay,
+        )
+        return self._optimizer
+
+    # ---------------------------------------------------------------- saving
+    def saved_state(self) -> dict[str, Tensor]:
+        """The decoder, and per candidate tensor with a selection: its deltas or itself.
+
+        A partly selected tensor ``backbone.<name>`` is saved as ``backbone.<name>:index`` (the
+        sorted flat indices, int32 below 2**31 elements) and ``backbone.<name>:delta`` (tuned
+        minus pretrained values there, in float64, so that pretrained + delta restores float32
+        or bfloat16 values bit for bit even where an element moved far from its magnitude); a
+        tensor selected whole is saved as is. Nothing else of the backbone is saved.
+        """
+        state = {
+            name: tensor.detach().clone()
+            for name, tensor in self.segmentor.state_dict().items()
+            if not name.startswith("backbone.")
+        }
+        params = self.candidate_params()
+        for name, index in (self._index or {}).items():
+            param, key = params[name], f"backbone.{name}"
+            if index.numel() == param.numel():
+                state[key] = param.detach().clone()
+            elif index.numel() > 0:
+                tuned = param.detach().reshape(-1)[index].double()
+                dtype = torch.int32 if param.numel() < _INT32_LIMIT else torch.int64
+                state[key + INDEX_SUFFIX] = index.to(dtype)
+                state[key + DELTA_SUFFIX] = tuned - self._reference[name].double()
+        return state
+
+    def load_saved(self, state: Mapping[str, Tensor]) -> None:
+        """Apply :meth:`saved_state` output to this freshly applied tuner's segmentor.
+
+        The segmentor must hold the same pretrained backbone weights as the one that was tuned
+        and no selection yet; the saved selection becomes this tuner's selection.
+        """
+        if self._index is not None:
+            raise RuntimeError(
+                f"tuner {self.name!r} already has a selection; load saved deltas into a freshly "
+                "applied tuner on pretrained weights"
+            )
+        params = self.candidate_params()
+        own = self.segmentor.state_dict()
+        deltas: dict[str, tuple[Tensor, Tensor]] = {}
+        plain: dict[str, Tensor] = {}
+        masks: dict[str, Tensor] = {}
+        for key, value in state.items():
+            if key.endswith(INDEX_SUFFIX):
+                name = _candidate_name(key.removesuffix(INDEX_SUFFIX), params)
+                deltas[name] = _checked_delta(key, value, state, params[name])
+                masks[name] = _mask_of(deltas[name][0], params[name])
+            elif key.endswith(DELTA_SUFFIX):
+                if key.removesuffix(DELTA_SUFFIX) + INDEX_SUFFIX not in state:
+                    raise ValueError(f"saved state: {key!r} has no matching index entry")
+            elif key.startswith("backbone."):
+                name = _candidate_name(key, params)
+                masks[name] = torch.ones_like(params[name], dtype=torch.bool)
+                plain[key] = value
+            elif key in own:
+                plain[key] = value
+            else:
+                raise ValueError(f"saved state has a key this {self.name!r} segmentor lacks: {key}")
+        missing = sorted(k for k in own if not k.startswith("backbone.") and k not in state)
+        if missing:
+            raise ValueError(f"saved state lacks decoder keys of {self.name!r}: {missing[:10]}")
+        if masks:
+            self.set_masks(masks)  # records the pretrained values before the deltas land
+        with torch.no_grad():
+            for name, (index, delta) in deltas.items():
+                flat = params[name].view(-1)
+                flat[index] = (flat[index].double() + delta).to(flat.dtype)
+        self.segmentor.load_state_dict(plain, strict=False)
+
+    def merge(self) -> None:
+        """Nothing to fold: the tuned elements are the backbone's own weights."""
+
+
+def _candidate_name(key: str, params: Mapping[str, Tensor]) -> str:
+    """The backbone name of saved key ``backbone.<name>``, which must be a candidate tensor."""
+    name = key.removeprefix("backbone.")
+    if not key.startswith("backbone.") or name not in params:
+        raise ValueError(f"saved state: {key!r} is not a candidate tensor of this tuner's backbone")
+    return name
+
+
+def _checked_delta(
+    key: str, index: Tensor, state: Mapping[str, Tensor], param: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The saved ``(flat indices, deltas)`` of one tensor, validated, on the tensor's device."""
+    delta = state.get(key.removesuffix(INDEX_SUFFIX) + DELTA_SUFFIX)
+    if index.dim() != 1 or delta is None or delta.shape != index.shape:
+        raise ValueError(f"saved state: {key!r} needs a matching 1-D delta entry")
+    index = index.to(device=param.device, dtype=torch.int64)
+    if index.numel() and not 0 <= int(index.min()) <= int(index.max()) < param.numel():
+        raise ValueError(f"saved state: the indices of {key!r} are out of range")
+    return index, delta.to(device=param.device, dtype=torch.float64)
+
+
+def _mask_of(index: Tensor, param: Tensor) -> Tensor:
+    """A bool mask of ``param``'s shape, True at the flat ``index``."""
+    flat = torch.zeros(param.numel(), dtype=torch.bool, device=index.device)
+    return flat.index_fill_(0, index, True).view(param.shape)
+
+
+def estimate_first(name: str) -> RuntimeError:
+    """The error of a data-driven method used before its estimation stage."""
+    return RuntimeError(
+        f"tuner {name!r} selects its elements from data: call tuner.estimate(batches) first "
+        "(the estimation stage of FisherTune's Algorithm 1, method.md §8 step 2)"
+    )
+
+
+@dataclass
+class BudgetConfig(TunerConfig):
+    """Options of the methods selecting a budget of candidate elements (method.md §2, §7).
+
+    Attributes:
+        fraction: the budget (δ_max) as a share of *all* backbone parameters; 0.05 when
+            ``count`` is not given (the paper's 15.21M of 304.2M on ViT-L, Tables 1–4).
+        count: the budget as an absolute number of elements (instead of ``fraction``).
+        candidates: element kinds that may be selected: a comma-separated string or a
+            sequence of ``parameter_groups`` kinds (``"FFN"`` = FFN1 and FFN2); default Q, K,
+            V, FFN1, FFN2 of every block (paper Eq. 3); e.g. add ``O`` or ``other`` (patch
+            embedding, position embedding, tokens, layer scales), as method.md §2 allows.
+        seed: seeds the method's random draws (masks, perturbations, sampled labels).
+    """
+
+    fraction: float | None = None
+    count: int | None = None
+    candidates: str | Sequence[str] = CANDIDATE_KINDS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fraction is not None and self.count is not None:
+            raise ValueError("give either fraction= or count= as the budget, not both")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must lie in (0, 1], got {self.fraction}")
+        if self.count is not None and (isinstance(self.count, bool) or self.count < 1):
+            raise ValueError(f"count must be a positive number of elements, got {self.count}")
+        parse_kinds(self.candidates)
+
+
+class BudgetTuner(SparseTuner):
+    """A sparse method whose final selection is the budget of :class:`BudgetConfig`."""
+
+    config_class = BudgetConfig
+    config: BudgetConfig
+
+    def candidate_groups(self, groups: list[ParameterGroup]) -> list[ParameterGroup]:
+        """The groups of the configured candidate kinds, wherever they are (Q / K / V / O / FFN
+        live in the blocks; ``norm`` and ``other`` also cover the embeddings and tokens)."""
+        kinds = set(parse_kinds(self.config.candidates))
+        return [g for g in groups if g.kind in kinds]
+
+    def budget(self) -> int:
+        """``count``, or round(fraction × all backbone parameters) (method.md §7)."""
+        if self.config.count is not None:
+            return self.config.count
+        return round(self.max_fraction * self._total)
+
+    @property
+    def max_fraction(self) -> float:
+        """δ_max: ``fraction`` (default 0.05), or ``count`` over all backbone parameters."""
+        if self.config.count is not None:
+            return self.config.count / self._total
+        return DEFAULT_FRACTION if self.config.fraction is None else self.config.fraction
