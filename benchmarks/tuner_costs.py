@@ -1,8 +1,12 @@
 """Training-step time, optimiser state and peak memory of every tuning method vs `full`.
 
-Each method runs in its own process (peak resident memory is then its own) on the same ViT
-(DINOv2 architecture, ``--depth`` × ``--dim``), linear head, batch and seed. Methods with an
-estimation stage (``estimate(batches)``) run it first; it is not part of the step time.
+Each method runs in its own process on the same ViT (DINOv2 architecture, ``--depth`` ×
+``--dim``), linear head, batch and seed. Methods with an estimation stage (``estimate(batches)``)
+run it first (FisherTune with 5 variational steps per pass, enough to build its masks); it is
+part of neither the step time nor the memory figure: the peak is the high-water mark of resident
+memory during the training steps (Linux ``VmHWM``, reset after building and estimating) minus
+the resident memory before them (after ``malloc_trim``, so that memory the estimation freed
+does not hide the training peak).
 Target (issue 4): FisherTune's step ≤ 1.05× full fine-tuning's, its optimiser state close to
 the adapters'.
 """
@@ -10,12 +14,15 @@ the adapters'.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import dataclasses
+import gc
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,10 +36,18 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     )
 
 
+def _status_kib(field: str) -> int:
+    """A memory field of /proc/self/status, in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
+
+
 def measure(method: str, args: argparse.Namespace) -> dict[str, Any]:
     """Build, tune and time one method; memory figures are growth over the built model."""
     from fishertune.models import build_segmentor
-    from fishertune.tuners import build_tuner
+    from fishertune.tuners import build_tuner, tuner_class
 
     torch.manual_seed(0)
     model = build_segmentor(
@@ -45,11 +60,16 @@ def measure(method: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     images = torch.randn(args.batch, 3, args.size, args.size)
     labels = torch.randint(0, 19, (args.batch, args.size, args.size))
-    tuner = build_tuner(method, model)
+    fields = {f.name for f in dataclasses.fields(tuner_class(method).config_class)}
+    options = {"variational_steps": 5} if "variational_steps" in fields else {}
+    tuner = build_tuner(method, model, **options)
     estimate = getattr(tuner, "estimate", None)
     if callable(estimate):
         estimate([(images, labels)])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand memory freed by estimation back to the OS
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM)
+    base = _status_kib("VmRSS")
     optimizer = tuner.make_optimizer(lr=1e-4, weight_decay=0.05)
     times = []
     model.train()
@@ -68,7 +88,7 @@ def measure(method: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "step_ms": statistics.median(times) * 1e3,
         "state_mib": state_bytes(optimizer) / 2**20,
-        "peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024,
+        "peak_mib": (_status_kib("VmHWM") - base) / 1024,
         "trainable": tuner.count().backbone,
     }
 
