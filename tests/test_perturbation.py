@@ -28,8 +28,8 @@ def _stats(z: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
 
 @pytest.mark.parametrize(
     ("shape", "dims"),
-    [((6, 10, 4), (1,)), ((6, 4, 3, 5), (2, 3))],
-    ids=["tokens", "maps"],
+    [((6, 10, 4), (1,)), ((6, 4, 3, 5), (2, 3)), ((6, 3, 5, 4), (1, 2))],
+    ids=["tokens", "maps", "maps_channels_last"],
 )
 def test_perturbed_statistics_follow_the_formula(
     shape: tuple[int, ...], dims: tuple[int, ...]
@@ -37,7 +37,11 @@ def test_perturbed_statistics_follow_the_formula(
     z = torch.randn(shape) * 3 + 1
     module = _Emit(z)
     perturbation = FeaturePerturbation(
-        module, scale=0.7, generator=torch.Generator().manual_seed(0), eps=0.0
+        module,
+        scale=0.7,
+        generator=torch.Generator().manual_seed(0),
+        eps=0.0,
+        channels_last=dims == (1, 2),
     )
     with perturbation, perturbation.record_offsets() as offsets:
         out = module(torch.zeros(1))
@@ -53,7 +57,11 @@ def test_perturbed_statistics_follow_the_formula(
     torch.testing.assert_close(a, noise[0] * 0.7 * spread_mu)
     torch.testing.assert_close(b, noise[1] * 0.7 * spread_sigma)
     # Normalised content is kept: (z' − α)/β = (z − μ)/σ.
-    expand = (slice(None), None, slice(None)) if len(dims) == 1 else (..., None, None)
+    expand = {
+        (1,): (slice(None), None, slice(None)),
+        (2, 3): (..., None, None),
+        (1, 2): (slice(None), None, None, slice(None)),
+    }[dims]
     torch.testing.assert_close(
         (out - (mu + a)[expand]) / (sigma + b)[expand],
         (z - mu[expand]) / sigma[expand],

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fishertune.models import build_segmentor
 from fishertune.tuners import available_tuners, build_tuner
 from fishertune.tuners.base import decays
 from tuner_harness import check_save_load, check_trains_and_keeps_the_rest, tiny_segmentor
@@ -78,3 +79,27 @@ def test_train_perturbation_changes_training_outputs() -> None:
 )
 def test_weight_decay_rules(name: str, decayed: bool) -> None:
     assert decays(name) is decayed
+
+
+def test_train_perturbation_on_sam_maps() -> None:
+    """SAM's blocks carry (B, H, W, C) maps: the statistics are taken over H and W."""
+    torch.manual_seed(0)
+    model = build_segmentor(
+        "samvit_base_patch16",
+        num_classes=5,
+        img_size=64,
+        depth=4,
+        embed_dim=32,
+        num_heads=2,
+        global_attn_indexes=(3,),
+        window_size=2,
+    )
+    tuner = build_tuner("freeze", model, train_perturbation=True)
+    assert tuner._perturbation is not None
+    assert tuner._perturbation.channels_last
+    images = torch.randn(2, 3, 64, 64)
+    model.eval()
+    clean = model.predict(images)
+    with tuner.train_context():
+        shifted = model.predict(images)
+    assert not torch.allclose(clean, shifted)

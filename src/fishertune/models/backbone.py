@@ -119,6 +119,11 @@ class ViTBackbone(nn.Module):
         return int(getattr(self.model, "num_prefix_tokens", 0))
 
     @property
+    def maps_inside(self) -> bool:
+        """Whether the blocks carry ``(B, H, W, C)`` maps (SAM) instead of token sequences."""
+        return self.model_name.startswith("samvit")
+
+    @property
     def blocks(self) -> nn.Sequential:
         """The transformer blocks (the candidates of method.md §2 live here)."""
         blocks: nn.Sequential = self.model.blocks

@@ -41,6 +41,7 @@ class FeaturePerturbation:
         scale_sigma: s_σ for the std noise (defaults to ``scale``).
         eps: added to the variance before the square root.
         num_prefix_tokens: leading tokens of ``(B, N, C)`` outputs kept unchanged.
+        channels_last: 4-D outputs are ``(B, H, W, C)`` maps (SAM's blocks), not ``(B, C, H, W)``.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class FeaturePerturbation:
         scale_sigma: float | None = None,
         eps: float = 1e-6,
         num_prefix_tokens: int = 0,
+        channels_last: bool = False,
     ) -> None:
         self.modules: list[nn.Module] = (
             [modules] if isinstance(modules, nn.Module) else list(modules)
@@ -68,6 +70,7 @@ class FeaturePerturbation:
         self.generator = generator
         self.eps = eps
         self.num_prefix_tokens = num_prefix_tokens
+        self.channels_last = channels_last
         self._handles: list[RemovableHandle] = []
         self._record: list[Offsets] | None = None
         self._replay: Sequence[Offsets] | None = None
@@ -151,13 +154,15 @@ class FeaturePerturbation:
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise TypeError(
                 f"FeaturePerturbation on {type(module).__name__}: expected a (B, N, C) token "
-                f"sequence or a (B, C, H, W) feature map, got {shape}"
+                f"sequence or a (B, C, H, W) / (B, H, W, C) feature map, got {shape}"
             )
         if output.dim() == 3:
             prefix = output[:, : self.num_prefix_tokens]
             tokens = output[:, self.num_prefix_tokens :]
             perturbed = self._perturb(tokens, stat_dims=(1,), channel_dim=2)
             return torch.cat([prefix, perturbed], dim=1) if self.num_prefix_tokens else perturbed
+        if self.channels_last:
+            return self._perturb(output, stat_dims=(1, 2), channel_dim=3)
         return self._perturb(output, stat_dims=(2, 3), channel_dim=1)
 
     def _perturb(self, z: Tensor, stat_dims: tuple[int, ...], channel_dim: int) -> Tensor:

@@ -99,12 +99,7 @@ class Tuner:
         segmentor.neck.requires_grad_(True)
         segmentor.head.requires_grad_(True)
         if self.config.train_perturbation:
-            entry = _block_entry(segmentor)
-            self._perturbation = FeaturePerturbation(
-                entry,
-                scale=self.config.perturbation_scale,
-                num_prefix_tokens=int(getattr(segmentor.backbone, "num_prefix_tokens", 0)),
-            )
+            self._perturbation = entry_perturbation(segmentor, self.config.perturbation_scale)
         return self
 
     def attach(self, segmentor: Segmentor) -> None:
@@ -223,13 +218,25 @@ class _Nothing:
         return None
 
 
-def _block_entry(segmentor: Segmentor) -> nn.Module:
-    """The module whose output is the token sequence entering the first block."""
+def entry_perturbation(
+    segmentor: Segmentor, scale: float, generator: torch.Generator | None = None
+) -> FeaturePerturbation:
+    """The DSU perturbation (method.md §4) of the tokens entering the first block.
+
+    It hooks the timm model's ``norm_pre`` (identity or the pre-norm applied right before
+    the blocks), leaving class/register tokens untouched; SAM's entry is a (B, H, W, C) map.
+    """
     model = getattr(segmentor.backbone, "model", None)
     entry = getattr(model, "norm_pre", None)
     if not isinstance(entry, nn.Module):
-        raise ValueError("train_perturbation needs a ViTBackbone (timm model with norm_pre)")
-    return entry
+        raise ValueError("the feature perturbation needs a ViTBackbone (timm model with norm_pre)")
+    return FeaturePerturbation(
+        entry,
+        scale=scale,
+        generator=generator,
+        num_prefix_tokens=int(getattr(segmentor.backbone, "num_prefix_tokens", 0)),
+        channels_last=bool(getattr(segmentor.backbone, "maps_inside", False)),
+    )
 
 
 def _make_config(cls: type[TunerConfig], name: str, options: Mapping[str, Any]) -> TunerConfig:

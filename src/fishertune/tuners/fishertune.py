@@ -24,7 +24,7 @@ from fishertune.sensitivity import (
 )
 from fishertune.sensitivity._common import LABEL_MODES
 from fishertune.sensitivity.dr_fim import VARIANTS
-from fishertune.tuners.base import _block_entry
+from fishertune.tuners.base import entry_perturbation
 from fishertune.tuners.registry import register
 from fishertune.tuners.scoring import ScoredConfig, ScoredTuner
 from fishertune.tuners.sparse import seeded_generator
@@ -113,11 +113,8 @@ class FisherTuneTuner(ScoredTuner):
         """DR-FIM (``"diagonal"``, Eq. 7) or stable DR-FIM (``"variational"``, Eq. 15)."""
         cfg = self.config
         device = next(iter(params.values())).device
-        shift = FeaturePerturbation(
-            _block_entry(self.segmentor),
-            scale=cfg.perturbation_scale,
-            generator=seeded_generator(device, cfg.seed),
-            num_prefix_tokens=int(getattr(self.segmentor.backbone, "num_prefix_tokens", 0)),
+        shift = entry_perturbation(
+            self.segmentor, cfg.perturbation_scale, seeded_generator(device, cfg.seed)
         )
 
         def fit(perturbation: FeaturePerturbation | None) -> dict[str, Tensor]:
