@@ -1,0 +1,25 @@
+"""DGSS evaluation: confusion-matrix metric, test protocols, multi-domain tables.
+
+``evaluate_domains(model, {"cityscapes": loader, ...}, protocol="rein",
+class_names=CITYSCAPES_CLASSES)`` returns :class:`DomainResults`, whose ``to_markdown()``
+gives the paper's Table-1 (mIoU per domain + average) and Table-2 (IoU per class) layouts and
+``to_json(path)`` the full record, protocol included.
+"""
+
+from fishertune.evaluation.classes import CITYSCAPES_CLASSES
+from fishertune.evaluation.domains import DomainMetrics, DomainResults, Predictor, evaluate_domains
+from fishertune.evaluation.metric import SegmentationMetric
+from fishertune.evaluation.protocols import MODES, PROTOCOLS, EvalProtocol, get_protocol
+
+__all__ = [
+    "CITYSCAPES_CLASSES",
+    "MODES",
+    "PROTOCOLS",
+    "DomainMetrics",
+    "DomainResults",
+    "EvalProtocol",
+    "Predictor",
+    "SegmentationMetric",
+    "evaluate_domains",
+    "get_protocol",
+]
