@@ -1,0 +1,178 @@
+"""The shared segmentation Dataset: image/label pairing, file reading and validation.
+
+Every dataset family only finds its (image, label, id table) triples; this module reads them.
+An item is ``(image, label)``: ``image`` a ``uint8`` tensor ``(3, H, W)`` (RGB) and ``label`` an
+``int64`` tensor ``(H, W)`` of Cityscapes train ids (0–18, 255 = ignore), passed through the
+caller's ``transform(image, label)`` when one is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from fishertune.data.labels import LabelMap
+
+__all__ = [
+    "DatasetError",
+    "LabelCandidate",
+    "Pair",
+    "SegmentationDataset",
+    "Transform",
+    "check_root",
+    "pair_by_image",
+    "read_index_png",
+    "read_rgb",
+]
+
+Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+"""``transform(image, label) -> (image, label)``, applied to every item."""
+
+LabelCandidate = tuple[Path, Callable[[], LabelMap]]
+"""A label file that may exist for an image, and (lazily) the id table its values use."""
+
+_INDEX_MODES = frozenset({"P", "L", "I", "I;16", "I;16B", "I;16L"})
+
+
+class DatasetError(ValueError):
+    """A dataset file is unreadable, has the wrong format, or does not match its partner."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One sample: an image file, its label file and the table mapping the label's ids."""
+
+    image: Path
+    label: Path
+    label_map: LabelMap
+
+
+def _open(path: Path) -> Image.Image:
+    """Open ``path`` with Pillow, raising :class:`DatasetError` that names an unreadable file."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DatasetError(f"cannot read image file {path}: {error}") from error
+    return image
+
+
+def read_rgb(path: Path) -> NDArray[np.uint8]:
+    """Read an image file as an ``(H, W, 3)`` uint8 RGB array."""
+    with _open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_index_png(path: Path) -> NDArray[Any]:
+    """Read a single-channel label image (palette, 8-bit or 16-bit grey) as its raw indices.
+
+    A palette ("P") PNG yields its palette indices, which is how GTAV and Mapillary store ids.
+    """
+    with _open(path) as image:
+        if image.mode not in _INDEX_MODES:
+            raise DatasetError(
+                f"label file {path} has mode {image.mode!r}; expected a single-channel "
+                "(palette or grey) image of ids"
+            )
+        return np.asarray(image)
+
+
+def pair_by_image(
+    root: Path,
+    pattern: str,
+    candidates: Callable[[Path], Sequence[LabelCandidate]],
+) -> list[Pair]:
+    """Pair every image under ``root`` matching the glob ``pattern`` with its label file.
+
+    ``candidates(image)`` lists the label files that may belong to ``image``, preferred first;
+    the first that exists is used. Raises FileNotFoundError for a missing root, a pattern that
+    matches nothing (naming it), or an image none of whose candidates exists (naming both).
+    """
+    check_root(root)
+    images = sorted(path for path in root.glob(pattern) if path.is_file())
+    if not images:
+        raise FileNotFoundError(f"no images found: nothing matches {root / pattern}")
+    pairs = []
+    for image in images:
+        options = candidates(image)
+        found = next(((path, table) for path, table in options if path.is_file()), None)
+        if found is None:
+            looked = ", ".join(str(path) for path, _ in options)
+            raise FileNotFoundError(f"image {image} has no label file (looked for {looked})")
+        pairs.append(Pair(image, found[0], found[1]()))
+    return pairs
+
+
+def check_root(root: Path) -> None:
+    """Raise FileNotFoundError when the dataset root is not an existing directory."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} does not exist or is not a directory")
+
+
+class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
+    """A list of :class:`Pair` read into ``(uint8 (3, H, W), int64 (H, W) train ids)`` items.
+
+    Subclasses define :attr:`splits` (the first is the default), set :attr:`pairs` through
+    ``super().__init__`` and may override :meth:`read_label` for their label file format.
+    With ``check=True`` a label value outside its dataset's id table raises
+    :class:`~fishertune.data.labels.LabelValueError` naming the file instead of becoming 255.
+    An image and label of different sizes always raise :class:`DatasetError`.
+    """
+
+    splits: ClassVar[tuple[str, ...]]
+
+    def __init__(
+        self, pairs: Sequence[Pair], *, transform: Transform | None = None, check: bool = False
+    ) -> None:
+        self.pairs = list(pairs)
+        self.transform = transform
+        self.check = check
+
+    @classmethod
+    def resolve_split(cls, split: str | None) -> str:
+        """Return ``split``, or the default split for None; ValueError for an unknown split."""
+        if split is None:
+            return cls.splits[0]
+        if split not in cls.splits:
+            raise ValueError(f"{cls.__name__} has no split {split!r}; choose from {cls.splits}")
+        return split
+
+    @staticmethod
+    def root_path(root: str | os.PathLike[str]) -> Path:
+        """The dataset root as a Path, checked to be an existing directory."""
+        path = Path(root).expanduser()
+        check_root(path)
+        return path
+
+    def read_label(self, path: Path) -> NDArray[Any]:
+        """Read the raw ids of a label file (single-channel by default)."""
+        return read_index_png(path)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        pair = self.pairs[index]
+        rgb = read_rgb(pair.image)
+        ids = self.read_label(pair.label)
+        if ids.shape != rgb.shape[:2]:
+            raise DatasetError(
+                f"size mismatch: image {pair.image} is {rgb.shape[1]}x{rgb.shape[0]} but label "
+                f"{pair.label} is {ids.shape[1]}x{ids.shape[0]} (width x height)"
+            )
+        train_ids = pair.label_map.apply(ids, check=self.check, source=str(pair.label))
+        image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        label = torch.from_numpy(train_ids)
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return image, label

@@ -1,0 +1,41 @@
+"""BDD100K 10K semantic segmentation (7,000 train / 1,000 val images).
+
+Layout (the official ``bdd100k_images_10k`` and ``bdd100k_sem_seg_labels_trainval`` packages)::
+
+    root/images/10k/{split}/{name}.jpg
+    root/labels/sem_seg/masks/{split}/{name}.png   # train ids already, 255 = ignore
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fishertune.data.base import LabelCandidate, SegmentationDataset, Transform, pair_by_image
+from fishertune.data.labels import TRAIN_ID_MAP
+
+__all__ = ["BDD100K"]
+
+
+class BDD100K(SegmentationDataset):
+    """BDD100K 10K images with their train-id masks."""
+
+    splits = ("val", "train")
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str | None = None,
+        *,
+        transform: Transform | None = None,
+        check: bool = False,
+    ) -> None:
+        self.split = self.resolve_split(split)
+        base = self.root_path(root)
+        masks = base / "labels" / "sem_seg" / "masks" / self.split
+
+        def candidates(image: Path) -> list[LabelCandidate]:
+            return [(masks / f"{image.stem}.png", lambda: TRAIN_ID_MAP)]
+
+        pattern = f"images/10k/{self.split}/*.jpg"
+        super().__init__(pair_by_image(base, pattern, candidates), transform=transform, check=check)

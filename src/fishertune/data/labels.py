@@ -1,0 +1,209 @@
+"""Label id tables: each dataset's own ids → the 19 Cityscapes train ids (255 = ignore).
+
+A :class:`LabelMap` turns a label image of a dataset's native ids into train ids through a
+lookup table. The Cityscapes id → train id table is read from ``cityscapesscripts``' official
+label definitions (not retyped here); Synthia's table is the standard 16-class mapping used in
+domain-generalized semantic segmentation (DGSS); Mapillary Vistas' table is built by class *name*
+from the dataset's own ``config.json``, so it follows the file's label order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "IGNORE_INDEX",
+    "MAPILLARY_NAME_TO_TRAIN_ID",
+    "NUM_CLASSES",
+    "SYNTHIA_TO_TRAIN_ID",
+    "TRAIN_IDS",
+    "TRAIN_ID_MAP",
+    "LabelMap",
+    "LabelValueError",
+    "cityscapes_label_map",
+    "mapillary_label_map",
+    "synthia_label_map",
+]
+
+NUM_CLASSES = 19
+"""Cityscapes evaluation classes (train ids 0–18)."""
+
+IGNORE_INDEX = 255
+"""Train id of pixels excluded from the loss and the metrics."""
+
+SYNTHIA_NUM_IDS = 23
+"""Synthia RAND-CITYSCAPES class ids are 0 (void) … 22 (lane marking)."""
+
+SYNTHIA_TO_TRAIN_ID: Mapping[int, int] = {
+    3: 0,  # road
+    4: 1,  # sidewalk
+    2: 2,  # building
+    21: 3,  # wall
+    5: 4,  # fence
+    7: 5,  # pole
+    15: 6,  # traffic light
+    9: 7,  # traffic sign
+    6: 8,  # vegetation
+    1: 10,  # sky
+    10: 11,  # pedestrian → person
+    17: 12,  # rider
+    8: 13,  # car
+    19: 15,  # bus
+    12: 17,  # motorcycle
+    11: 18,  # bicycle
+}
+"""The 16-class Synthia → Cityscapes mapping; terrain, truck and train are never produced."""
+
+MAPILLARY_NAME_TO_TRAIN_ID: Mapping[str, int] = {
+    # road, and the flat surfaces DGSS folds into it
+    "construction--flat--road": 0,
+    "construction--flat--bike-lane": 0,
+    "construction--flat--service-lane": 0,
+    "construction--flat--parking": 0,
+    "construction--flat--crosswalk-plain": 0,
+    "marking--general": 0,
+    "marking--crosswalk-zebra": 0,
+    "marking--discrete--crosswalk-zebra": 0,  # the v2.0 spelling of the same class
+    # sidewalk
+    "construction--flat--sidewalk": 1,
+    "construction--flat--pedestrian-area": 1,
+    "construction--barrier--curb": 1,
+    "construction--structure--building": 2,
+    "construction--barrier--wall": 3,
+    "construction--barrier--fence": 4,
+    # pole
+    "object--support--pole": 5,
+    "object--street-light": 5,
+    "object--traffic-light": 6,
+    # traffic sign
+    "object--traffic-sign--front": 7,
+    "object--traffic-sign--back": 7,
+    "nature--vegetation": 8,
+    "nature--terrain": 9,
+    "nature--sky": 10,
+    "human--person": 11,
+    # rider
+    "human--rider--bicyclist": 12,
+    "human--rider--motorcyclist": 12,
+    "human--rider--other-rider": 12,
+    "object--vehicle--car": 13,
+    "object--vehicle--truck": 14,
+    "object--vehicle--bus": 15,
+    "object--vehicle--on-rails": 16,
+    "object--vehicle--motorcycle": 17,
+    "object--vehicle--bicycle": 18,
+}
+"""Mapillary Vistas class name → Cityscapes train id; every other class maps to 255."""
+
+TRAIN_IDS: Mapping[int, int] = {**{i: i for i in range(NUM_CLASSES)}, IGNORE_INDEX: IGNORE_INDEX}
+"""Identity table for labels already stored as train ids."""
+
+
+class LabelValueError(ValueError):
+    """A label image holds a value its dataset's id table does not define."""
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """A table from a dataset's native label ids to train ids.
+
+    Ids that appear in ``table`` map to its value; any other id maps to :data:`IGNORE_INDEX`,
+    or, with ``check=True`` in :meth:`apply`, raises :class:`LabelValueError`.
+    """
+
+    name: str
+    table: Mapping[int, int]
+    _lut: NDArray[np.int64] = field(init=False, repr=False, compare=False)
+    _known: NDArray[np.bool_] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if any(key < 0 for key in self.table):
+            raise ValueError(f"{self.name}: negative ids cannot appear in a label image")
+        size = max(self.table, default=-1) + 1
+        lut = np.full(size, IGNORE_INDEX, dtype=np.int64)
+        known = np.zeros(size, dtype=np.bool_)
+        for native, train in self.table.items():
+            lut[native] = train
+            known[native] = True
+        object.__setattr__(self, "_lut", lut)
+        object.__setattr__(self, "_known", known)
+
+    def apply(self, label: NDArray[Any], *, check: bool = False, source: str = "") -> NDArray[Any]:
+        """Map an integer array of native ids to an int64 array of train ids.
+
+        ``source`` names the file in the error raised when ``check`` finds an id not in the table.
+        """
+        ids = label.astype(np.int64, copy=False)
+        inside = (ids >= 0) & (ids < self._lut.size)
+        if check:
+            known = np.zeros(ids.shape, dtype=np.bool_)
+            known[inside] = self._known[ids[inside]]
+            if not known.all():
+                bad = np.unique(ids[~known]).tolist()
+                raise LabelValueError(
+                    f"{source or 'label'}: values {bad[:10]} are not in the {self.name} id table"
+                )
+        out = np.full(ids.shape, IGNORE_INDEX, dtype=np.int64)
+        out[inside] = self._lut[ids[inside]]
+        return out
+
+
+TRAIN_ID_MAP = LabelMap("train id", TRAIN_IDS)
+"""The identity :class:`LabelMap` of labels already stored as train ids (0–18, 255)."""
+
+
+@lru_cache(maxsize=1)
+def cityscapes_label_map() -> LabelMap:
+    """Cityscapes label id → train id, from ``cityscapesscripts.helpers.labels.labels``.
+
+    Every id 0–33 of the official table is known; ids whose train id is 255 or -1 map to 255.
+    Raises ImportError (with the install command) when ``cityscapesscripts`` is missing.
+    """
+    try:
+        from cityscapesscripts.helpers.labels import labels
+    except ImportError as error:
+        raise ImportError(
+            "mapping Cityscapes label ids to train ids needs the official label table: "
+            "pip install cityscapesscripts"
+        ) from error
+    table: dict[int, int] = {}
+    for label in labels:
+        if label.id < 0:
+            continue
+        train = int(label.trainId)
+        table[int(label.id)] = train if 0 <= train < NUM_CLASSES else IGNORE_INDEX
+    return LabelMap("Cityscapes label id", table)
+
+
+def synthia_label_map() -> LabelMap:
+    """Synthia RAND-CITYSCAPES ids 0–22 → train ids (:data:`SYNTHIA_TO_TRAIN_ID`, else 255)."""
+    table = {i: SYNTHIA_TO_TRAIN_ID.get(i, IGNORE_INDEX) for i in range(SYNTHIA_NUM_IDS)}
+    return LabelMap("Synthia id", table)
+
+
+def mapillary_label_map(config: Path) -> LabelMap:
+    """Mapillary Vistas label index → train id, by the class names listed in ``config``.
+
+    ``config`` is the official ``config.json``: ``{"labels": [{"name": ..., "readable": ...},
+    ...]}`` in label-index order. Names in :data:`MAPILLARY_NAME_TO_TRAIN_ID` map to their
+    train id, every other listed class to 255.
+    """
+    try:
+        document = json.loads(config.read_text(encoding="utf-8"))
+        entries: Sequence[Mapping[str, Any]] = document["labels"]
+        names = [str(entry["name"]) for entry in entries]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{config}: not a Mapillary Vistas config (expected a 'labels' list of objects "
+            f"with a 'name'): {error}"
+        ) from error
+    table = {i: MAPILLARY_NAME_TO_TRAIN_ID.get(name, IGNORE_INDEX) for i, name in enumerate(names)}
+    return LabelMap("Mapillary Vistas label index", table)
