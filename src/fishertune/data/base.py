@@ -9,8 +9,10 @@ caller's ``transform(image, label)`` when one is given.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -87,6 +89,31 @@ def read_index_png(path: Path) -> NDArray[Any]:
         return np.asarray(image)
 
 
+@dataclass
+class PairingAudit:
+    """Images seen and images without a label, collected by :func:`auditing_pairs`."""
+
+    images: int = 0
+    missing: list[str] = field(default_factory=list)
+
+
+_AUDIT: ContextVar[PairingAudit | None] = ContextVar("fishertune_pairing_audit", default=None)
+
+
+@contextmanager
+def auditing_pairs() -> Iterator[PairingAudit]:
+    """Within the block, loaders record unlabelled images instead of failing on the first.
+
+    Used by ``fishertune data check`` to list every missing label of a tree in one run.
+    """
+    audit = PairingAudit()
+    token = _AUDIT.set(audit)
+    try:
+        yield audit
+    finally:
+        _AUDIT.reset(token)
+
+
 def pair_by_image(
     root: Path,
     pattern: str,
@@ -96,10 +123,14 @@ def pair_by_image(
 
     ``candidates(image)`` lists the label files that may belong to ``image``, preferred first;
     the first that exists is used. Raises FileNotFoundError for a missing root, a pattern that
-    matches nothing (naming it), or an image none of whose candidates exists (naming both).
+    matches nothing (naming it), or an image none of whose candidates exists (naming both;
+    inside :func:`auditing_pairs` such images are recorded and skipped instead).
     """
     check_root(root)
+    audit = _AUDIT.get()
     images = sorted(path for path in root.glob(pattern) if path.is_file())
+    if audit is not None:
+        audit.images += len(images)
     if not images:
         raise FileNotFoundError(f"no images found: nothing matches {root / pattern}")
     pairs = []
@@ -108,7 +139,11 @@ def pair_by_image(
         found = next(((path, table) for path, table in options if path.is_file()), None)
         if found is None:
             looked = ", ".join(str(path) for path, _ in options)
-            raise FileNotFoundError(f"image {image} has no label file (looked for {looked})")
+            problem = f"image {image} has no label file (looked for {looked})"
+            if audit is None:
+                raise FileNotFoundError(problem)
+            audit.missing.append(problem)
+            continue
         pairs.append(Pair(image, found[0], found[1]()))
     return pairs
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from fishertune.data.base import LabelCandidate, SegmentationDataset, Transform, pair_by_image
-from fishertune.data.labels import mapillary_label_map
+from fishertune.data.labels import TRAIN_ID_MAP, mapillary_label_map
 
 __all__ = ["MapillaryVistas"]
 
@@ -42,7 +42,10 @@ class MapillaryVistas(SegmentationDataset):
         labels = base / self.split / "labels"
 
         def candidates(image: Path) -> list[LabelCandidate]:
-            return [(labels / f"{image.stem}.png", lambda: label_map)]
+            return [
+                (labels / f"{image.stem}_labelTrainIds.png", lambda: TRAIN_ID_MAP),
+                (labels / f"{image.stem}.png", lambda: label_map),
+            ]
 
         pattern = f"{self.split}/images/*.jpg"
         super().__init__(pair_by_image(base, pattern, candidates), transform=transform, check=check)

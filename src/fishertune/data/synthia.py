@@ -30,7 +30,7 @@ from fishertune.data.base import (
     pair_by_image,
     read_index_png,
 )
-from fishertune.data.labels import synthia_label_map
+from fishertune.data.labels import TRAIN_ID_MAP, synthia_label_map
 
 __all__ = ["Synthia", "read_synthia_label"]
 
@@ -84,7 +84,11 @@ class Synthia(SegmentationDataset):
         label_map = synthia_label_map()
 
         def candidates(image: Path) -> list[LabelCandidate]:
-            return [(base / "GT" / "LABELS" / image.name, lambda: label_map)]
+            folder = base / "GT" / "LABELS"
+            return [
+                (folder / f"{image.stem}_labelTrainIds.png", lambda: TRAIN_ID_MAP),
+                (folder / image.name, lambda: label_map),
+            ]
 
         super().__init__(
             pair_by_image(base, "RGB/*.png", candidates), transform=transform, check=check
