@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/topk_masks.py
 	$(BIN)/python benchmarks/segmentor_tiny.py
 	$(BIN)/python benchmarks/tuner_costs.py
+	$(BIN)/python benchmarks/loader_throughput.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

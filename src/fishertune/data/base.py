@@ -70,9 +70,9 @@ def _open(path: Path) -> Image.Image:
 
 
 def read_rgb(path: Path) -> NDArray[np.uint8]:
-    """Read an image file as an ``(H, W, 3)`` uint8 RGB array."""
+    """Read an image file as a writable ``(H, W, 3)`` uint8 RGB array."""
     with _open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def read_index_png(path: Path) -> NDArray[Any]:
@@ -206,7 +206,8 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
                 f"{pair.label} is {ids.shape[1]}x{ids.shape[0]} (width x height)"
             )
         train_ids = pair.label_map.apply(ids, check=self.check, source=str(pair.label))
-        image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        # A channels-last view, no copy: torchvision resizes it faster than a CHW copy.
+        image = torch.from_numpy(rgb).permute(2, 0, 1)
         label = torch.from_numpy(train_ids)
         if self.transform is not None:
             image, label = self.transform(image, label)

@@ -127,7 +127,8 @@ class LabelMap:
     def __post_init__(self) -> None:
         if any(key < 0 for key in self.table):
             raise ValueError(f"{self.name}: negative ids cannot appear in a label image")
-        size = max(self.table, default=-1) + 1
+        # At least 256 entries, so that any uint8 label image indexes the table directly.
+        size = max(max(self.table, default=-1) + 1, 256)
         lut = np.full(size, IGNORE_INDEX, dtype=np.int64)
         known = np.zeros(size, dtype=np.bool_)
         for native, train in self.table.items():
@@ -141,6 +142,9 @@ class LabelMap:
 
         ``source`` names the file in the error raised when ``check`` finds an id not in the table.
         """
+        if label.dtype == np.uint8 and not check:
+            looked_up: NDArray[np.int64] = self._lut[label]  # the common case: one lookup
+            return looked_up
         ids = label.astype(np.int64, copy=False)
         inside = (ids >= 0) & (ids < self._lut.size)
         if check:
