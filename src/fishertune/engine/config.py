@@ -1,0 +1,358 @@
+"""The typed run configuration: nested dataclasses loaded from YAML, validated (method.md §8).
+
+A run is described by six sections: ``model``, ``method``, ``data``, ``schedule``,
+``evaluation`` and ``output``. :func:`load_config` reads a YAML file (every key optional; the
+defaults are the paper's settings: Mask2Former, crop 512, batch 4, 40k iterations, AdamW lr
+1e-4, weight decay 0.05, poly 0.9), applies ``--set``-style overrides ``"a.b=value"`` and
+validates the result: unknown keys, wrong types and values outside an enumeration raise a
+``ValueError`` naming the full dotted key and what is allowed. :meth:`RunConfig.to_dict` gives
+the plain data recorded in checkpoints and reports.
+
+Scalars are read with YAML rules, except that ``1e-4`` (no dot) is a float, not the string
+YAML 1.1 would make of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from fishertune.evaluation.protocols import PROTOCOLS
+
+__all__ = [
+    "DataConfig",
+    "EvaluationConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "config_from_dict",
+    "load_config",
+    "parse_override",
+]
+
+Head = Literal["linear", "mask2former"]
+Amp = Literal["auto", "bf16", "off"]
+EvalMode = Literal["slide", "whole"]
+
+
+@dataclass
+class ModelConfig:
+    """The segmentor (:func:`fishertune.models.build_segmentor`).
+
+    Attributes:
+        backbone: timm name of the vision foundation model.
+        head: ``"mask2former"`` (the paper's decoder) or ``"linear"`` (the fast probe).
+        img_size: input size the backbone's position embeddings are built for.
+        patch_size: patch size override (``None``: the model's own).
+        checkpoint: local file of backbone weights (``None``: timm's pretrained weights).
+        num_classes: number of segmentation classes (19 Cityscapes classes).
+    """
+
+    backbone: str = "vit_large_patch14_dinov2.lvd142m"
+    head: Head = "mask2former"
+    img_size: int = 512
+    patch_size: int | None = None
+    checkpoint: str | None = None
+    num_classes: int = 19
+
+
+@dataclass
+class MethodConfig:
+    """The tuning method: its registered name and the options passed to its tuner."""
+
+    name: str = "fishertune"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Training and test data.
+
+    Attributes:
+        source: source (training) dataset name, e.g. ``"gtav"``, or ``"synthetic"``.
+        root: dataset root directory (``None`` for synthetic data).
+        targets: unseen target domains evaluated after training.
+        crop: training crop size (square).
+        batch_size: images per optimisation step (per accumulation step).
+        workers: data-loader worker processes.
+    """
+
+    source: str = "gtav"
+    root: str | None = None
+    targets: list[str] = field(default_factory=lambda: ["cityscapes", "bdd100k", "mapillary"])
+    crop: int = 512
+    batch_size: int = 4
+    workers: int = 4
+
+
+@dataclass
+class ScheduleConfig:
+    """The staged schedule (warm-up T1 → estimation T2 → tuning T3) and the optimiser.
+
+    Attributes:
+        warmup_steps: T1, decoder-only training steps with the backbone frozen.
+        estimate_steps: T2, DR-FIM estimation steps (no weight update).
+        tune_steps: T3, steps training the decoder and the selected backbone elements;
+            ``warmup_steps + tune_steps`` is the paper's 40k iterations.
+        lr: AdamW base learning rate.
+        weight_decay: AdamW decoupled weight decay.
+        poly_power: power of the poly learning-rate decay.
+        lr_warmup_iters: linear learning-rate warm-up iterations (0: none, as Rein).
+        grad_accumulation: micro-batches accumulated per optimiser step.
+        grad_clip: maximum gradient norm (``None``: no clipping).
+        amp: mixed precision: ``"auto"`` (bf16 where supported), ``"bf16"`` or ``"off"``.
+        ema: decay of an exponential moving average of the weights (``None``: none).
+        eval_every: steps between evaluations (0: only at the end).
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        seed: seed of every random number generator.
+    """
+
+    warmup_steps: int = 2000
+    estimate_steps: int = 100
+    tune_steps: int = 38000
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    poly_power: float = 0.9
+    lr_warmup_iters: int = 0
+    grad_accumulation: int = 1
+    grad_clip: float | None = None
+    amp: Amp = "auto"
+    ema: float | None = None
+    eval_every: int = 4000
+    checkpoint_every: int = 4000
+    seed: int = 0
+
+
+@dataclass
+class EvaluationConfig:
+    """How targets are evaluated: a protocol of :mod:`fishertune.evaluation.protocols`."""
+
+    protocol: str = "rein"
+    mode: EvalMode = "slide"
+
+
+@dataclass
+class OutputConfig:
+    """Where the run writes checkpoints, logs and reports."""
+
+    run_dir: str = "runs/default"
+
+
+@dataclass
+class RunConfig:
+    """A whole run: the six sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def total_steps(self) -> int:
+        """Training iterations (warm-up and tuning; estimation steps do not update weights)."""
+        return self.schedule.warmup_steps + self.schedule.tune_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain (JSON- and YAML-serialisable) data; :func:`config_from_dict` reads it back."""
+        return dataclasses.asdict(self)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader that also reads ``1e-4`` (exponent without a dot) as a float."""
+
+
+_FLOAT = re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+    r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _check_ranges(config: RunConfig) -> None:
+    """Range checks that types cannot express."""
+    checks: list[tuple[str, float | None, bool]] = [
+        ("model.img_size", config.model.img_size, config.model.img_size > 0),
+        ("model.num_classes", config.model.num_classes, config.model.num_classes > 0),
+        ("data.crop", config.data.crop, config.data.crop > 0),
+        ("data.batch_size", config.data.batch_size, config.data.batch_size > 0),
+        ("data.workers", config.data.workers, config.data.workers >= 0),
+        ("schedule.lr", config.schedule.lr, config.schedule.lr > 0),
+        ("schedule.weight_decay", config.schedule.weight_decay, config.schedule.weight_decay >= 0),
+        (
+            "schedule.grad_accumulation",
+            config.schedule.grad_accumulation,
+            config.schedule.grad_accumulation > 0,
+        ),
+    ]
+    for name in (
+        "warmup_steps",
+        "estimate_steps",
+        "tune_steps",
+        "lr_warmup_iters",
+        "eval_every",
+        "checkpoint_every",
+    ):
+        value = getattr(config.schedule, name)
+        checks.append((f"schedule.{name}", value, value >= 0))
+    ema = config.schedule.ema
+    checks.append(("schedule.ema", ema, ema is None or 0.0 < ema < 1.0))
+    clip = config.schedule.grad_clip
+    checks.append(("schedule.grad_clip", clip, clip is None or clip > 0))
+    for key, value, ok in checks:
+        if not ok:
+            raise ValueError(f"{key}: invalid value {value!r} (out of range)")
+    if config.evaluation.protocol not in PROTOCOLS:
+        raise ValueError(
+            f"evaluation.protocol: {config.evaluation.protocol!r} is not one of the allowed "
+            f"values {sorted(PROTOCOLS)}"
+        )
+
+
+def _type_name(annotation: Any) -> str:
+    """Readable name of a field type for error messages."""
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _convert(key: str, annotation: Any, value: Any) -> Any:
+    """``value`` checked (and int → float widened) against ``annotation``; ValueError names
+    ``key``, the expected type and the value otherwise."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        allowed = get_args(annotation)
+        if value not in allowed or isinstance(value, bool):
+            raise ValueError(f"{key}: {value!r} is not one of the allowed values {list(allowed)}")
+        return value
+    if origin in (Union, types.UnionType):
+        members = get_args(annotation)
+        if value is None and type(None) in members:
+            return None
+        for member in members:
+            if member is type(None):
+                continue
+            try:
+                return _convert(key, member, value)
+            except ValueError:
+                continue
+        raise _type_error(key, annotation, value)
+    if origin is list:
+        (item,) = get_args(annotation)
+        if not isinstance(value, list):
+            raise _type_error(key, annotation, value)
+        return [_convert(f"{key}[{i}]", item, v) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise _type_error(key, annotation, value)
+        return dict(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _type_error(key, annotation, value)
+        return float(value)
+    if annotation is int or annotation is str or annotation is bool:
+        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+            raise _type_error(key, annotation, value)
+        return value
+    raise TypeError(f"{key}: unsupported field type {annotation!r}")
+
+
+def _type_error(key: str, annotation: Any, value: Any) -> ValueError:
+    return ValueError(
+        f"{key}: expected {_type_name(annotation)}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _build_section(cls: type[Any], data: Any, prefix: str) -> Any:
+    """An instance of the dataclass ``cls`` from the mapping ``data`` (missing keys default)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"{prefix or 'config'}: expected a mapping of keys to values, got {data!r}"
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [str(k) for k in data if k not in fields]
+    if unknown:
+        where = f"section {prefix!r}" if prefix else "the top level"
+        names = ", ".join(f"{prefix}.{k}" if prefix else k for k in unknown)
+        raise ValueError(f"unknown key(s) {names}; allowed keys in {where}: {sorted(fields)}")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            values[name] = _build_section(annotation, value, key)  # type: ignore[arg-type]
+        else:
+            values[name] = _convert(key, annotation, value)
+    return cls(**values)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
+    """A validated :class:`RunConfig` from nested plain data (e.g. :meth:`RunConfig.to_dict`)."""
+    config: RunConfig = _build_section(RunConfig, data, "")
+    _check_ranges(config)
+    return config
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b=value"`` into the dotted key path and the value read as a YAML scalar."""
+    key, sep, raw = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ValueError(f"override {text!r} must have the form section.key=value")
+    try:
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {text!r}: cannot read the value: {error}") from None
+    return path, value
+
+
+def _apply_override(data: dict[str, Any], text: str) -> None:
+    """Set the value of one override in the nested ``data``, creating mappings as needed."""
+    path, value = parse_override(text)
+    node = data
+    for depth, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            dotted = ".".join(path[: depth + 1])
+            raise ValueError(f"override {text!r}: {dotted} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a run configuration from YAML (``None``: defaults), apply overrides, validate.
+
+    ``overrides`` are ``"section.key=value"`` strings (``method.options.variant=dF``) whose
+    values follow YAML scalar rules (``schedule.lr=2e-4`` is a float, ``model.checkpoint=null``
+    is ``None``).
+    """
+    data: Any = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            data = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file {file} does not exist") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"config file {file} is not valid YAML: {error}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {file}: expected a mapping of sections, got {data!r}")
+    for override in overrides:
+        _apply_override(data, override)
+    return config_from_dict(data)

@@ -1,0 +1,196 @@
+"""The run configuration: defaults, YAML loading, overrides and validation messages."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fishertune.engine.config import (
+    RunConfig,
+    config_from_dict,
+    load_config,
+    parse_override,
+)
+
+
+def test_defaults_are_the_papers_settings() -> None:
+    config = load_config()
+    assert config == RunConfig()
+    assert config.model.head == "mask2former"
+    assert config.data.crop == 512
+    assert config.data.batch_size == 4
+    assert config.total_steps == 40_000
+    assert config.schedule.lr == 1e-4
+    assert config.schedule.weight_decay == 0.05
+    assert config.schedule.poly_power == 0.9
+    assert config.schedule.amp == "auto"
+    assert config.evaluation.protocol == "rein"
+
+
+def test_yaml_file_is_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "model:\n"
+        "  backbone: vit_small_patch14_dinov2\n"
+        "  head: linear\n"
+        "  checkpoint: weights/dinov2_s.safetensors\n"
+        "method:\n"
+        "  name: lora\n"
+        "  options: {rank: 8, targets: [q, v]}\n"
+        "data:\n"
+        "  source: synthetic\n"
+        "  targets: [synthetic_fog]\n"
+        "schedule:\n"
+        "  lr: 1e-4\n"
+        "  weight_decay: 0\n"
+        "  grad_clip: 1.0\n"
+        "  amp: bf16\n"
+        "evaluation: {mode: whole}\n"
+    )
+    config = load_config(path)
+    assert config.model.backbone == "vit_small_patch14_dinov2"
+    assert config.model.head == "linear"
+    assert config.model.checkpoint == "weights/dinov2_s.safetensors"
+    assert config.method.options == {"rank": 8, "targets": ["q", "v"]}
+    assert config.data.targets == ["synthetic_fog"]
+    assert config.schedule.lr == 1e-4  # YAML 1.1 alone would read "1e-4" as a string
+    assert isinstance(config.schedule.weight_decay, float)
+    assert config.schedule.grad_clip == 1.0
+    assert config.schedule.amp == "bf16"
+    assert config.evaluation.mode == "whole"
+    assert config.data.crop == 512  # untouched keys keep their defaults
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == RunConfig()
+
+
+def test_overrides_use_yaml_scalar_rules(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("schedule:\n  lr: 1.0e-3\nmodel:\n  checkpoint: a.pth\n")
+    config = load_config(
+        path,
+        [
+            "schedule.lr=2e-4",
+            "method.options.variant=dF",
+            "method.options.delta.max=0.05",
+            "model.checkpoint=null",
+            "data.targets=[cityscapes, acdc]",
+            "schedule.ema=0.999",
+            "data.root=/data/gta",
+            "output.run_dir=runs/x",
+        ],
+    )
+    assert config.schedule.lr == 2e-4
+    assert config.method.options == {"variant": "dF", "delta": {"max": 0.05}}
+    assert config.model.checkpoint is None
+    assert config.data.targets == ["cityscapes", "acdc"]
+    assert config.schedule.ema == 0.999
+    assert config.data.root == "/data/gta"
+    assert config.output.run_dir == "runs/x"
+    assert parse_override("a.b = 3") == (["a", "b"], 3)
+
+
+def test_to_dict_round_trips_through_json_and_yaml() -> None:
+    config = load_config(overrides=["method.options.variant=dF", "schedule.seed=7"])
+    data = config.to_dict()
+    assert data["schedule"]["seed"] == 7
+    assert config_from_dict(json.loads(json.dumps(data))) == config
+    assert config_from_dict(yaml.safe_load(yaml.safe_dump(data))) == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["schedule.lrr=1"], "schedule.lrr; allowed keys in section 'schedule': ['amp', "),
+        (["train.lr=1"], "unknown key(s) train;"),
+        (["train.lr=1"], "allowed keys in the top level: ['data', 'evaluation', 'method', "),
+        (["model.img_size.x=1"], "model.img_size: expected int, got {'x': 1} (dict)"),
+    ],
+)
+def test_unknown_keys_name_the_dotted_key_and_the_allowed_ones(
+    overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("schedule.warmup_steps=abc", "schedule.warmup_steps: expected int, got 'abc' (str)"),
+        ("schedule.warmup_steps=1.5", "schedule.warmup_steps: expected int, got 1.5 (float)"),
+        ("schedule.seed=true", "schedule.seed: expected int, got True (bool)"),
+        ("schedule.lr=fast", "schedule.lr: expected float, got 'fast' (str)"),
+        ("schedule.grad_clip=[1]", "schedule.grad_clip: expected float | None, got [1] (list)"),
+        ("data.targets=cityscapes", "data.targets: expected list[str], got 'cityscapes' (str)"),
+        ("data.targets=[1]", "data.targets[0]: expected str, got 1 (int)"),
+        ("method.options=3", "method.options: expected dict[str, Any], got 3 (int)"),
+        ("model=3", "model: expected a mapping of keys to values, got 3"),
+    ],
+)
+def test_wrong_types_name_the_key_the_type_and_the_value(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(overrides=[override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.head=unet", "model.head: 'unet' is not one of the allowed values "),
+        ("model.head=unet", "['linear', 'mask2former']"),
+        ("schedule.amp=fp16", "schedule.amp: 'fp16' is not one of the allowed values"),
+        ("schedule.amp=fp16", "['auto', 'bf16', 'off']"),
+        ("evaluation.mode=tiles", "evaluation.mode: 'tiles' is not one of the allowed values"),
+        ("evaluation.mode=tiles", "['slide', 'whole']"),
+        ("evaluation.protocol=mmseg", "evaluation.protocol: 'mmseg' is not one of the allowed"),
+        ("evaluation.protocol=mmseg", "['fullres', 'rein']"),
+    ],
+)
+def test_enumerations_list_the_allowed_values(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(overrides=[override])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.batch_size=0",
+        "schedule.lr=0",
+        "schedule.tune_steps=-1",
+        "schedule.ema=1.5",
+        "schedule.grad_clip=0",
+        "schedule.grad_accumulation=0",
+    ],
+)
+def test_out_of_range_values_are_rejected(override: str) -> None:
+    key = override.partition("=")[0]
+    with pytest.raises(ValueError, match=re.escape(f"{key}: invalid value")):
+        load_config(overrides=[override])
+
+
+def test_file_and_override_syntax_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml is not valid YAML"):
+        load_config(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="expected a mapping of sections"):
+        load_config(listing)
+    with pytest.raises(ValueError, match=re.escape("section.key=value")):
+        load_config(overrides=["schedule.lr"])
+    with pytest.raises(ValueError, match=re.escape("section.key=value")):
+        load_config(overrides=["schedule..lr=1"])
+    sized = tmp_path / "sized.yaml"
+    sized.write_text("model:\n  img_size: 512\n")
+    with pytest.raises(ValueError, match=r"model\.img_size is a value, not a section"):
+        load_config(sized, ["model.img_size.x=1"])
