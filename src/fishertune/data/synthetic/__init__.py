@@ -1,0 +1,28 @@
+"""An embedded procedural domain-generalisation benchmark: street scenes in several styles."""
+
+from __future__ import annotations
+
+from fishertune.data.synthetic.dataset import (
+    SyntheticStreets,
+    render_sample,
+    render_styles,
+    scene_seed,
+    style_grid,
+)
+from fishertune.data.synthetic.scenes import Light, Scene, SceneObject, generate_scene
+from fishertune.data.synthetic.styles import STYLES, TARGET_STYLES, render_style
+
+__all__ = [
+    "STYLES",
+    "TARGET_STYLES",
+    "Light",
+    "Scene",
+    "SceneObject",
+    "SyntheticStreets",
+    "generate_scene",
+    "render_sample",
+    "render_style",
+    "render_styles",
+    "scene_seed",
+    "style_grid",
+]

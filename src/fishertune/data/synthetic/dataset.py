@@ -1,0 +1,127 @@
+"""``SyntheticStreets``: a procedural domain-generalisation benchmark as a torch Dataset.
+
+Item ``i`` of a split is rendered on the fly from a seed derived from ``(seed, split, i)``:
+the layout depends only on that seed, the style's own randomness on the seed and the style,
+so the same scene appears with the same label in every style and the same arguments always
+give the same tensors.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+from fishertune.data.base import SegmentationDataset, Transform
+from fishertune.data.synthetic.scenes import Scene, generate_scene
+from fishertune.data.synthetic.styles import STYLES, render_style
+
+__all__ = ["SyntheticStreets", "render_sample", "render_styles", "scene_seed", "style_grid"]
+
+
+def _code(name: str) -> int:
+    """A stable integer for a split or style name."""
+    return zlib.crc32(name.encode("utf-8"))
+
+
+def scene_seed(seed: int, split: str, index: int) -> int:
+    """The scene seed of item ``index`` of ``split`` in a benchmark seeded with ``seed``."""
+    state = np.random.SeedSequence((seed, _code(split), index)).generate_state(2, np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+def _scene(seed: int, size: tuple[int, int]) -> Scene:
+    """The layout generated from a scene seed."""
+    return generate_scene(np.random.default_rng(np.random.SeedSequence((seed, 0))), size)
+
+
+def _style_rng(seed: int, style: str) -> np.random.Generator:
+    """The generator driving ``style``'s randomness for a scene seed."""
+    return np.random.default_rng(np.random.SeedSequence((seed, 1, _code(style))))
+
+
+def render_sample(
+    seed: int, style: str, size: tuple[int, int] = (128, 256)
+) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """Render scene ``seed`` in ``style``: an (H, W, 3) uint8 image and (H, W) train ids."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; choose from {STYLES}")
+    scene = _scene(seed, size)
+    return render_style(scene, style, _style_rng(seed, style)), scene.label
+
+
+def render_styles(
+    seed: int, size: tuple[int, int] = (128, 256)
+) -> tuple[dict[str, NDArray[np.uint8]], NDArray[np.int64]]:
+    """Render one scene in every style: ``({style: (H, W, 3) uint8}, (H, W) train ids)``."""
+    scene = _scene(seed, size)
+    images = {style: render_style(scene, style, _style_rng(seed, style)) for style in STYLES}
+    return images, scene.label
+
+
+def style_grid(
+    seeds: Sequence[int], size: tuple[int, int] = (128, 256), gap: int = 2
+) -> NDArray[np.uint8]:
+    """A qualitative grid: one row per scene seed, one column per style (white gaps)."""
+    height, width = size
+    grid = np.full(
+        (len(seeds) * (height + gap) - gap, len(STYLES) * (width + gap) - gap, 3),
+        255,
+        dtype=np.uint8,
+    )
+    for row, seed in enumerate(seeds):
+        images, _ = render_styles(seed, size)
+        for col, style in enumerate(STYLES):
+            r, c = row * (height + gap), col * (width + gap)
+            grid[r : r + height, c : c + width] = images[style]
+    return grid
+
+
+class SyntheticStreets(SegmentationDataset):
+    """Procedural street scenes in one rendering style (domain), generated on the fly.
+
+    ``style`` is one of :data:`~fishertune.data.synthetic.styles.STYLES` (``"source"`` is the
+    labelled training domain). Items are ``(uint8 (3, H, W), int64 (H, W) train ids)`` like
+    every :class:`~fishertune.data.base.SegmentationDataset`, passed through ``transform``.
+    """
+
+    splits = ("train", "val", "test")
+
+    def __init__(
+        self,
+        split: str,
+        style: str,
+        *,
+        size: tuple[int, int] = (128, 256),
+        length: int = 500,
+        seed: int = 0,
+        transform: Transform | None = None,
+    ) -> None:
+        if style not in STYLES:
+            raise ValueError(f"unknown style {style!r}; choose from {STYLES}")
+        if length < 0:
+            raise ValueError(f"length must be non-negative, got {length}")
+        super().__init__([], transform=transform)
+        self.split = self.resolve_split(split)
+        self.style = style
+        self.size = size
+        self.length = length
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if not -self.length <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} items")
+        index %= self.length
+        rgb, ids = render_sample(scene_seed(self.seed, self.split, index), self.style, self.size)
+        image = torch.from_numpy(rgb).permute(2, 0, 1)
+        label = torch.from_numpy(ids)
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return image, label
