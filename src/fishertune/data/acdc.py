@@ -17,8 +17,8 @@ from pathlib import Path
 from fishertune.data.base import (
     LabelCandidate,
     Pair,
-    SegmentationDataset,
     Transform,
+    TreeDataset,
     pair_by_image,
 )
 from fishertune.data.labels import TRAIN_ID_MAP
@@ -29,7 +29,7 @@ ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
 _IMAGE_SUFFIX = "_rgb_anon.png"
 
 
-class ACDC(SegmentationDataset):
+class ACDC(TreeDataset):
     """ACDC images of the chosen conditions with their train-id labels."""
 
     splits = ("val", "train", "test")
@@ -43,13 +43,13 @@ class ACDC(SegmentationDataset):
         transform: Transform | None = None,
         check: bool = False,
     ) -> None:
-        self.split = self.resolve_split(split)
         unknown = sorted(set(conditions) - set(ACDC_CONDITIONS))
         if unknown or not conditions:
             raise ValueError(f"ACDC conditions must be a non-empty subset of {ACDC_CONDITIONS}")
         self.conditions = tuple(conditions)
-        base = self.root_path(root)
+        super().__init__(root, split, transform=transform, check=check)
 
+    def find_pairs(self, base: Path) -> list[Pair]:
         def candidates(image: Path) -> list[LabelCandidate]:
             sequence = image.parent
             condition = sequence.parent.parent.name
@@ -61,4 +61,4 @@ class ACDC(SegmentationDataset):
         for condition in self.conditions:
             pattern = f"rgb_anon/{condition}/{self.split}/*/*{_IMAGE_SUFFIX}"
             pairs.extend(pair_by_image(base, pattern, candidates))
-        super().__init__(pairs, transform=transform, check=check)
+        return pairs

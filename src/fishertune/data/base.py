@@ -212,3 +212,26 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
         if self.transform is not None:
             image, label = self.transform(image, label)
         return image, label
+
+
+class TreeDataset(SegmentationDataset):
+    """A data set read from a directory tree in its official layout.
+
+    Subclasses define :attr:`splits` and :meth:`find_pairs`; the constructor resolves the split
+    (``self.split``), checks the root and pairs the files.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str | None = None,
+        *,
+        transform: Transform | None = None,
+        check: bool = False,
+    ) -> None:
+        self.split = self.resolve_split(split)
+        super().__init__(self.find_pairs(self.root_path(root)), transform=transform, check=check)
+
+    def find_pairs(self, base: Path) -> list[Pair]:
+        """Every (image, label) pair of ``self.split`` under the root ``base``."""
+        raise NotImplementedError

@@ -8,34 +8,24 @@ Layout (the official ``bdd100k_images_10k`` and ``bdd100k_sem_seg_labels_trainva
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from fishertune.data.base import LabelCandidate, SegmentationDataset, Transform, pair_by_image
+from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image
 from fishertune.data.labels import TRAIN_ID_MAP
 
 __all__ = ["BDD100K"]
 
 
-class BDD100K(SegmentationDataset):
+class BDD100K(TreeDataset):
     """BDD100K 10K images with their train-id masks."""
 
     splits = ("val", "train")
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str | None = None,
-        *,
-        transform: Transform | None = None,
-        check: bool = False,
-    ) -> None:
-        self.split = self.resolve_split(split)
-        base = self.root_path(root)
+    def find_pairs(self, base: Path) -> list[Pair]:
         masks = base / "labels" / "sem_seg" / "masks" / self.split
 
         def candidates(image: Path) -> list[LabelCandidate]:
             return [(masks / f"{image.stem}.png", lambda: TRAIN_ID_MAP)]
 
         pattern = f"images/10k/{self.split}/*.jpg"
-        super().__init__(pair_by_image(base, pattern, candidates), transform=transform, check=check)
+        return pair_by_image(base, pattern, candidates)

@@ -12,10 +12,9 @@ them the label ids are mapped through cityscapesscripts' official table.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from fishertune.data.base import LabelCandidate, SegmentationDataset, Transform, pair_by_image
+from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image
 from fishertune.data.labels import TRAIN_ID_MAP, cityscapes_label_map
 
 __all__ = ["Cityscapes"]
@@ -23,21 +22,12 @@ __all__ = ["Cityscapes"]
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 
 
-class Cityscapes(SegmentationDataset):
+class Cityscapes(TreeDataset):
     """Cityscapes ``leftImg8bit`` images with ``gtFine`` train-id labels."""
 
     splits = ("train", "val", "test")
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str | None = None,
-        *,
-        transform: Transform | None = None,
-        check: bool = False,
-    ) -> None:
-        self.split = self.resolve_split(split)
-        base = self.root_path(root)
+    def find_pairs(self, base: Path) -> list[Pair]:
 
         def candidates(image: Path) -> list[LabelCandidate]:
             prefix = image.name.removesuffix(_IMAGE_SUFFIX)
@@ -48,4 +38,4 @@ class Cityscapes(SegmentationDataset):
             ]
 
         pattern = f"leftImg8bit/{self.split}/*/*{_IMAGE_SUFFIX}"
-        super().__init__(pair_by_image(base, pattern, candidates), transform=transform, check=check)
+        return pair_by_image(base, pattern, candidates)

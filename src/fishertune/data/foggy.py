@@ -16,14 +16,12 @@ the label files: every label needs an image of the same file name under ``RGB``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from fishertune.data.base import (
     LabelCandidate,
     Pair,
-    SegmentationDataset,
-    Transform,
+    TreeDataset,
     pair_by_image,
 )
 from fishertune.data.labels import TRAIN_ID_MAP
@@ -51,38 +49,21 @@ def _pair_by_label(root: Path) -> list[Pair]:
     return pairs
 
 
-class FoggyZurich(SegmentationDataset):
+class FoggyZurich(TreeDataset):
     """Foggy Zurich's labelled test images with their train-id labels."""
 
     splits = ("test",)
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str | None = None,
-        *,
-        transform: Transform | None = None,
-        check: bool = False,
-    ) -> None:
-        self.split = self.resolve_split(split)
-        super().__init__(_pair_by_label(self.root_path(root)), transform=transform, check=check)
+    def find_pairs(self, base: Path) -> list[Pair]:
+        return _pair_by_label(base)
 
 
-class FoggyDriving(SegmentationDataset):
+class FoggyDriving(TreeDataset):
     """Foggy Driving test images with fine (else coarse) train-id labels."""
 
     splits = ("test",)
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str | None = None,
-        *,
-        transform: Transform | None = None,
-        check: bool = False,
-    ) -> None:
-        self.split = self.resolve_split(split)
-        base = self.root_path(root)
+    def find_pairs(self, base: Path) -> list[Pair]:
 
         def candidates(image: Path) -> list[LabelCandidate]:
             prefix = image.name.removesuffix("_leftImg8bit.png")
@@ -92,4 +73,4 @@ class FoggyDriving(SegmentationDataset):
             return [(fine, lambda: TRAIN_ID_MAP), (coarse, lambda: TRAIN_ID_MAP)]
 
         pattern = f"leftImg8bit/{self.split}/*/*_leftImg8bit.png"
-        super().__init__(pair_by_image(base, pattern, candidates), transform=transform, check=check)
+        return pair_by_image(base, pattern, candidates)

@@ -11,30 +11,20 @@ DGSS trains on every frame, so the only split is ``"all"``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from fishertune.data.base import LabelCandidate, SegmentationDataset, Transform, pair_by_image
+from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image
 from fishertune.data.labels import TRAIN_ID_MAP, cityscapes_label_map
 
 __all__ = ["GTAV"]
 
 
-class GTAV(SegmentationDataset):
+class GTAV(TreeDataset):
     """GTAV images with labels mapped to Cityscapes train ids."""
 
     splits = ("all",)
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str | None = None,
-        *,
-        transform: Transform | None = None,
-        check: bool = False,
-    ) -> None:
-        self.split = self.resolve_split(split)
-        base = self.root_path(root)
+    def find_pairs(self, base: Path) -> list[Pair]:
 
         def candidates(image: Path) -> list[LabelCandidate]:
             labels = base / "labels"
@@ -44,4 +34,4 @@ class GTAV(SegmentationDataset):
             ]
 
         pairs = pair_by_image(base, "images/*.png", candidates)
-        super().__init__(pairs, transform=transform, check=check)
+        return pairs

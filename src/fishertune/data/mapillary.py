@@ -11,30 +11,20 @@ Label indices map to train ids by class name (:func:`~fishertune.data.labels.map
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from fishertune.data.base import LabelCandidate, SegmentationDataset, Transform, pair_by_image
+from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image
 from fishertune.data.labels import TRAIN_ID_MAP, mapillary_label_map
 
 __all__ = ["MapillaryVistas"]
 
 
-class MapillaryVistas(SegmentationDataset):
+class MapillaryVistas(TreeDataset):
     """Mapillary Vistas v1.2 images with labels mapped to Cityscapes train ids by name."""
 
     splits = ("validation", "training")
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str | None = None,
-        *,
-        transform: Transform | None = None,
-        check: bool = False,
-    ) -> None:
-        self.split = self.resolve_split(split)
-        base = self.root_path(root)
+    def find_pairs(self, base: Path) -> list[Pair]:
         config = base / "config.json"
         if not config.is_file():
             raise FileNotFoundError(f"Mapillary Vistas config {config} not found")
@@ -48,4 +38,4 @@ class MapillaryVistas(SegmentationDataset):
             ]
 
         pattern = f"{self.split}/images/*.jpg"
-        super().__init__(pair_by_image(base, pattern, candidates), transform=transform, check=check)
+        return pair_by_image(base, pattern, candidates)

@@ -12,30 +12,20 @@ Dark Zurich's sequence folder is matched by ``*`` (the public val set has only G
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from fishertune.data.base import LabelCandidate, SegmentationDataset, Transform, pair_by_image
+from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image
 from fishertune.data.labels import TRAIN_ID_MAP
 
 __all__ = ["DarkZurich", "NighttimeDriving"]
 
 
-class DarkZurich(SegmentationDataset):
+class DarkZurich(TreeDataset):
     """Dark Zurich nighttime images with train-id labels (the labelled val split)."""
 
     splits = ("val",)
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str | None = None,
-        *,
-        transform: Transform | None = None,
-        check: bool = False,
-    ) -> None:
-        self.split = self.resolve_split(split)
-        base = self.root_path(root)
+    def find_pairs(self, base: Path) -> list[Pair]:
 
         def candidates(image: Path) -> list[LabelCandidate]:
             name = image.name.removesuffix("_rgb_anon.png") + "_gt_labelTrainIds.png"
@@ -43,24 +33,15 @@ class DarkZurich(SegmentationDataset):
             return [(folder / name, lambda: TRAIN_ID_MAP)]
 
         pattern = f"rgb_anon/{self.split}/night/*/*_rgb_anon.png"
-        super().__init__(pair_by_image(base, pattern, candidates), transform=transform, check=check)
+        return pair_by_image(base, pattern, candidates)
 
 
-class NighttimeDriving(SegmentationDataset):
+class NighttimeDriving(TreeDataset):
     """Nighttime Driving test images with their coarse train-id labels."""
 
     splits = ("test",)
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str | None = None,
-        *,
-        transform: Transform | None = None,
-        check: bool = False,
-    ) -> None:
-        self.split = self.resolve_split(split)
-        base = self.root_path(root)
+    def find_pairs(self, base: Path) -> list[Pair]:
         labels = base / "gtCoarse_daytime_trainvaltest" / self.split / "night"
 
         def candidates(image: Path) -> list[LabelCandidate]:
@@ -68,4 +49,4 @@ class NighttimeDriving(SegmentationDataset):
             return [(labels / name, lambda: TRAIN_ID_MAP)]
 
         pattern = f"leftImg8bit/{self.split}/night/*_leftImg8bit.png"
-        super().__init__(pair_by_image(base, pattern, candidates), transform=transform, check=check)
+        return pair_by_image(base, pattern, candidates)

@@ -14,7 +14,6 @@ split is ``"all"``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ from PIL import Image
 from fishertune.data.base import (
     DatasetError,
     LabelCandidate,
-    SegmentationDataset,
-    Transform,
+    Pair,
+    TreeDataset,
     pair_by_image,
     read_index_png,
 )
@@ -66,21 +65,12 @@ def read_synthia_label(path: Path) -> NDArray[Any]:
     return high * 256 + low
 
 
-class Synthia(SegmentationDataset):
+class Synthia(TreeDataset):
     """Synthia RAND-CITYSCAPES with labels mapped to the 16 shared Cityscapes train ids."""
 
     splits = ("all",)
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str | None = None,
-        *,
-        transform: Transform | None = None,
-        check: bool = False,
-    ) -> None:
-        self.split = self.resolve_split(split)
-        base = self.root_path(root)
+    def find_pairs(self, base: Path) -> list[Pair]:
         label_map = synthia_label_map()
 
         def candidates(image: Path) -> list[LabelCandidate]:
@@ -90,9 +80,7 @@ class Synthia(SegmentationDataset):
                 (folder / image.name, lambda: label_map),
             ]
 
-        super().__init__(
-            pair_by_image(base, "RGB/*.png", candidates), transform=transform, check=check
-        )
+        return pair_by_image(base, "RGB/*.png", candidates)
 
     def read_label(self, path: Path) -> NDArray[Any]:
         """Read Synthia's 16-bit label PNG (:func:`read_synthia_label`)."""
