@@ -7,10 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fishertune.models import build_segmentor
 from fishertune.tuners import available_tuners, build_tuner
 from fishertune.tuners.base import decays
-from tuner_harness import check_save_load, check_trains_and_keeps_the_rest, tiny_segmentor
+from tuner_harness import (
+    check_save_load,
+    check_trains_and_keeps_the_rest,
+    tiny_sam_segmentor,
+    tiny_segmentor,
+)
 
 
 def test_registry_lists_and_rejects() -> None:
@@ -83,17 +87,7 @@ def test_weight_decay_rules(name: str, decayed: bool) -> None:
 
 def test_train_perturbation_on_sam_maps() -> None:
     """SAM's blocks carry (B, H, W, C) maps: the statistics are taken over H and W."""
-    torch.manual_seed(0)
-    model = build_segmentor(
-        "samvit_base_patch16",
-        num_classes=5,
-        img_size=64,
-        depth=4,
-        embed_dim=32,
-        num_heads=2,
-        global_attn_indexes=(3,),
-        window_size=2,
-    )
+    model = tiny_sam_segmentor(window_size=2)
     tuner = build_tuner("freeze", model, train_perturbation=True)
     assert tuner._perturbation is not None
     assert tuner._perturbation.channels_last
@@ -103,3 +97,10 @@ def test_train_perturbation_on_sam_maps() -> None:
     with tuner.train_context():
         shifted = model.predict(images)
     assert not torch.allclose(clean, shifted)
+
+
+def test_config_object_of_the_wrong_method_is_rejected() -> None:
+    from fishertune.tuners.lora import LoRAConfig
+
+    with pytest.raises(TypeError, match="tuner 'vpt' needs a VPTConfig, got LoRAConfig"):
+        build_tuner("vpt", tiny_segmentor(), config=LoRAConfig())

@@ -23,6 +23,7 @@ from tuner_harness import (
     batch,
     check_save_load,
     check_trains_and_keeps_the_rest,
+    tiny_sam_segmentor,
     tiny_segmentor,
     train_steps,
 )
@@ -127,17 +128,7 @@ def test_rein_block_output_follows_the_formulas(name: str, prefix: int) -> None:
 
 
 def test_rein_refines_sam_maps_as_patch_tokens() -> None:
-    torch.manual_seed(0)
-    model = build_segmentor(
-        "samvit_base_patch16",
-        num_classes=5,
-        img_size=64,
-        depth=4,
-        embed_dim=32,
-        num_heads=2,
-        global_attn_indexes=(3,),
-        window_size=4,
-    )
+    model = tiny_sam_segmentor(window_size=4)
     build_tuner("rein", model)
     adapter = _rein(model)
     with torch.no_grad():

@@ -40,6 +40,21 @@ def tiny_segmentor(head: str = "linear", seed: int = 0, **backbone: Any) -> Segm
     )
 
 
+def tiny_sam_segmentor(window_size: int = 4) -> Segmentor:
+    """A tiny SAM-architecture ViT (windowed blocks on (B, H, W, C) maps), linear head."""
+    torch.manual_seed(0)
+    return build_segmentor(
+        "samvit_base_patch16",
+        num_classes=NUM_CLASSES,
+        img_size=64,
+        depth=4,
+        embed_dim=32,
+        num_heads=2,
+        global_attn_indexes=(3,),
+        window_size=window_size,
+    )
+
+
 def batch(seed: int = 1, size: int = 56, count: int = 2) -> tuple[Tensor, Tensor]:
     """Fixed images and labels with a few ignored pixels."""
     g = torch.Generator().manual_seed(seed)

@@ -105,11 +105,10 @@ class AdaptFormerTuner(Tuner):
     """A scaled bottleneck adapter in parallel with every FFN (3.17M on ViT-L)."""
 
     config_class = AdaptFormerConfig
+    config: AdaptFormerConfig
 
     def attach(self, segmentor: Segmentor) -> None:
         config = self.config
-        if not isinstance(config, AdaptFormerConfig):
-            raise TypeError(f"adaptformer needs an AdaptFormerConfig, got {type(config).__name__}")
         dim = getattr(segmentor.backbone, "embed_dim", None)
         if not isinstance(dim, int):
             raise ValueError("adaptformer needs a backbone with an int `embed_dim`")

@@ -75,6 +75,11 @@ class Tuner:
     def __init__(self, config: TunerConfig | None = None, **options: Any) -> None:
         if config is not None and options:
             raise ValueError("give either a config object or keyword options, not both")
+        if config is not None and not isinstance(config, self.config_class):
+            raise TypeError(
+                f"tuner {self.name!r} needs a {self.config_class.__name__}, "
+                f"got {type(config).__name__}"
+            )
         self.config = (
             config if config is not None else _make_config(self.config_class, self.name, options)
         )

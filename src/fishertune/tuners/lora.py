@@ -148,11 +148,10 @@ class LoRATuner(Tuner):
     """Rank-r updates of the Q and V projections of every block (0.79M on ViT-L)."""
 
     config_class = LoRAConfig
+    config: LoRAConfig
 
     def attach(self, segmentor: Segmentor) -> None:
         config = self.config
-        if not isinstance(config, LoRAConfig):
-            raise TypeError(f"lora needs a LoRAConfig, got {type(config).__name__}")
         for index, block in named_blocks(segmentor):
             attn = getattr(block, "attn", None)
             if not isinstance(attn, nn.Module):

@@ -203,6 +203,7 @@ class ReinTuner(Tuner):
     with the Mask2Former head, 2.53M without a query link)."""
 
     config_class = ReinConfig
+    config: ReinConfig
 
     def __init__(self, config: TunerConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
@@ -218,8 +219,6 @@ class ReinTuner(Tuner):
 
     def attach(self, segmentor: Segmentor) -> None:
         config = self.config
-        if not isinstance(config, ReinConfig):
-            raise TypeError(f"rein needs a ReinConfig, got {type(config).__name__}")
         backbone = segmentor.backbone
         dim = getattr(backbone, "embed_dim", None)
         if not isinstance(dim, int):

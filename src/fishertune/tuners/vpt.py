@@ -92,11 +92,10 @@ class VPTTuner(Tuner):
     """P learnable prompt tokens before every block (3.69M on ViT-L with P = 150)."""
 
     config_class = VPTConfig
+    config: VPTConfig
 
     def attach(self, segmentor: Segmentor) -> None:
         config = self.config
-        if not isinstance(config, VPTConfig):
-            raise TypeError(f"vpt needs a VPTConfig, got {type(config).__name__}")
         backbone = segmentor.backbone
         if isinstance(getattr(backbone, "model", None), VisionTransformerSAM):
             raise ValueError(

@@ -204,11 +204,10 @@ class VQTTuner(Tuner):
     ViT-L)."""
 
     config_class = VQTConfig
+    config: VQTConfig
 
     def attach(self, segmentor: Segmentor) -> None:
         config = self.config
-        if not isinstance(config, VQTConfig):
-            raise TypeError(f"vqt needs a VQTConfig, got {type(config).__name__}")
         backbone = segmentor.backbone
         dim = getattr(backbone, "embed_dim", None)
         out_indices = getattr(backbone, "out_indices", None)
