@@ -1,0 +1,53 @@
+"""Reporting, the last layer of a run: figures and the markdown report.
+
+:mod:`~fishertune.reporting.palette` colours Cityscapes label maps;
+:mod:`~fishertune.reporting.plots` draws the paper's Fig. 6-style sensitivity heatmap
+(:func:`sensitivity_by_block` → :func:`sensitivity_heatmap`), the training curves of a run's
+``metrics.csv``, qualitative image / ground truth / prediction grids and per-domain bars;
+:mod:`~fishertune.reporting.report` writes ``report.md`` and Table-1-style comparisons.
+Plots render with matplotlib's Agg canvas and never touch pyplot's global state.
+"""
+
+from fishertune.reporting.palette import (
+    CITYSCAPES_PALETTE,
+    IGNORE_COLOR,
+    IGNORE_INDEX,
+    colorize,
+    legend_handles,
+    overlay,
+    train_ids,
+)
+from fishertune.reporting.plots import (
+    DEFAULT_KINDS,
+    domain_bars,
+    moving_average,
+    qualitative_grid,
+    read_metrics_csv,
+    selected_share_by_block,
+    sensitivity_by_block,
+    sensitivity_heatmap,
+    training_curves,
+)
+from fishertune.reporting.report import AVERAGE_HEADER, comparison_table, write_report
+
+__all__ = [
+    "AVERAGE_HEADER",
+    "CITYSCAPES_PALETTE",
+    "DEFAULT_KINDS",
+    "IGNORE_COLOR",
+    "IGNORE_INDEX",
+    "colorize",
+    "comparison_table",
+    "domain_bars",
+    "legend_handles",
+    "moving_average",
+    "overlay",
+    "qualitative_grid",
+    "read_metrics_csv",
+    "selected_share_by_block",
+    "sensitivity_by_block",
+    "sensitivity_heatmap",
+    "train_ids",
+    "training_curves",
+    "write_report",
+]

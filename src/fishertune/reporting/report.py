@@ -1,0 +1,180 @@
+"""The run report (``report.md``) and the paper's Table-1-style method comparison."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from fishertune.evaluation.domains import DomainResults
+
+AVERAGE_HEADER = "Avg. (targets)"
+"""Column of the mean mIoU over the unseen target domains (the source domain excluded)."""
+
+_NO_TABLES: Mapping[str, str] = MappingProxyType({})
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _columns(results: Sequence[DomainResults], source_domain: str | None) -> tuple[list[str], str]:
+    """The target domains in first-seen order, and the source column name ('' if none)."""
+    seen = dict.fromkeys(name for r in results for name in r.domains)
+    source = source_domain if source_domain is not None and source_domain in seen else ""
+    return [name for name in seen if name != source_domain], source
+
+
+def _target_average(results: DomainResults, targets: Sequence[str]) -> float:
+    """Mean mIoU over ``targets``; NaN when one is missing or NaN (or there are none)."""
+    values = [results.domains[t].miou if t in results.domains else math.nan for t in targets]
+    return sum(values) / len(values) if values else math.nan
+
+
+def _comparison(
+    results: Mapping[str, DomainResults], source_domain: str | None, *, bold: bool
+) -> str:
+    targets, source = _columns(list(results.values()), source_domain)
+    names = [source, *targets] if source else targets
+    header = ["Method", *(f"{n} (source)" if n == source else n for n in names), AVERAGE_HEADER]
+    table = [
+        [
+            *(r.domains[n].miou if n in r.domains else math.nan for n in names),
+            _target_average(r, targets),
+        ]
+        for r in results.values()
+    ]
+    cells = [[_percent(v) for v in row] for row in table]
+    if bold:
+        for col in range(len(header) - 1):
+            finite = [row[col] for row in table if not math.isnan(row[col])]
+            if not finite:
+                continue
+            best = _percent(max(finite))
+            for row in cells:
+                if row[col] == best:
+                    row[col] = f"**{best}**"
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| --- |" + " ---: |" * (len(header) - 1),
+        *(
+            "| " + " | ".join([method, *row]) + " |"
+            for method, row in zip(results, cells, strict=True)
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def comparison_table(results: Mapping[str, DomainResults], source_domain: str | None) -> str:
+    """Table 1 of the paper as markdown: a row per method (the mapping's keys).
+
+    Columns are the source domain (marked "(source)", first, when some result has it), every
+    other domain in first-seen order, and ``Avg. (targets)``: the mean mIoU over the target
+    domains only, "-" for a method missing one of them. Values are mIoU ×100 with two
+    decimals ("-" for NaN); the best value of each column is in bold when more than one
+    method is compared (ties are all bold).
+    """
+    return _comparison(results, source_domain, bold=len(results) > 1)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with mappings as dicts, sequences as lists and paths as strings for YAML."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
+
+
+def _link(run_dir: Path, figure: str | Path) -> str:
+    """``figure`` relative to ``run_dir`` (POSIX), in angle brackets when it has spaces."""
+    relative = Path(os.path.relpath(Path(figure).absolute(), run_dir.absolute())).as_posix()
+    return f"<{relative}>" if any(c.isspace() or c in "()" for c in relative) else relative
+
+
+def _summary(results: DomainResults | None, source_domain: str | None) -> str:
+    if results is None:
+        return "No evaluation results were recorded for this run."
+    targets = [name for name in results.domains if name != source_domain]
+    facts = []
+    if source_domain is not None and source_domain in results.domains:
+        facts.append(f"source {source_domain} {_percent(results.domains[source_domain].miou)}")
+    average = _percent(_target_average(results, targets))
+    facts.append(f"mean over {len(targets)} unseen target domain(s) {average}")
+    head = f"`{results.method}` under protocol `{results.protocol.name}`"
+    return f"{head}: mIoU (%) " + "; ".join(facts) + "."
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    title: str,
+    config: Mapping[str, Any],
+    results: DomainResults | None,
+    source_domain: str | None,
+    figures: Mapping[str, str | Path],
+    notes: Sequence[str] = (),
+    extra_tables: Mapping[str, str] = _NO_TABLES,
+    summary: str | None = None,
+) -> Path:
+    """Write ``run_dir/report.md`` atomically and return its path.
+
+    Sections: the title, a one-line summary, the configuration as a YAML block, the results
+    (mIoU per domain with the source first and the average over the unseen target domains
+    only, then IoU per class), each figure under its caption (``figures`` maps captions to
+    image paths, absolute or relative to the working directory, linked relative to
+    ``run_dir``), the notes as bullets and each of ``extra_tables`` (title → markdown) as its
+    own section. ``summary`` replaces the one-line summary derived from ``results`` (e.g. for
+    a comparison of several runs). Sections without content (no results, figures, notes) are
+    left out. The text
+    goes to a temporary file in ``run_dir`` that replaces ``report.md`` in one step.
+    """
+    directory = Path(run_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    config_yaml = yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True)
+    sections = [
+        f"# {title}",
+        summary if summary is not None else _summary(results, source_domain),
+        f"## Configuration\n\n```yaml\n{config_yaml}```",
+    ]
+    if results is not None:
+        targets, _ = _columns([results], source_domain)
+        sections.append(
+            "## Results\n\n"
+            f"### mIoU per domain (%); {AVERAGE_HEADER} is over the {len(targets)} unseen "
+            "target domain(s) only\n\n"
+            f"{_comparison({results.method: results}, source_domain, bold=False)}\n\n"
+            f"### IoU per class (%)\n\n{results.class_table()}"
+        )
+    if figures:
+        sections.append(
+            "## Figures\n\n"
+            + "\n\n".join(
+                f"### {caption}\n\n![{caption}]({_link(directory, path)})"
+                for caption, path in figures.items()
+            )
+        )
+    if notes:
+        sections.append("## Notes\n\n" + "\n".join(f"- {note}" for note in notes))
+    sections.extend(f"## {name}\n\n{table.strip()}" for name, table in extra_tables.items())
+    text = "\n\n".join(sections) + "\n"
+
+    target = directory / "report.md"
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".report-", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o644)  # mkstemp creates it private
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
