@@ -7,6 +7,7 @@
 
 from fishertune.models.backbone import FAMILIES, PretrainedWeightsUnavailableError, ViTBackbone
 from fishertune.models.build import HEADS, build_segmentor
+from fishertune.models.demo_vit import DEMO_VIT_NAME
 from fishertune.models.heads import LinearHead, Mask2FormerHead, SegmentationHead
 from fishertune.models.neck import MultiScaleNeck
 from fishertune.models.parameter_groups import (
@@ -22,6 +23,7 @@ from fishertune.models.weights import CheckpointError, LoadReport
 
 __all__ = [
     "CANDIDATE_KINDS",
+    "DEMO_VIT_NAME",
     "FAMILIES",
     "HEADS",
     "KINDS",

@@ -160,6 +160,8 @@ def _create(model_name: str, pretrained: bool, kwargs: dict[str, Any]) -> Any:
         )
     try:
         model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    except PretrainedWeightsUnavailableError:
+        raise  # already says what to do (e.g. the demo backbone's missing weights file)
     except (OSError, RuntimeError, ValueError) as error:
         if not pretrained:
             raise
