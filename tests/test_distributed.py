@@ -1,13 +1,16 @@
-"""Two CPU processes under torchrun/gloo agree with one process on the union of their data."""
+"""Two CPU processes under torchrun/gloo: the estimators agree with one process on the union of
+their data, and the trainer keeps both ranks identical with rank 0 alone writing."""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from distributed_worker import build
 from fishertune.sensitivity import diagonal_fisher
@@ -38,3 +41,34 @@ def test_distributed_diagonal_fisher_equals_single_process(tmp_path: Path) -> No
     # though each drew its own noise.
     for key in ranks[0]["precision"]:
         assert torch.equal(ranks[0]["precision"][key], ranks[1]["precision"][key])
+
+
+def test_two_process_training_keeps_ranks_identical_and_rank0_writes(tmp_path: Path) -> None:
+    worker = Path(__file__).with_name("distributed_trainer_worker.py")
+    tests = str(Path(__file__).parent)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(worker),
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, second = (load_file(str(tmp_path / f"weights{r}.safetensors")) for r in range(2))
+    assert first.keys() == second.keys()
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key  # same masks, same averaged updates
+    assert (tmp_path / "miou0.txt").read_text() == (tmp_path / "miou1.txt").read_text()
+    with (tmp_path / "run" / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    steps = [int(row["step"]) for row in rows if row["stage"]]
+    assert steps == list(range(1, 9))  # one writer: each step logged once
+    assert (tmp_path / "run" / "checkpoints" / "sensitivity.json").is_file()

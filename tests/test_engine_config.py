@@ -43,7 +43,7 @@ def test_yaml_file_is_loaded(tmp_path: Path) -> None:
         "  options: {rank: 8, targets: [q, v]}\n"
         "data:\n"
         "  source: synthetic\n"
-        "  targets: [synthetic_fog]\n"
+        "  targets: [fog]\n"
         "schedule:\n"
         "  lr: 1e-4\n"
         "  weight_decay: 0\n"
@@ -56,7 +56,7 @@ def test_yaml_file_is_loaded(tmp_path: Path) -> None:
     assert config.model.head == "linear"
     assert config.model.checkpoint == "weights/dinov2_s.safetensors"
     assert config.method.options == {"rank": 8, "targets": ["q", "v"]}
-    assert config.data.targets == ["synthetic_fog"]
+    assert config.data.targets == ["fog"]
     assert config.schedule.lr == 1e-4  # YAML 1.1 alone would read "1e-4" as a string
     assert isinstance(config.schedule.weight_decay, float)
     assert config.schedule.grad_clip == 1.0
@@ -111,7 +111,7 @@ def test_to_dict_round_trips_through_json_and_yaml() -> None:
         (["schedule.lrr=1"], "schedule.lrr; allowed keys in section 'schedule': ['amp', "),
         (["train.lr=1"], "unknown key(s) train;"),
         (["train.lr=1"], "allowed keys in the top level: ['data', 'evaluation', 'method', "),
-        (["model.img_size.x=1"], "model.img_size: expected int, got {'x': 1} (dict)"),
+        (["model.img_size.x=1"], "model.img_size: expected int | list[int], got {'x': 1} (dict)"),
     ],
 )
 def test_unknown_keys_name_the_dotted_key_and_the_allowed_ones(
@@ -150,7 +150,7 @@ def test_wrong_types_name_the_key_the_type_and_the_value(override: str, message:
         ("evaluation.mode=tiles", "evaluation.mode: 'tiles' is not one of the allowed values"),
         ("evaluation.mode=tiles", "['slide', 'whole']"),
         ("evaluation.protocol=mmseg", "evaluation.protocol: 'mmseg' is not one of the allowed"),
-        ("evaluation.protocol=mmseg", "['fullres', 'rein']"),
+        ("evaluation.protocol=mmseg", "['fullres', 'rein', 'synthetic']"),
     ],
 )
 def test_enumerations_list_the_allowed_values(override: str, message: str) -> None:
@@ -194,3 +194,34 @@ def test_file_and_override_syntax_errors(tmp_path: Path) -> None:
     sized.write_text("model:\n  img_size: 512\n")
     with pytest.raises(ValueError, match=r"model\.img_size is a value, not a section"):
         load_config(sized, ["model.img_size.x=1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.source=gta", "data.source: 'gta' is not one of the allowed values ['synthetic', "),
+        ("data.targets=[cityscape]", "data.targets[0]: 'cityscape' is not one of the allowed "),
+        ("method.name=fishertun", "method.name: 'fishertun' is not one of the allowed values"),
+        ("model.img_size=[64]", "model.img_size: invalid value [64]"),
+        ("data.crop=[0, 64]", "data.crop: invalid value [0, 64]"),
+        ("data.eval_images=0", "data.eval_images: invalid value 0"),
+    ],
+)
+def test_names_and_sizes_are_checked(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(overrides=[override])
+
+
+def test_synthetic_targets_are_styles_and_sizes_may_be_pairs() -> None:
+    config = load_config(
+        overrides=[
+            "data.source=synthetic",
+            "data.targets=[fog, night]",
+            "model.img_size=[64, 128]",
+            "data.crop=[64, 128]",
+        ]
+    )
+    assert config.model.image_size == (64, 128)
+    assert config.data.crop_size == (64, 128)
+    with pytest.raises(ValueError, match=re.escape("data.targets[1]: 'cityscapes' is not one")):
+        load_config(overrides=["data.source=synthetic", "data.targets=[fog, cityscapes]"])

@@ -146,12 +146,12 @@ def test_protocol_sizes() -> None:
     assert rein.resized_shape("gtav", 1052, 1914) == (704, 1280)
     exact = dataclasses.replace(rein, keep_ratio=False)
     assert exact.resized_shape("gtav", 1052, 1914) == (720, 1280)
-    assert set(PROTOCOLS) == {"rein", "fullres"}
+    assert set(PROTOCOLS) == {"rein", "fullres", "synthetic"}
 
 
 def test_protocol_errors_and_record() -> None:
     with pytest.raises(
-        ValueError, match="unknown evaluation protocol 'nope'; known: fullres, rein"
+        ValueError, match="unknown evaluation protocol 'nope'; known: fullres, rein, synthetic"
     ):
         get_protocol("nope")
     with pytest.raises(ValueError, match="mode"):

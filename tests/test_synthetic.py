@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -160,3 +161,35 @@ def test_style_grid_layout_and_render_time() -> None:
     for index in range(len(dataset)):
         dataset[index]
     print(f"render time: {(time.perf_counter() - start) / len(dataset) * 1e3:.1f} ms per image")
+
+
+def test_rendered_items_are_cached_and_returned_as_copies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fishertune.data.synthetic import dataset as module
+
+    calls: list[int] = []
+    render = module.render_sample
+
+    def counting(seed: int, style: str, size: tuple[int, int]) -> Any:
+        calls.append(seed)
+        return render(seed, style, size)
+
+    monkeypatch.setattr(module, "render_sample", counting)
+    monkeypatch.setattr(module, "_cache", module.OrderedDict())
+    monkeypatch.setattr(module, "_cache_bytes", 0)
+    data = SyntheticStreets("val", "fog", size=(32, 64), length=3, seed=11)
+    image, label = data[1]
+    image[:] = 0
+    label[:] = 0
+    again_image, again_label = data[1]
+    assert len(calls) == 1  # rendered once
+    fresh_image, fresh_label = (torch.from_numpy(a) for a in render(calls[0], "fog", (32, 64)))
+    assert torch.equal(again_image, fresh_image.permute(2, 0, 1))
+    assert torch.equal(again_label, fresh_label)
+    assert again_label.dtype == torch.int64
+    # the budget evicts the least recently used items
+    monkeypatch.setattr(module, "CACHE_BYTES", 1)
+    data[0]
+    data[2]
+    assert len(module._cache) == 1

@@ -325,7 +325,7 @@ class Compose:
 def train_transform(
     mean: Sequence[float],
     std: Sequence[float],
-    crop: int = 512,
+    crop: int | tuple[int, int] = 512,
     scale: int = 512,
     *,
     ratio_range: tuple[float, float] = (0.5, 2.0),
@@ -337,7 +337,8 @@ def train_transform(
 ) -> Compose:
     """Rein's GTAV training pipeline: rescale, crop, flip, photometric distortion, normalise.
 
-    ``scale`` is the short side before the random ratio (mmseg ``scale=(4 * scale, scale)``).
+    ``crop`` is square (an int) or ``(height, width)``; ``scale`` is the short side before the
+    random ratio (mmseg ``scale=(4 * scale, scale)``).
     """
     steps: list[JointTransform] = [
         RandomRescale(scale, 4 * scale, ratio_range),

@@ -25,7 +25,13 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from fishertune.data.registry import DATASETS
+from fishertune.data.synthetic import TARGET_STYLES
 from fishertune.evaluation.protocols import PROTOCOLS
+from fishertune.tuners import available_tuners
+
+SYNTHETIC = "synthetic"
+"""``data.source`` of the embedded benchmark (its targets are the styles)."""
 
 __all__ = [
     "DataConfig",
@@ -52,18 +58,28 @@ class ModelConfig:
     Attributes:
         backbone: timm name of the vision foundation model.
         head: ``"mask2former"`` (the paper's decoder) or ``"linear"`` (the fast probe).
-        img_size: input size the backbone's position embeddings are built for.
+        img_size: input size the backbone's position embeddings are built for: one int
+            (square) or ``[H, W]``.
         patch_size: patch size override (``None``: the model's own).
         checkpoint: local file of backbone weights (``None``: timm's pretrained weights).
+        pretrained: load pretrained weights (``False``: random initialisation, for tests).
         num_classes: number of segmentation classes (19 Cityscapes classes).
+        options: further keyword arguments of the timm model (e.g. ``depth``).
     """
 
     backbone: str = "vit_large_patch14_dinov2.lvd142m"
     head: Head = "mask2former"
-    img_size: int = 512
+    img_size: int | list[int] = 512
     patch_size: int | None = None
     checkpoint: str | None = None
+    pretrained: bool = True
     num_classes: int = 19
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``img_size`` as ``(H, W)``."""
+        return _pair(self.img_size)
 
 
 @dataclass
@@ -79,20 +95,37 @@ class DataConfig:
     """Training and test data.
 
     Attributes:
-        source: source (training) dataset name, e.g. ``"gtav"``, or ``"synthetic"``.
-        root: dataset root directory (``None`` for synthetic data).
-        targets: unseen target domains evaluated after training.
-        crop: training crop size (square).
-        batch_size: images per optimisation step (per accumulation step).
+        source: source (training) dataset name, e.g. ``"gtav"``, or ``"synthetic"`` (the
+            embedded benchmark's labelled source style).
+        root: the source dataset's root directory (``None`` for synthetic data).
+        targets: unseen target domains evaluated during and after training: dataset names,
+            or style names of the embedded benchmark when the source is ``"synthetic"``.
+        roots: root directory of each target dataset (not needed for synthetic styles).
+        crop: training crop size: one int (square) or ``[H, W]``.
+        batch_size: images per micro-batch on each process.
         workers: data-loader worker processes.
+        train_images: use only the first this many source images (``None``: all; for
+            ``"synthetic"`` the number of scenes generated).
+        eval_images: evaluate on the first this many images of each domain (``None``: all;
+            for synthetic styles the number of scenes generated, 500 by default).
+        synthetic_size: ``[H, W]`` of the embedded benchmark's images.
     """
 
     source: str = "gtav"
     root: str | None = None
     targets: list[str] = field(default_factory=lambda: ["cityscapes", "bdd100k", "mapillary"])
-    crop: int = 512
+    roots: dict[str, str] = field(default_factory=dict)
+    crop: int | list[int] = 512
     batch_size: int = 4
     workers: int = 4
+    train_images: int | None = None
+    eval_images: int | None = None
+    synthetic_size: list[int] = field(default_factory=lambda: [128, 256])
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        """``crop`` as ``(H, W)``."""
+        return _pair(self.crop)
 
 
 @dataclass
@@ -182,10 +215,11 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456
 
 def _check_ranges(config: RunConfig) -> None:
     """Range checks that types cannot express."""
-    checks: list[tuple[str, float | None, bool]] = [
-        ("model.img_size", config.model.img_size, config.model.img_size > 0),
+    checks: list[tuple[str, Any, bool]] = [
+        ("model.img_size", config.model.img_size, _is_size(config.model.img_size)),
         ("model.num_classes", config.model.num_classes, config.model.num_classes > 0),
-        ("data.crop", config.data.crop, config.data.crop > 0),
+        ("data.crop", config.data.crop, _is_size(config.data.crop)),
+        ("data.synthetic_size", config.data.synthetic_size, _is_size(config.data.synthetic_size)),
         ("data.batch_size", config.data.batch_size, config.data.batch_size > 0),
         ("data.workers", config.data.workers, config.data.workers >= 0),
         ("schedule.lr", config.schedule.lr, config.schedule.lr > 0),
@@ -206,6 +240,9 @@ def _check_ranges(config: RunConfig) -> None:
     ):
         value = getattr(config.schedule, name)
         checks.append((f"schedule.{name}", value, value >= 0))
+    for name in ("train_images", "eval_images"):
+        count = getattr(config.data, name)
+        checks.append((f"data.{name}", count, count is None or count > 0))
     ema = config.schedule.ema
     checks.append(("schedule.ema", ema, ema is None or 0.0 < ema < 1.0))
     clip = config.schedule.grad_clip
@@ -213,11 +250,48 @@ def _check_ranges(config: RunConfig) -> None:
     for key, value, ok in checks:
         if not ok:
             raise ValueError(f"{key}: invalid value {value!r} (out of range)")
+    _check_data_names(config.data)
+    if config.method.name not in available_tuners():
+        raise ValueError(
+            f"method.name: {config.method.name!r} is not one of the allowed values "
+            f"{available_tuners()}"
+        )
     if config.evaluation.protocol not in PROTOCOLS:
         raise ValueError(
             f"evaluation.protocol: {config.evaluation.protocol!r} is not one of the allowed "
             f"values {sorted(PROTOCOLS)}"
         )
+
+
+def _check_data_names(data: DataConfig) -> None:
+    """Source and target names must be known datasets, or styles of the synthetic benchmark."""
+    if data.source == SYNTHETIC:
+        allowed, what = TARGET_STYLES, "styles of the synthetic benchmark"
+    elif data.source in DATASETS:
+        allowed, what = tuple(DATASETS), "datasets"
+    else:
+        raise ValueError(
+            f"data.source: {data.source!r} is not one of the allowed values "
+            f"{[SYNTHETIC, *sorted(DATASETS)]}"
+        )
+    for i, target in enumerate(data.targets):
+        if target not in allowed:
+            raise ValueError(
+                f"data.targets[{i}]: {target!r} is not one of the allowed {what} {sorted(allowed)}"
+            )
+
+
+def _pair(size: int | list[int]) -> tuple[int, int]:
+    """An int or ``[H, W]`` size as ``(H, W)``."""
+    if isinstance(size, int):
+        return size, size
+    return size[0], size[1]
+
+
+def _is_size(size: int | list[int]) -> bool:
+    """Whether ``size`` is a positive int or a list of two positive ints."""
+    values = [size] if isinstance(size, int) else size
+    return (isinstance(size, int) or len(size) == 2) and all(v > 0 for v in values)
 
 
 def _type_name(annotation: Any) -> str:

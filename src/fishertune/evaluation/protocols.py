@@ -109,11 +109,15 @@ PROTOCOLS: Mapping[str, EvalProtocol] = MappingProxyType(
         "fullres": EvalProtocol(
             "fullres", {**_REIN_SIZES, "cityscapes": (2048, 1024)}, default_size=(1024, 512)
         ),
+        "synthetic": EvalProtocol(
+            "synthetic", {}, default_size=(256, 128), mode="whole", crop=128, stride=128
+        ),
     }
 )
 """``rein``: Rein's mmseg test pipelines (Cityscapes/Mapillary 1024×512, BDD100K/GTAV
 1280×720, ACDC 960×540, slide 512/341). ``fullres``: the same but Cityscapes at 2048×1024, as
-tqdm and SoMA evaluate it."""
+tqdm and SoMA evaluate it. ``synthetic``: the embedded benchmark, whole images at 128×256; a run
+at another ``data.synthetic_size`` uses that size instead (``dataclasses.replace``)."""
 
 
 def get_protocol(name: str) -> EvalProtocol:

@@ -183,6 +183,11 @@ class Tuner:
     def on_step(self, step: int, total_steps: int) -> None:
         """Called before each training step (schedules, e.g. growing masks)."""
 
+    def generators(self) -> dict[str, torch.Generator]:
+        """Random generators the method draws from while training, by name (checkpoints save
+        and restore their states so a resumed run draws the same numbers)."""
+        return {}
+
     # ---------------------------------------------------------------- saving
     def saved_state(self) -> dict[str, Tensor]:
         """What the method changed: trainable backbone tensors, added modules, the decoder.

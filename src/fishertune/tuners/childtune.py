@@ -101,16 +101,22 @@ class ChildTuneFTuner(BudgetTuner):
         """p of the Bernoulli gradient mask: the budget over the number of candidates."""
         return self.budget() / self.candidate_count
 
+    def generators(self) -> dict[str, torch.Generator]:
+        """The generator of the per-step gradient masks (on the candidates' device)."""
+        if self._generator is None:
+            device = next(iter(self.candidate_params().values())).device
+            self._generator = seeded_generator(device, self.config.seed)
+        return {"gradient_mask": self._generator}
+
     def after_backward(self) -> None:
         """Keep each candidate's gradient with probability p, scaled by 1/p; zero the rest."""
         if self._candidates is None:
             self._candidates = self.masks()
         p = self.keep_probability
+        generator = self.generators()["gradient_mask"]
         for name, param in self.candidate_params().items():
             grad = param.grad
             if grad is None:
                 continue
-            if self._generator is None:
-                self._generator = seeded_generator(grad.device, self.config.seed)
-            draw = torch.rand(grad.shape, generator=self._generator, device=grad.device)
+            draw = torch.rand(grad.shape, generator=generator, device=grad.device)
             grad.mul_((draw < p) & self._candidates[name]).div_(p)

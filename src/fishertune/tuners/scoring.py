@@ -98,9 +98,38 @@ class ScoredTuner(BudgetTuner):
         scores = self.compute_scores(data, self.candidate_params())
         for name, eligible in self.eligible_masks().items():
             scores[name] = scores[name].float().masked_fill_(~eligible, -math.inf)
-        self._scores = scores
-        self.set_masks(topk_masks(scores, count=self.scheduled_count(0, 1)))
+        self.use_scores(scores)
         return scores
+
+    def use_scores(self, scores: Mapping[str, Tensor], *, select: bool = True) -> None:
+        """Adopt scores computed earlier (e.g. :meth:`estimate`'s, saved by a run being
+        resumed) and, with ``select``, select p(0) as :meth:`estimate` does (a resumed run
+        whose selection came back with :meth:`load_saved` keeps it and only needs the scores
+        to grow it). Keys and shapes must be those of the candidate tensors, non-candidates
+        −inf."""
+        if select and self._index is not None:
+            raise RuntimeError(f"tuner {self.name!r} already has a selection")
+        params = self.candidate_params()
+        if set(scores) != set(params):
+            missing, unknown = sorted(set(params) - set(scores)), sorted(set(scores) - set(params))
+            raise ValueError(
+                f"scores must cover exactly the candidate tensors of {self.name!r}; "
+                f"missing {missing[:5]}, unknown {unknown[:5]}"
+            )
+        for name, param in params.items():
+            if scores[name].shape != param.shape:
+                raise ValueError(
+                    f"score of {name!r} has shape {tuple(scores[name].shape)}, the parameter "
+                    f"{tuple(param.shape)}"
+                )
+        self._scores = {name: scores[name].to(params[name].device) for name in params}
+        if select:
+            self.set_masks(topk_masks(self._scores, count=self.scheduled_count(0, 1)))
+
+    @property
+    def has_scores(self) -> bool:
+        """Whether scores exist (:meth:`estimate` or :meth:`use_scores` ran)."""
+        return self._scores is not None
 
     @property
     def scores(self) -> dict[str, Tensor]:

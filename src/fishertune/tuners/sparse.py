@@ -300,7 +300,9 @@ class SparseTuner(Tuner):
         if missing:
             raise ValueError(f"saved state lacks decoder keys of {self.name!r}: {missing[:10]}")
         if masks:
-            self.set_masks(masks)  # records the pretrained values before the deltas land
+            # every candidate gets a mask, as after a selection: unsaved ones select nothing
+            empty = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
+            self.set_masks({**empty, **masks})  # records the pretrained values first
         with torch.no_grad():
             for name, (index, delta) in deltas.items():
                 flat = params[name].view(-1)

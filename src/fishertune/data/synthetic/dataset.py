@@ -3,12 +3,15 @@
 Item ``i`` of a split is rendered on the fly from a seed derived from ``(seed, split, i)``:
 the layout depends only on that seed, the style's own randomness on the seed and the style,
 so the same scene appears with the same label in every style and the same arguments always
-give the same tensors.
+give the same tensors. Rendered items are kept in a process-wide cache of at most
+:data:`CACHE_BYTES` (least recently used first out), so runs that revisit the same scenes,
+such as several methods trained and evaluated in one process, render each scene once.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +24,13 @@ from fishertune.data.synthetic.scenes import Scene, generate_scene
 from fishertune.data.synthetic.styles import STYLES, render_style
 
 __all__ = ["SyntheticStreets", "render_sample", "render_styles", "scene_seed", "style_grid"]
+
+CACHE_BYTES = 256 << 20
+"""Budget of the process-wide cache of rendered items (images and uint8 labels)."""
+
+_cache: OrderedDict[tuple[int, str, tuple[int, int]], tuple[NDArray[np.uint8], NDArray[np.uint8]]]
+_cache = OrderedDict()
+_cache_bytes = 0
 
 
 def _code(name: str) -> int:
@@ -52,6 +62,26 @@ def render_sample(
         raise ValueError(f"unknown style {style!r}; choose from {STYLES}")
     scene = _scene(seed, size)
     return render_style(scene, style, _style_rng(seed, style)), scene.label
+
+
+def _cached_sample(
+    seed: int, style: str, size: tuple[int, int]
+) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """:func:`render_sample` through the process-wide cache (labels stored as uint8)."""
+    global _cache_bytes
+    key = (seed, style, size)
+    item = _cache.get(key)
+    if item is not None:
+        _cache.move_to_end(key)
+        return item
+    rgb, ids = render_sample(seed, style, size)
+    item = (rgb, ids.astype(np.uint8))
+    _cache[key] = item
+    _cache_bytes += rgb.nbytes + item[1].nbytes
+    while _cache_bytes > CACHE_BYTES and len(_cache) > 1:
+        _, (old_rgb, old_ids) = _cache.popitem(last=False)
+        _cache_bytes -= old_rgb.nbytes + old_ids.nbytes
+    return item
 
 
 def render_styles(
@@ -119,9 +149,9 @@ class SyntheticStreets(SegmentationDataset):
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} items")
         index %= self.length
-        rgb, ids = render_sample(scene_seed(self.seed, self.split, index), self.style, self.size)
-        image = torch.from_numpy(rgb).permute(2, 0, 1)
-        label = torch.from_numpy(ids)
+        rgb, ids = _cached_sample(scene_seed(self.seed, self.split, index), self.style, self.size)
+        image = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+        label = torch.from_numpy(ids.astype(np.int64))
         if self.transform is not None:
             image, label = self.transform(image, label)
         return image, label

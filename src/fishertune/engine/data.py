@@ -1,0 +1,274 @@
+"""The run's data: datasets from the configuration and a step-indexed, resumable batch stream.
+
+Every random choice of the training data is a function of the seed and the position in the
+run, never of a generator's history: micro-batch ``m`` of optimisation step ``s`` takes the
+sample positions ``p = ((s · A + m) · R + r) · B + j`` (A accumulation steps, R ranks, rank
+r, B images per micro-batch, j < B) of an endless stream that visits the source set in a
+fresh permutation per epoch (epoch ``p // N``, permutation drawn from ``seed + epoch``), and
+each sample's augmentation (rescale, crop, flip, photometric) draws from a generator seeded by
+``(seed, p)``. A run resumed at step ``s`` therefore sees exactly the batches an uninterrupted
+run would, whatever the number of loader workers, and ranks never see the same sample within a
+step. The loader's own generator is seeded too, so it never draws from torch's global RNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from fishertune.data.base import SegmentationDataset, Transform
+from fishertune.data.registry import DATASETS, build_dataset
+from fishertune.data.synthetic import SyntheticStreets
+from fishertune.data.transforms import Compose, test_transform, train_transform
+from fishertune.engine.config import SYNTHETIC, RunConfig
+from fishertune.evaluation.protocols import EvalProtocol, get_protocol
+
+__all__ = [
+    "SOURCE_DOMAIN",
+    "StepSampler",
+    "eval_loader",
+    "eval_protocol",
+    "eval_split",
+    "source_datasets",
+    "target_datasets",
+    "train_loader",
+]
+
+SOURCE_DOMAIN = "source"
+"""Name under which the source domain's validation images are evaluated and reported."""
+
+_MIX = 0x9E3779B97F4A7C15
+_MASK = (1 << 63) - 1
+
+EVAL_SPLITS = ("val", "validation", "test")
+TRAIN_SPLITS = ("train", "training", "all")
+
+
+def sample_seed(seed: int, position: int) -> int:
+    """The augmentation seed of the sample at stream ``position`` (a 63-bit mix of both)."""
+    value = (seed * _MIX + position * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & _MASK
+    value ^= value >> 31
+    return (value * _MIX) & _MASK
+
+
+class _Keyed(Dataset[tuple[Tensor, Tensor]]):
+    """Items ``(index, seed)`` → ``transform(dataset[index])`` drawing from ``seed``."""
+
+    def __init__(self, dataset: Dataset[tuple[Tensor, Tensor]], transform: Compose) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, seed = key
+        image, label = self.dataset[index]
+        return self.transform(image, label, torch.Generator().manual_seed(seed))
+
+
+class StepSampler(Sampler[list[tuple[int, int]]]):
+    """Micro-batches of ``(index, augmentation seed)`` keys for steps ``start … stop − 1``.
+
+    See the module docstring for the positions; this rank's ``batch_size`` keys come per
+    micro-batch, ``accumulation`` micro-batches per step.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        batch_size: int,
+        accumulation: int = 1,
+        seed: int = 0,
+        start: int = 0,
+        stop: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if size < 1:
+            raise ValueError("the training set is empty")
+        self.size = size
+        self.batch_size = batch_size
+        self.accumulation = accumulation
+        self.seed = seed
+        self.start = start
+        self.stop = stop
+        self.rank = rank
+        self.world_size = world_size
+        self._epoch = -1
+        self._order = torch.empty(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0) * self.accumulation
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self._order = torch.randperm(self.size, generator=generator)
+            self._epoch = epoch
+        return int(self._order[offset])
+
+    def keys(self, step: int, micro: int) -> list[tuple[int, int]]:
+        """The keys of micro-batch ``micro`` of step ``step`` on this rank."""
+        first = ((step * self.accumulation + micro) * self.world_size + self.rank) * self.batch_size
+        positions = range(first, first + self.batch_size)
+        return [(self._index(p), sample_seed(self.seed, p)) for p in positions]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.stop):
+            for micro in range(self.accumulation):
+                yield self.keys(step, micro)
+
+
+def train_loader(
+    dataset: Dataset[tuple[Tensor, Tensor]],
+    transform: Compose,
+    sampler: StepSampler,
+    *,
+    workers: int,
+    pin_memory: bool = False,
+) -> DataLoader[tuple[Tensor, Tensor]]:
+    """A loader of the ``sampler``'s micro-batches, augmented by ``transform``."""
+    return DataLoader(
+        _Keyed(dataset, transform),
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(sampler.seed),
+    )
+
+
+class _Transformed(Dataset[tuple[Tensor, Tensor]]):
+    """A dataset with a deterministic (evaluation) transform applied."""
+
+    def __init__(self, dataset: Dataset[tuple[Tensor, Tensor]], transform: Transform) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, label = self.dataset[index]
+        return self.transform(image, label)
+
+
+def eval_loader(
+    dataset: Dataset[tuple[Tensor, Tensor]],
+    transform: Transform,
+    *,
+    batch_size: int,
+    workers: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader[tuple[Tensor, Tensor]]:
+    """An in-order loader of ``transform(*dataset[i])``; with ``world_size`` > 1 only this
+    ``rank``'s shard (every ``world_size``-th item from ``rank``), as
+    :func:`~fishertune.evaluation.domains.evaluate_domains` expects under torch.distributed."""
+    if world_size > 1:
+        dataset = Subset(dataset, range(rank, len(dataset), world_size))  # type: ignore[arg-type]
+    return DataLoader(_Transformed(dataset, transform), batch_size=batch_size, num_workers=workers)
+
+
+def _first_split(cls: type[SegmentationDataset], preferred: tuple[str, ...]) -> str:
+    for split in preferred:
+        if split in cls.splits:
+            return split
+    return cls.splits[0]
+
+
+def eval_split(name: str) -> str:
+    """The split of dataset ``name`` used for evaluation (val, validation or test)."""
+    return _first_split(DATASETS[name], EVAL_SPLITS)
+
+
+def _limit(dataset: SegmentationDataset, count: int | None) -> Dataset[tuple[Tensor, Tensor]]:
+    if count is None or count >= len(dataset):
+        return dataset
+    return Subset(dataset, range(count))
+
+
+def _synthetic(config: RunConfig, split: str, style: str, length: int) -> SyntheticStreets:
+    height, width = config.data.synthetic_size
+    return SyntheticStreets(
+        split, style, size=(height, width), length=length, seed=config.schedule.seed
+    )
+
+
+def source_datasets(
+    config: RunConfig,
+) -> tuple[Dataset[tuple[Tensor, Tensor]], Dataset[tuple[Tensor, Tensor]] | None]:
+    """The source training set (untransformed) and its validation set (``None`` if the
+    source has no split distinct from training, e.g. GTAV)."""
+    data = config.data
+    if data.source == SYNTHETIC:
+        return (
+            _synthetic(config, "train", "source", data.train_images or 500),
+            _synthetic(config, "val", "source", data.eval_images or 500),
+        )
+    if data.root is None:
+        raise ValueError(f"data.root: the source dataset {data.source!r} needs its root directory")
+    cls = DATASETS[data.source]
+    train_split = _first_split(cls, TRAIN_SPLITS)
+    train = _limit(build_dataset(data.source, data.root, train_split), data.train_images)
+    val_split = eval_split(data.source)
+    if val_split == train_split:
+        return train, None
+    return train, _limit(build_dataset(data.source, data.root, val_split), data.eval_images)
+
+
+def target_datasets(config: RunConfig) -> dict[str, Dataset[tuple[Tensor, Tensor]]]:
+    """Each target domain's evaluation set (untransformed), in ``data.targets`` order."""
+    data = config.data
+    if data.source == SYNTHETIC:
+        return {
+            style: _synthetic(config, "val", style, data.eval_images or 500)
+            for style in data.targets
+        }
+    targets: dict[str, Dataset[tuple[Tensor, Tensor]]] = {}
+    for name in data.targets:
+        root = data.roots.get(name)
+        if root is None:
+            raise ValueError(
+                f"data.roots.{name}: the target dataset {name!r} needs its root directory "
+                f"(e.g. --set data.roots.{name}=/data/{name})"
+            )
+        targets[name] = _limit(build_dataset(name, Path(root), eval_split(name)), data.eval_images)
+    return targets
+
+
+def training_transform(
+    config: RunConfig, mean: tuple[float, ...], std: tuple[float, ...]
+) -> Compose:
+    """Rein's training pipeline at the configured crop (rescaled around the crop's short side)."""
+    crop = config.data.crop_size
+    return train_transform(mean, std, crop=crop, scale=min(crop))
+
+
+def evaluation_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> Compose:
+    """Normalisation only (the protocol resizes)."""
+    return test_transform(mean, std)
+
+
+def eval_protocol(config: RunConfig) -> EvalProtocol:
+    """The configured protocol in the configured mode; for the synthetic benchmark its default
+    size is the benchmark's image size."""
+    protocol = get_protocol(config.evaluation.protocol).with_mode(config.evaluation.mode)
+    if config.data.source == SYNTHETIC:
+        height, width = config.data.synthetic_size
+        protocol = dataclasses.replace(protocol, default_size=(width, height))
+    return protocol
+
+
+def describe(datasets: Mapping[str, Any]) -> str:
+    """``name (n images)`` for each dataset, for logs."""
+    return ", ".join(f"{name} ({len(ds)} images)" for name, ds in datasets.items())

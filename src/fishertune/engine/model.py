@@ -1,0 +1,122 @@
+"""The run's model: segmentor + tuner from a configuration, and trained models from checkpoints.
+
+A checkpoint stores only what the method changed (:meth:`~fishertune.tuners.Tuner.saved_state`),
+so :func:`load_trained` rebuilds the segmentor from the recorded configuration on the same
+base weights (their file's SHA-256 is checked when the run used a local file), applies the
+method and loads the saved tensors, and the EMA weights when the run kept an average.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fishertune.engine.checkpoint import load_checkpoint, weights_reference
+from fishertune.engine.config import RunConfig, config_from_dict
+from fishertune.models import build_segmentor
+from fishertune.models.segmentor import Segmentor
+from fishertune.tuners import build_tuner
+from fishertune.tuners.base import Tuner
+
+__all__ = [
+    "EMA_PREFIX",
+    "MODEL_PREFIX",
+    "TrainedModel",
+    "build_model",
+    "load_trained",
+    "resolve_checkpoint",
+    "seed_everything",
+]
+
+MODEL_PREFIX = "model."
+EMA_PREFIX = "ema."
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(config: RunConfig, device: torch.device | str = "cpu") -> tuple[Segmentor, Tuner]:
+    """The configured segmentor on ``device`` with the configured method applied.
+
+    Seeds every global generator with ``schedule.seed`` first, so that randomly initialised
+    parts (the decoder; the backbone with ``pretrained: false``) are the same in a run and in
+    a model rebuilt from its checkpoint.
+    """
+    seed_everything(config.schedule.seed)
+    model = config.model
+    segmentor = build_segmentor(
+        model.backbone,
+        head=model.head,
+        num_classes=model.num_classes,
+        img_size=model.image_size,
+        patch_size=model.patch_size,
+        pretrained=model.pretrained,
+        checkpoint=model.checkpoint,
+        **model.options,
+    ).to(device)
+    tuner = build_tuner(config.method.name, segmentor, **config.method.options)
+    return segmentor, tuner
+
+
+@dataclass
+class TrainedModel:
+    """A segmentor restored from a checkpoint, with its tuner, configuration and run state."""
+
+    config: RunConfig
+    segmentor: Segmentor
+    tuner: Tuner
+    state: dict[str, Any]
+    path: Path
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """``(directory, name)`` of a checkpoint given as its JSON file, its name without suffix,
+    or a run directory (its ``best`` checkpoint, else ``last``)."""
+    target = Path(path)
+    if target.is_dir():
+        folder = target / "checkpoints" if (target / "checkpoints").is_dir() else target
+        for name in ("best", "last"):
+            if (folder / f"{name}.json").is_file():
+                return folder, name
+        raise FileNotFoundError(f"{target} holds no checkpoint (best.json or last.json)")
+    if target.suffix in (".json", ".safetensors"):
+        return target.parent, target.stem
+    return target.parent, target.name
+
+
+def load_trained(
+    path: str | Path, *, device: torch.device | str = "cpu", use_ema: bool = True
+) -> TrainedModel:
+    """Rebuild the model a checkpoint was trained as and load the checkpoint into it."""
+    folder, name = resolve_checkpoint(path)
+    tensors, state = load_checkpoint(folder, name)
+    config = config_from_dict(state["config"])
+    reference = state.get("weights")
+    if reference and reference.get("sha256") and config.model.checkpoint:
+        current = weights_reference(config.model.backbone, config.model.checkpoint)
+        if current["sha256"] != reference["sha256"]:
+            raise ValueError(
+                f"{folder / name}.json was trained on base weights {reference['checkpoint']} "
+                f"with SHA-256 {reference['sha256']}, but {config.model.checkpoint} now has "
+                f"{current['sha256']}"
+            )
+    segmentor, tuner = build_model(config, device)
+    saved = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    tuner.load_saved({k: v.to(device) for k, v in saved.items()})
+    ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
+    if use_ema and ema:
+        params = dict(segmentor.named_parameters())
+        with torch.no_grad():
+            for key, value in ema.items():
+                params[key].copy_(value)
+    segmentor.eval()
+    return TrainedModel(config, segmentor, tuner, state, folder / f"{name}.json")

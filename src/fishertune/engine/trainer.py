@@ -1,0 +1,571 @@
+"""The staged trainer (method.md §8, paper Algorithm 1) for every method.
+
+Methods that select by sensitivity (FisherTune, ChildTune-D) run three stages:
+
+1. ``warmup``: T1 = ``schedule.warmup_steps`` steps training the decoder, backbone frozen;
+2. ``estimate``: the tuner's :meth:`~fishertune.tuners.scoring.ScoredTuner.estimate` on
+   T2 = ``schedule.estimate_steps`` source micro-batches (no weight update); the scores are
+   saved once as ``checkpoints/sensitivity.safetensors``;
+3. ``tune``: T3 = ``schedule.tune_steps`` steps of the decoder and the selected backbone
+   elements; ``tuner.on_step(t, T3)`` grows the selection (§7).
+
+Every other method runs one ``train`` stage of T1 + T3 steps, so all methods make the same
+number of weight updates on the same batches (:mod:`fishertune.engine.data`).
+
+One optimisation step: ``grad_accumulation`` micro-batches (losses divided by their number),
+gradients averaged over ranks, the tuner's gradient hook, optional clipping of the global norm,
+AdamW (the tuner's optimiser: parameter groups with learning-rate multipliers, SparseAdamW for
+sparse methods), optional EMA. The learning rate of each group is its base rate times the poly
+factor ``(1 − s/S)^power`` of the global step s over S = T1 + T3, after an optional linear
+warm-up from 1e-6 (mmseg's ``LinearLR`` + ``PolyLR``). The warm-up stage's decoder optimiser is
+replaced by the tuner's at the start of tuning (fresh moments; the schedule continues).
+
+Mixed precision: bf16 autocast on CUDA (``amp: auto`` or ``bf16``), fp32 on CPU. A non-finite
+loss stops the run (:class:`NonFiniteLossError`) without writing a checkpoint, so the last good
+one stays. Checkpoints (``checkpoints/last``, and ``checkpoints/best`` by source validation mIoU:
+selecting on the unseen targets would leak them) hold the tuner's saved state, the optimiser,
+the EMA, the RNG states and the step; ``resume=True`` continues from ``last`` and reaches the
+same final weights as an uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from fishertune.engine.checkpoint import (
+    capture_rng_state,
+    flatten_optimizer_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    unflatten_optimizer_state,
+    weights_reference,
+)
+from fishertune.engine.config import RunConfig
+from fishertune.engine.data import (
+    SOURCE_DOMAIN,
+    StepSampler,
+    eval_loader,
+    eval_protocol,
+    evaluation_transform,
+    source_datasets,
+    target_datasets,
+    train_loader,
+    training_transform,
+)
+from fishertune.engine.distributed import (
+    DistributedContext,
+    average_gradients,
+    broadcast_buffers,
+    init_distributed,
+    reduce_mean,
+)
+from fishertune.engine.ema import WeightAverage
+from fishertune.engine.model import EMA_PREFIX, MODEL_PREFIX, build_model
+from fishertune.engine.precision import autocast
+from fishertune.engine.run_log import RunLog
+from fishertune.evaluation.classes import CITYSCAPES_CLASSES
+from fishertune.evaluation.domains import DomainResults, evaluate_domains
+from fishertune.models import ViTBackbone
+from fishertune.progress import StepBar
+from fishertune.tuners.base import TrainableCount
+from fishertune.tuners.scoring import ScoredTuner
+from fishertune.tuners.sparse import SparseTuner
+
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "lr_factor"]
+
+CHECKPOINTS = "checkpoints"
+SENSITIVITY = "sensitivity"
+SCORE_PREFIX = "score."
+ESTIMATE_SEED_OFFSET = 7919
+"""The estimation stage draws its source batches from a stream seeded ``seed + this``."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def lr_factor(step: int, total: int, power: float, warmup_iters: int = 0) -> float:
+    """Learning-rate factor at global step ``step`` of ``total``: linear warm-up from 1e-6
+    over ``warmup_iters`` steps times the poly decay ``(1 − step/total)^power``."""
+    poly = (1.0 - min(step, total) / total) ** power if total > 0 else 1.0
+    if step < warmup_iters:
+        start = 1e-6
+        poly *= start + (1.0 - start) * step / warmup_iters
+    return poly
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    steps: int
+    results: DomainResults | None
+    best: dict[str, Any] | None
+    trainable: TrainableCount
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: dict[str, float] = field(default_factory=dict)
+
+
+def _memory_mb(device: torch.device) -> float:
+    """Memory in use: the CUDA allocator's peak since the last reset, or on CPU the process's
+    resident set now (Linux ``/proc``; elsewhere its peak resident set)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Trainer:
+    """Runs one configured method end to end; see the module docstring.
+
+    ``step_callback(step)`` is called after every completed optimisation step (tests use it to
+    interrupt a run); ``device`` defaults to CUDA when available.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        progress: bool = True,
+        device: str | None = None,
+        step_callback: Callable[[int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.progress = progress
+        self.step_callback = step_callback
+        self.context: DistributedContext = init_distributed(device)
+        self.device = self.context.device
+        self.run_dir = Path(config.output.run_dir)
+        self.checkpoint_dir = self.run_dir / CHECKPOINTS
+        self.segmentor, self.tuner = build_model(config, self.device)
+        self.scored = isinstance(self.tuner, ScoredTuner)
+        schedule = config.schedule
+        self.warmup_steps = schedule.warmup_steps if self.scored else 0
+        self.total_steps = config.total_steps
+        train, source_val = source_datasets(config)
+        self.train_set = train
+        self.eval_sets: dict[str, Dataset[tuple[Tensor, Tensor]]] = {}
+        if source_val is not None:
+            self.eval_sets[SOURCE_DOMAIN] = source_val
+        self.eval_sets.update(target_datasets(config))
+        self.protocol = eval_protocol(config)
+        backbone = self.segmentor.backbone
+        if not isinstance(backbone, ViTBackbone):
+            raise TypeError("the trainer needs a segmentor with a ViTBackbone")
+        mean, std = backbone.mean, backbone.std
+        self.train_transform = training_transform(config, mean, std)
+        self.eval_transform = evaluation_transform(mean, std)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer_stage = ""
+        self.ema = WeightAverage(self.segmentor, schedule.ema) if schedule.ema else None
+        self.step = 0
+        self.best: dict[str, Any] | None = None
+        self.stage_seconds: dict[str, float] = {}
+        self.peak_memory_mb: dict[str, float] = {}
+        self.log: RunLog | None = None
+        self.results: DomainResults | None = None
+        self._stop = self.total_steps
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files."""
+        return self.context.is_main
+
+    def stage_at(self, step: int) -> str:
+        """The stage a training step belongs to."""
+        if not self.scored:
+            return "train"
+        return "warmup" if step < self.warmup_steps else "tune"
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        return autocast(self.device, self.config.schedule.amp)
+
+    def _trainable_params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.segmentor.parameters() if p.requires_grad]
+
+    def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
+        schedule = self.config.schedule
+        if stage == "warmup":
+            groups = self.tuner.param_groups(schedule.lr, schedule.weight_decay)
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=schedule.lr)
+        else:
+            optimizer = self.tuner.make_optimizer(schedule.lr, schedule.weight_decay)
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.optimizer_stage = stage
+        return optimizer
+
+    def _set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        schedule = self.config.schedule
+        factor = lr_factor(step, self.total_steps, schedule.poly_power, schedule.lr_warmup_iters)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return schedule.lr * factor
+
+    def trainable_now(self) -> int:
+        """Backbone elements training now (a growing selection counts what is selected)."""
+        if isinstance(self.tuner, SparseTuner) and self.scored:
+            return self.tuner.selected_count
+        return self.tuner.count().backbone
+
+    # ---------------------------------------------------------------- checkpoints
+    def _generators(self) -> dict[str, torch.Generator]:
+        return self.tuner.generators()
+
+    def save(self, name: str) -> None:
+        """Write checkpoint ``name`` (rank 0 only)."""
+        if not self.is_main:
+            return
+        tensors = {MODEL_PREFIX + k: v for k, v in self.tuner.saved_state().items()}
+        state: dict[str, Any] = {
+            "step": self.step,
+            "stage": self.stage_at(max(self.step - 1, 0)),
+            "config": self.config.to_dict(),
+            "method": self.tuner.name,
+            "weights": weights_reference(self.config.model.backbone, self.config.model.checkpoint),
+            "best": self.best,
+            "stage_seconds": self.stage_seconds,
+            "trainable": self.trainable_now(),
+        }
+        if self.optimizer is not None:
+            optimizer_tensors, optimizer_state = flatten_optimizer_state(
+                self.optimizer.state_dict()
+            )
+            tensors.update(optimizer_tensors)
+            state["optimizer"] = {"stage": self.optimizer_stage, "state": optimizer_state}
+        if self.ema is not None:
+            tensors.update({EMA_PREFIX + k: v for k, v in self.ema.state().items()})
+        rng_tensors, rng_state = capture_rng_state(self._generators())
+        tensors.update(rng_tensors)
+        state["rng"] = rng_state
+        save_checkpoint(self.checkpoint_dir, name, tensors=tensors, state=state)
+
+    def _restore(self) -> None:
+        """Load ``checkpoints/last`` into this freshly built trainer."""
+        tensors, state = load_checkpoint(self.checkpoint_dir, "last")
+        saved_config = state["config"]
+        if saved_config != self.config.to_dict():
+            changed = sorted(
+                f"{section}.{key}"
+                for section, values in self.config.to_dict().items()
+                for key, value in values.items()
+                if saved_config.get(section, {}).get(key) != value
+            )
+            raise ValueError(
+                f"cannot resume {self.checkpoint_dir / 'last.json'}: the configuration differs "
+                f"in {changed}"
+            )
+        self.step = int(state["step"])
+        self.best = state["best"]
+        self.stage_seconds = dict(state["stage_seconds"])
+        model_state = {
+            k[len(MODEL_PREFIX) :]: v.to(self.device)
+            for k, v in tensors.items()
+            if k.startswith(MODEL_PREFIX)
+        }
+        self.tuner.load_saved(model_state)
+        if self.scored and (self.checkpoint_dir / f"{SENSITIVITY}.json").exists():
+            self._load_scores()
+        optimizer_record = state.get("optimizer")
+        stage = self.stage_at(self.step)
+        if optimizer_record is not None and optimizer_record["stage"] == stage:
+            self.optimizer = self._make_optimizer(stage)
+            self.optimizer.load_state_dict(
+                unflatten_optimizer_state(tensors, optimizer_record["state"])
+            )
+        if self.ema is not None:
+            ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
+            self.ema.load(ema)
+        restore_rng_state(tensors, state["rng"], self._generators())
+
+    def _save_scores(self, scores: Mapping[str, Tensor]) -> None:
+        if self.is_main:
+            save_checkpoint(
+                self.checkpoint_dir,
+                SENSITIVITY,
+                tensors={SCORE_PREFIX + k: v for k, v in scores.items()},
+                state={"method": self.tuner.name, "options": self.config.method.options},
+            )
+
+    def _load_scores(self) -> None:
+        """Adopt the saved scores; select p(0) unless the checkpoint brought a selection."""
+        tensors, _ = load_checkpoint(self.checkpoint_dir, SENSITIVITY)
+        assert isinstance(self.tuner, ScoredTuner)
+        scores = {
+            k[len(SCORE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SCORE_PREFIX)
+        }
+        self.tuner.use_scores(scores, select=self.step == self.warmup_steps)
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self) -> DomainResults:
+        """Evaluate the current (or EMA) weights on the source validation set and every target."""
+        config, context = self.config, self.context
+        loaders = {
+            name: eval_loader(
+                dataset,
+                self.eval_transform,
+                batch_size=config.data.batch_size,
+                workers=config.data.workers,
+                rank=context.rank,
+                world_size=context.world_size,
+            )
+            for name, dataset in self.eval_sets.items()
+        }
+        averaged = self.ema.applied() if self.ema is not None else nullcontext()
+        with averaged, self._autocast():
+            return evaluate_domains(
+                self.segmentor,
+                loaders,
+                protocol=self.protocol,
+                class_names=CITYSCAPES_CLASSES[: self.config.model.num_classes],
+                device=self.device,
+                progress=self.progress and self.is_main,
+                method=self.config.method.name,
+            )
+
+    def _record_evaluation(self, results: DomainResults) -> None:
+        targets = [m.miou for name, m in results.domains.items() if name != SOURCE_DOMAIN]
+        values: dict[str, Any] = {f"miou/{n}": m.miou for n, m in results.domains.items()}
+        values["miou/targets"] = sum(targets) / len(targets) if targets else math.nan
+        if self.log is not None:
+            self.log.write(self.step, values)
+        source = results.domains.get(SOURCE_DOMAIN)
+        if source is None or math.isnan(source.miou):
+            return
+        if self.best is None or source.miou > self.best["source_miou"]:
+            self.best = {"step": self.step, "source_miou": source.miou}
+            self.save("best")
+
+    # ---------------------------------------------------------------- stages
+    def _estimate(self) -> None:
+        assert isinstance(self.tuner, ScoredTuner)
+        config = self.config
+        count = max(config.schedule.estimate_steps, 1)
+        sampler = StepSampler(
+            len(self.train_set),  # type: ignore[arg-type]
+            batch_size=config.data.batch_size,
+            seed=config.schedule.seed + ESTIMATE_SEED_OFFSET,
+            stop=count,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
+        )
+        loader = train_loader(
+            self.train_set, self.train_transform, sampler, workers=config.data.workers
+        )
+        batches = [(images.to(self.device), labels.to(self.device)) for images, labels in loader]
+        self._begin_stage("estimate")
+        start = time.perf_counter()
+        scores = self.tuner.estimate(batches)
+        self.stage_seconds["estimate"] = time.perf_counter() - start
+        self._note_memory("estimate")
+        self._save_scores(scores)
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        config = self.config
+        sampler = StepSampler(
+            len(self.train_set),  # type: ignore[arg-type]
+            batch_size=config.data.batch_size,
+            accumulation=config.schedule.grad_accumulation,
+            seed=config.schedule.seed,
+            start=self.step,
+            stop=self.total_steps,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
+        )
+        loader = train_loader(
+            self.train_set,
+            self.train_transform,
+            sampler,
+            workers=config.data.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for images, labels in loader:
+            yield (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )
+
+    def _train_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> dict[str, Any]:
+        schedule = self.config.schedule
+        stage = self.stage_at(self.step)
+        if self.optimizer is None or self.optimizer_stage != stage:
+            self.optimizer = self._make_optimizer(stage)
+        if stage == "tune":
+            self.tuner.on_step(self.step - self.warmup_steps, schedule.tune_steps)
+        elif stage == "train":
+            self.tuner.on_step(self.step, self.total_steps)
+        lr = self._set_lr(self.optimizer, self.step)
+        total = torch.zeros((), device=self.device)
+        for _ in range(schedule.grad_accumulation):
+            images, labels = next(batches)
+            with self._autocast(), self.tuner.train_context():
+                losses = self.segmentor(images, labels)
+                assert isinstance(losses, dict)
+                loss = sum(losses.values()) / schedule.grad_accumulation
+            assert isinstance(loss, Tensor)
+            loss.backward()
+            total += loss.detach().float()
+        params = self._trainable_params()
+        average_gradients(params)
+        loss_value = float(reduce_mean(total))
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"the training loss is {loss_value} at step {self.step + 1} ({stage} stage); "
+                f"the run stopped and its last good checkpoint is kept in {self.checkpoint_dir}"
+            )
+        self.tuner.after_backward()
+        grad_norm = None
+        if schedule.grad_clip is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        broadcast_buffers(self.segmentor)
+        if self.ema is not None:
+            self.ema.update()
+        self.step += 1
+        return {
+            "stage": stage,
+            "loss": loss_value,
+            "lr": lr,
+            "trainable": self.trainable_now(),
+            "grad_norm": grad_norm,
+        }
+
+    def _periodic(self) -> None:
+        schedule = self.config.schedule
+        last = self.step == self.total_steps
+        if last or (schedule.eval_every and self.step % schedule.eval_every == 0):
+            self.results = self.evaluate()
+            self._record_evaluation(self.results)
+        if last or (schedule.checkpoint_every and self.step % schedule.checkpoint_every == 0):
+            self.save("last")
+        if self.step == self.warmup_steps and self.scored and not last:
+            self.save("last")  # the estimation stage starts from here after a crash
+
+    def run(self, *, resume: bool = False, final_evaluation: bool = True) -> TrainResult:
+        """Run (or, with ``resume``, continue) the stages; returns the final evaluation
+        (``final_evaluation=False``: none, e.g. when stopping after estimation)."""
+        if resume:
+            self._restore()
+        elif self.is_main and (self.checkpoint_dir / "last.json").exists():
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it, or choose "
+                "another output.run_dir"
+            )
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(
+                yaml.safe_dump(self.config.to_dict(), sort_keys=False), encoding="utf-8"
+            )
+        self.log = RunLog(
+            self.run_dir,
+            list(self.eval_sets),
+            enabled=self.is_main,
+            resume_step=self.step if resume else None,
+        )
+        try:
+            self._run_stages()
+        finally:
+            self.log.close()
+        results = self.results
+        if results is None and final_evaluation:
+            results = self.evaluate()
+        if self.is_main and results is not None:
+            results.to_json(self.run_dir / "results.json")
+            summary = {
+                "stage_seconds": self.stage_seconds,
+                "peak_memory_mb": self.peak_memory_mb,
+                "trainable": self.tuner.count().backbone,
+                "best": self.best,
+            }
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return TrainResult(
+            self.run_dir,
+            self.step,
+            results,
+            self.best,
+            self.tuner.count(),
+            dict(self.stage_seconds),
+            dict(self.peak_memory_mb),
+        )
+
+    def estimate_sensitivity(self) -> dict[str, Tensor]:
+        """Run only the warm-up and estimation stages; return the scores (also saved as
+        ``checkpoints/sensitivity``). Only for methods that select by sensitivity."""
+        if not isinstance(self.tuner, ScoredTuner):
+            raise ValueError(
+                f"method {self.tuner.name!r} estimates no sensitivity; use fishertune or "
+                "childtune_d"
+            )
+        self._stop = self.warmup_steps
+        self.run(resume=False, final_evaluation=False)
+        return self.tuner.scores
+
+    def _begin_stage(self, stage: str) -> None:
+        """Reset the CUDA peak when ``stage`` starts, so that its peak is its own."""
+        if stage not in self.peak_memory_mb and self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _note_memory(self, stage: str) -> None:
+        """Track the stage's peak memory."""
+        used = _memory_mb(self.device)
+        self.peak_memory_mb[stage] = max(self.peak_memory_mb.get(stage, 0.0), used)
+
+    def _needs_estimate(self) -> bool:
+        """Whether the estimation stage is due: warm-up done, tuning ahead, no scores yet."""
+        tuner = self.tuner
+        return (
+            isinstance(tuner, ScoredTuner)
+            and not tuner.has_scores
+            and self.warmup_steps <= self.step < self.total_steps
+        )
+
+    def _run_stages(self) -> None:
+        self.segmentor.train()
+        if self._needs_estimate():
+            self._estimate()
+        batches = self._batches()
+        with StepBar(
+            self.stage_at(self.step),
+            self.total_steps,
+            enabled=self.progress and self.is_main,
+            completed=self.step,
+        ) as bar:
+            while self.step < min(self.total_steps, self._stop):
+                stage = self.stage_at(self.step)
+                bar.describe(stage)
+                self._begin_stage(stage)
+                start = time.perf_counter()
+                row = self._train_step(batches)
+                seconds = time.perf_counter() - start
+                self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+                self._note_memory(stage)
+                assert self.log is not None
+                self.log.write(self.step, {**row, "seconds": seconds})
+                bar.advance(f"loss {row['loss']:.3f}  lr {row['lr']:.2e}")
+                self._periodic()
+                if self._needs_estimate():
+                    self._estimate()
+                if self.step_callback is not None:
+                    self.step_callback(self.step)

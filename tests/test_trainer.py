@@ -1,0 +1,170 @@
+"""The staged trainer: stages, schedule, logs, checkpoints, resume after a crash, NaN stop."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fishertune.engine.checkpoint import load_checkpoint
+from fishertune.engine.data import StepSampler, sample_seed
+from fishertune.engine.model import load_trained
+from fishertune.engine.trainer import NonFiniteLossError, Trainer, lr_factor
+from run_fixtures import tiny_config
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.segmentor.state_dict().items()}
+
+
+def test_lr_factor_is_poly_after_a_linear_warmup() -> None:
+    assert lr_factor(0, 100, 0.9) == 1.0
+    assert lr_factor(50, 100, 0.9) == pytest.approx(0.5**0.9)
+    assert lr_factor(100, 100, 0.9) == 0.0
+    assert lr_factor(0, 100, 1.0, warmup_iters=10) == pytest.approx(1e-6)
+    assert lr_factor(5, 100, 1.0, warmup_iters=10) == pytest.approx(0.95 * (1e-6 + (1 - 1e-6) / 2))
+    assert lr_factor(10, 100, 1.0, warmup_iters=10) == pytest.approx(0.9)
+
+
+def test_step_sampler_is_a_function_of_the_position() -> None:
+    whole = StepSampler(10, batch_size=2, accumulation=2, seed=3, stop=6)
+    batches = list(whole)
+    assert len(batches) == len(whole) == 12
+    resumed = list(StepSampler(10, batch_size=2, accumulation=2, seed=3, start=4, stop=6))
+    assert resumed == batches[8:]
+    # one epoch of 10 samples = positions 0..9: a permutation, each sample once
+    first_epoch = [key[0] for batch in batches for key in batch][:10]
+    assert sorted(first_epoch) == list(range(10))
+    assert batches[0][0][1] == sample_seed(3, 0)
+    # two ranks with half the batch see the single process's samples, split between them
+    ranks = [StepSampler(10, batch_size=1, seed=3, stop=3, rank=r, world_size=2) for r in (0, 1)]
+    single = StepSampler(10, batch_size=2, seed=3, stop=3)
+    for step in range(3):
+        assert ranks[0].keys(step, 0) + ranks[1].keys(step, 0) == single.keys(step, 0)
+
+
+def test_fishertune_runs_warmup_estimate_tune_and_writes_its_run(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path / "run")
+    result = Trainer(config, progress=False).run()
+    run = tmp_path / "run"
+    assert result.steps == 8
+    rows = _rows(run)
+    train = [r for r in rows if r["stage"]]
+    assert [r["stage"] for r in train] == ["warmup"] * 3 + ["tune"] * 5
+    trainable = [int(r["trainable"]) for r in train]
+    assert trainable[:3] == [0, 0, 0]  # the decoder warms up alone
+    assert trainable[3] < trainable[-1] == result.trainable.backbone  # the selection grows
+    assert trainable == sorted(trainable)
+    lrs = [float(r["lr"]) for r in train]
+    assert lrs[0] == pytest.approx(1e-4)
+    assert lrs == sorted(lrs, reverse=True)
+    evals = [r for r in rows if not r["stage"]]
+    assert [int(r["step"]) for r in evals] == [4, 8]
+    assert all(0.0 <= float(r["miou/fog"]) <= 1.0 for r in evals)
+    for name in ("last", "best", "sensitivity"):
+        assert (run / "checkpoints" / f"{name}.json").is_file()
+    assert (run / "results.json").is_file()
+    assert (run / "config.yaml").is_file()
+    assert any((run / "tensorboard").iterdir())
+    assert result.results is not None
+    assert list(result.results.domains) == ["source", "fog", "night"]
+    assert set(result.stage_seconds) == {"warmup", "estimate", "tune"}
+    # the checkpoint holds only the method's part of the backbone: deltas at selected elements
+    tensors, state = load_checkpoint(run / "checkpoints", "last")
+    assert state["step"] == 8
+    backbone = [k for k in tensors if k.startswith("model.backbone.")]
+    assert backbone
+    assert all(k.endswith((":index", ":delta")) for k in backbone)
+
+
+def test_other_methods_train_in_one_stage(tmp_path: Path) -> None:
+    result = Trainer(tiny_config(tmp_path / "run", "lora"), progress=False).run()
+    stages = {r["stage"] for r in _rows(tmp_path / "run") if r["stage"]}
+    assert stages == {"train"}
+    assert result.steps == 8
+
+
+class _CrashError(Exception):
+    pass
+
+
+def _crash_at(step: int):  # type: ignore[no-untyped-def]
+    def callback(done: int) -> None:
+        if done == step:
+            raise _CrashError
+
+    return callback
+
+
+@pytest.mark.parametrize(
+    ("method", "crash", "extra"),
+    [
+        ("fishertune", 7, ["schedule.ema=0.9", "schedule.grad_clip=0.5"]),
+        ("fishertune", 3, []),  # checkpoint at the end of warm-up, estimation after resume
+        ("childtune_f", 5, ["schedule.grad_accumulation=2", "schedule.lr_warmup_iters=2"]),
+    ],
+)
+def test_resume_after_a_crash_reaches_the_uninterrupted_weights(
+    tmp_path: Path, method: str, crash: int, extra: list[str]
+) -> None:
+    whole = Trainer(tiny_config(tmp_path / "whole", method, extra), progress=False)
+    whole.run()
+    config = tiny_config(tmp_path / "resumed", method, extra)
+    with pytest.raises(_CrashError):
+        Trainer(config, progress=False, step_callback=_crash_at(crash)).run()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(config, progress=False).run()
+    resumed = Trainer(config, progress=False)
+    resumed.run(resume=True)
+    expected, actual = _weights(whole), _weights(resumed)
+    for key, value in expected.items():
+        assert torch.equal(actual[key], value), key
+    assert _rows(tmp_path / "whole") == [
+        {**r, "seconds": w["seconds"]}
+        for r, w in zip(_rows(tmp_path / "resumed"), _rows(tmp_path / "whole"), strict=True)
+    ]
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path: Path) -> None:
+    Trainer(tiny_config(tmp_path / "run", "full"), progress=False).run()
+    changed = tiny_config(tmp_path / "run", "full", ["schedule.lr=2e-4"])
+    with pytest.raises(ValueError, match=r"configuration differs in \['schedule.lr'\]"):
+        Trainer(changed, progress=False).run(resume=True)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path,
+) -> None:
+    config = tiny_config(tmp_path / "run", "full")
+    trainer: Trainer
+
+    def poison(step: int) -> None:
+        if step == 5:
+            with torch.no_grad():
+                next(trainer.segmentor.head.parameters()).fill_(math.nan)
+
+    trainer = Trainer(config, progress=False, step_callback=poison)
+    with pytest.raises(NonFiniteLossError, match="at step 6"):
+        trainer.run()
+    _, state = load_checkpoint(tmp_path / "run" / "checkpoints", "last")
+    assert state["step"] == 4
+    restored = load_trained(tmp_path / "run" / "checkpoints" / "last.json")
+    assert all(torch.isfinite(p).all() for p in restored.segmentor.parameters())
+
+
+def test_load_trained_rebuilds_the_evaluated_model(tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(tmp_path / "run"), progress=False)
+    result = trainer.run()
+    restored = load_trained(tmp_path / "run" / "checkpoints" / "last.json")
+    for key, value in _weights(trainer).items():
+        assert torch.equal(restored.segmentor.state_dict()[key], value), key
+    assert restored.tuner.count() == result.trainable
+    assert restored.config == trainer.config
