@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/fishertune --help
+	$(BIN)/fishertune demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/segmentor_tiny.py
 	$(BIN)/python benchmarks/tuner_costs.py
 	$(BIN)/python benchmarks/loader_throughput.py
+	$(BIN)/python benchmarks/training_stages.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

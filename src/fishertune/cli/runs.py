@@ -1,0 +1,319 @@
+"""The run commands: ``demo``, ``train``, ``sensitivity``, ``evaluate``, ``predict``,
+``compare`` and ``pretrain-demo-backbone``.
+
+Exit status: 0 done, 1 the run failed (a non-finite loss), 2 a usage error (bad option,
+configuration or file), printed as one line naming the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_run_commands"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _guarded(command: str, handler: Handler) -> Handler:
+    """Run ``handler``; turn configuration and file errors into a one-line usage error."""
+
+    def run(args: argparse.Namespace) -> int:
+        from fishertune.engine.trainer import NonFiniteLossError
+        from fishertune.models import PretrainedWeightsUnavailableError
+
+        try:
+            return handler(args)
+        except NonFiniteLossError as error:
+            print(f"fishertune {command}: {error}", file=sys.stderr)
+            return 1
+        except (
+            ValueError,
+            FileNotFoundError,
+            FileExistsError,
+            PretrainedWeightsUnavailableError,
+        ) as error:
+            print(f"fishertune {command}: error: {error}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from fishertune.engine.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def _say_done(report: Path | None) -> None:
+    if report is not None:
+        print(f"report: {report}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fishertune.workflows.runs import train_and_report
+
+    result, report = train_and_report(
+        _config(args), resume=args.resume, progress=not args.no_progress, device=args.device
+    )
+    if report is not None and result.results is not None:
+        print(result.results.domain_table())
+    _say_done(report)
+    return 0
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from fishertune.workflows.runs import sensitivity_map
+
+    config = _config(args)
+    scores, figure = sensitivity_map(config, progress=not args.no_progress, device=args.device)
+    if figure is not None:
+        total = sum(int(s.isfinite().sum()) for s in scores.values())
+        run = Path(config.output.run_dir)
+        print(f"scored {total:,} candidate elements of {len(scores)} tensors")
+        print(f"scores: {run / 'checkpoints' / 'sensitivity.safetensors'}")
+        print(f"heatmap: {figure}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from fishertune.workflows.inference import evaluate_checkpoint
+
+    results = evaluate_checkpoint(
+        args.checkpoint,
+        data=args.data,
+        protocol=args.protocol,
+        mode=args.mode,
+        eval_images=args.eval_images,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(results.to_markdown())
+    if args.json is not None:
+        results.to_json(args.json)
+        print(f"results: {args.json}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fishertune.workflows.inference import predict_images
+
+    predictions = predict_images(
+        args.checkpoint,
+        args.images,
+        args.out,
+        alpha=args.alpha,
+        mode=args.mode,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(f"{len(predictions)} image(s): masks and overlays in {args.out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from fishertune.tuners import available_tuners
+    from fishertune.workflows.runs import compare
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(available_tuners()))
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown}; choose from {available_tuners()}")
+    comparison = compare(
+        _config(args),
+        methods,
+        out_dir=args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    print(comparison.table)
+    _say_done(comparison.report)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fishertune.workflows.demo import DEMO_METHODS, run_demo
+
+    methods = args.methods.split(",") if args.methods else list(DEMO_METHODS)
+    comparison = run_demo(
+        quick=args.quick,
+        out_dir=args.out,
+        methods=methods,
+        resume=args.resume,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    print()
+    print(comparison.table)
+    print()
+    print(
+        "training time per method: "
+        + ", ".join(f"{m} {s:.0f} s" for m, s in comparison.seconds.items())
+    )
+    _say_done(comparison.report)
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from fishertune.data.synthetic.pretrain import pretrain_demo_backbone
+    from fishertune.models.demo_vit import demo_vit_weights_path
+
+    output = Path(args.out) if args.out else demo_vit_weights_path()
+    options = {
+        key: value
+        for key, value in (
+            ("steps", args.steps),
+            ("corpus_size", args.corpus_size),
+            ("batch_size", args.batch_size),
+        )
+        if value is not None
+    }
+    result = pretrain_demo_backbone(
+        output, seed=args.seed, progress=not args.no_progress, **options
+    )
+    print(f"wrote {result.path}")
+    print(
+        f"pretext pixel accuracy {100 * result.pixel_accuracy:.1f}% on held-out scenes of all "
+        f"styles, in {result.elapsed_seconds:.0f} s"
+    )
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser, *, progress: bool = True) -> None:
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="run configuration (YAML)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a configuration value, e.g. --set schedule.lr=2e-4 (repeatable)",
+    )
+
+
+def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the run commands on the top-level sub-parser."""
+    demo = sub.add_parser(
+        "demo",
+        help="FisherTune vs Full, Freeze, Rein and LoRA on the embedded benchmark (offline)",
+        description=(
+            "Fine-tunes the shipped demo backbone on the synthetic source style with each "
+            "method, evaluates on the source and five unseen styles, prints the per-domain "
+            "table and writes report.md with figures. About 10 minutes on 2 CPU cores "
+            "(--quick: about 2)."
+        ),
+    )
+    demo.add_argument("--quick", action="store_true", help="the smoke-test size")
+    demo.add_argument("--out", default=None, help="output folder (default runs/demo[_quick])")
+    demo.add_argument("--methods", default="", help="comma-separated subset of the methods")
+    demo.add_argument("--resume", action="store_true", help="continue an interrupted demo")
+    _common(demo)
+    demo.set_defaults(func=_guarded("demo", _cmd_demo))
+
+    train = sub.add_parser(
+        "train",
+        help="train one configuration (warm-up → estimate → tune for FisherTune)",
+        description=(
+            "Runs the staged trainer on CONFIG and writes checkpoints, metrics.csv, "
+            "TensorBoard logs and report.md to output.run_dir. Multi-GPU: launch with "
+            "torchrun --nproc-per-node=N -m fishertune.cli train CONFIG."
+        ),
+    )
+    _config_arguments(train)
+    train.add_argument("--resume", action="store_true", help="continue from checkpoints/last")
+    _common(train)
+    train.set_defaults(func=_guarded("train", _cmd_train))
+
+    sensitivity = sub.add_parser(
+        "sensitivity",
+        help="estimate and save the DR-FIM and draw its per-block heatmap (paper Fig. 6)",
+        description=(
+            "Runs the warm-up and estimation stages of CONFIG (method fishertune or "
+            "childtune_d), saves the scores to checkpoints/sensitivity.safetensors and draws "
+            "figures/sensitivity.png: blocks × {Q, K, V, FFN}."
+        ),
+    )
+    _config_arguments(sensitivity)
+    _common(sensitivity)
+    sensitivity.set_defaults(func=_guarded("sensitivity", _cmd_sensitivity))
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint on the run's domains or on given data sets",
+        description=(
+            "CHECKPOINT is a run folder (its best checkpoint, else last) or a checkpoint "
+            "JSON. Prints the per-domain and per-class tables."
+        ),
+    )
+    evaluate.add_argument("checkpoint", metavar="CHECKPOINT")
+    evaluate.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="NAME[=ROOT]",
+        help="a data set to evaluate: NAME=ROOT, or a style name for synthetic runs (repeatable)",
+    )
+    evaluate.add_argument("--protocol", default=None, help="rein, fullres or synthetic")
+    evaluate.add_argument("--mode", default=None, choices=["slide", "whole"])
+    evaluate.add_argument("--eval-images", type=int, default=None, metavar="N")
+    evaluate.add_argument("--batch-size", type=int, default=2, metavar="N")
+    evaluate.add_argument("--workers", type=int, default=0, metavar="N")
+    evaluate.add_argument("--json", default=None, metavar="PATH", help="also write JSON here")
+    _common(evaluate)
+    evaluate.set_defaults(func=_guarded("evaluate", _cmd_evaluate))
+
+    predict = sub.add_parser(
+        "predict",
+        help="segment images with a checkpoint: colour masks and overlays",
+        description="Writes <stem>_mask.png, <stem>_overlay.png and <stem>_ids.png per image.",
+    )
+    predict.add_argument("checkpoint", metavar="CHECKPOINT")
+    predict.add_argument("images", metavar="IMAGE", nargs="+")
+    predict.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    predict.add_argument("--mode", default=None, choices=["slide", "whole"])
+    _common(predict)
+    predict.set_defaults(func=_guarded("predict", _cmd_predict))
+
+    comparison = sub.add_parser(
+        "compare",
+        help="train several methods on one configuration; write the Table-1-style table",
+        description=(
+            "Trains each method of --methods with CONFIG (the configured method keeps its "
+            "options, the others use their defaults) in OUT/<method> and writes OUT/report.md."
+        ),
+    )
+    _config_arguments(comparison)
+    comparison.add_argument("--methods", required=True, help="comma-separated method names")
+    comparison.add_argument("--out", default=None, help="output folder (default output.run_dir)")
+    comparison.add_argument("--resume", action="store_true", help="continue interrupted runs")
+    _common(comparison)
+    comparison.set_defaults(func=_guarded("compare", _cmd_compare))
+
+    pretrain = sub.add_parser(
+        "pretrain-demo-backbone",
+        help="rebuild the demo backbone (pretraining on synthetic scenes of all styles)",
+        description=(
+            "Pretrains the small ViT of the embedded benchmark with the coarse 7-category "
+            "pretext on scenes of all six styles, deterministically, and writes its weights "
+            "(default: over the file shipped with the package) with a JSON recipe."
+        ),
+    )
+    pretrain.add_argument("--out", default=None, metavar="PATH", help="weights file to write")
+    pretrain.add_argument("--steps", type=int, default=None)
+    pretrain.add_argument("--corpus-size", type=int, default=None)
+    pretrain.add_argument("--batch-size", type=int, default=None)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    pretrain.set_defaults(func=_guarded("pretrain-demo-backbone", _cmd_pretrain))

@@ -1,0 +1,6 @@
+"""What the command line runs: training with its report, comparisons, the demo, sensitivity
+maps, evaluation and prediction from checkpoints.
+
+This is the top layer: it ties the engine (training, checkpoints) to reporting (plots,
+report.md); nothing below imports it.
+"""
