@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from fishertune.cli import main
+from fishertune.engine.checkpoint import load_checkpoint
+from fishertune.engine.trainer import Trainer
 from run_fixtures import tiny_config
 
 COMMANDS = [
@@ -102,3 +109,61 @@ def test_compare_writes_the_table_one_comparison(
     assert set(record["methods"]) == {"freeze", "lora"}
     assert main(["compare", str(config), "--methods", "freeze,lorra"]) == 2
     assert "unknown ['lorra']" in capsys.readouterr().err
+
+
+def test_a_killed_training_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    extra = ["schedule.tune_steps=40", "schedule.checkpoint_every=3", "schedule.eval_every=0"]
+    reference = tiny_config(tmp_path / "whole", "fishertune", extra)
+    Trainer(reference, progress=False).run()
+    config = tiny_config(tmp_path / "killed", "fishertune", extra)
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fishertune.cli", "train", str(path), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = tmp_path / "killed" / "checkpoints" / "last.json"
+    deadline = time.monotonic() + 240
+    step = 0
+    while time.monotonic() < deadline and process.poll() is None and step < 9:
+        time.sleep(0.05)
+        if last.is_file():
+            step = json.loads(last.read_text())["state"]["step"]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert 9 <= step < config.total_steps
+    assert not (tmp_path / "killed" / "results.json").exists()
+    assert main(["train", str(path), "--resume", "--no-progress"]) == 0
+    expected, _ = load_checkpoint(tmp_path / "whole" / "checkpoints", "last")
+    actual, _ = load_checkpoint(tmp_path / "killed" / "checkpoints", "last")
+    for key, value in expected.items():
+        if key.startswith(("model.", "optimizer.")):
+            assert torch.equal(actual[key], value), key
+
+
+def test_evaluate_and_predict_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tiny_config(tmp_path / "run", "lora")
+    Trainer(config, progress=False).run()
+    run = str(tmp_path / "run")
+    out_json = tmp_path / "eval.json"
+    code = main(["evaluate", run, "--data", "fog", "--json", str(out_json), "--no-progress"])
+    assert code == 0
+    assert "| lora | " in capsys.readouterr().out
+    assert list(json.loads(out_json.read_text())["domains"]) == ["fog"]
+    assert main(["evaluate", run, "--data", "cityscapes"]) == 2
+    assert "data entry 'cityscapes'" in capsys.readouterr().err
+    image = tmp_path / "scene.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 32), (90, 90, 90)).save(image)
+    out = tmp_path / "pred"
+    assert main(["predict", run, str(image), "--out", str(out), "--no-progress"]) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "scene_mask.png",
+        "scene_overlay.png",
+        "scene_ids.png",
+    }
+    assert main(["predict", run, str(tmp_path / "nope.png"), "--out", str(out)]) == 2
+    assert "nope.png" in capsys.readouterr().err

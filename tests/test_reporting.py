@@ -340,7 +340,7 @@ def test_write_report_sections_tables_links_and_yaml(tmp_path: Path) -> None:
         "seed": 3,
     }
     assert block.index("model") < block.index("lr") < block.index("seed")  # not sorted
-    sections = ["## Configuration", "## Results", "## Figures", "## Notes", "## Parameters"]
+    sections = ["## Results", "## Parameters", "## Figures", "## Notes", "## Configuration"]
     positions = [text.index(s) for s in sections]
     assert positions == sorted(positions)
     assert sorted(p.name for p in run_dir.iterdir()) == ["report.md"]  # no temporary left

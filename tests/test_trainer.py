@@ -12,6 +12,7 @@ import torch
 from fishertune.engine.checkpoint import load_checkpoint
 from fishertune.engine.data import StepSampler, sample_seed
 from fishertune.engine.model import load_trained
+from fishertune.engine.precision import autocast
 from fishertune.engine.trainer import NonFiniteLossError, Trainer, lr_factor
 from run_fixtures import tiny_config
 
@@ -168,3 +169,13 @@ def test_load_trained_rebuilds_the_evaluated_model(tmp_path: Path) -> None:
         assert torch.equal(restored.segmentor.state_dict()[key], value), key
     assert restored.tuner.count() == result.trainable
     assert restored.config == trainer.config
+
+
+def test_precision_is_bf16_autocast_on_cuda_and_fp32_on_cpu() -> None:
+    context = autocast(torch.device("cuda"), "auto")
+    assert isinstance(context, torch.autocast)
+    assert context.fast_dtype == torch.bfloat16
+    assert not isinstance(autocast(torch.device("cuda"), "off"), torch.autocast)
+    assert not isinstance(autocast(torch.device("cpu"), "auto"), torch.autocast)
+    with pytest.raises(ValueError, match=r"schedule\.amp: 'bf16' needs a CUDA device"):
+        autocast(torch.device("cpu"), "bf16")

@@ -127,12 +127,12 @@ def write_report(
 ) -> Path:
     """Write ``run_dir/report.md`` atomically and return its path.
 
-    Sections: the title, a one-line summary, the configuration as a YAML block, the results
-    (mIoU per domain with the source first and the average over the unseen target domains
-    only, then IoU per class), each figure under its caption (``figures`` maps captions to
-    image paths, absolute or relative to the working directory, linked relative to
-    ``run_dir``), the notes as bullets and each of ``extra_tables`` (title → markdown) as its
-    own section. ``summary`` replaces the one-line summary derived from ``results`` (e.g. for
+    Sections: the title, a one-line summary, the results (mIoU per domain with the source
+    first and the average over the unseen target domains only, then IoU per class), each of
+    ``extra_tables`` (title → markdown) as its own section, each figure under its caption
+    (``figures`` maps captions to image paths, absolute or relative to the working directory,
+    linked relative to ``run_dir``), the notes as bullets and last the configuration as a YAML
+    block. ``summary`` replaces the one-line summary derived from ``results`` (e.g. for
     a comparison of several runs). Sections without content (no results, figures, notes) are
     left out. The text
     goes to a temporary file in ``run_dir`` that replaces ``report.md`` in one step.
@@ -143,7 +143,6 @@ def write_report(
     sections = [
         f"# {title}",
         summary if summary is not None else _summary(results, source_domain),
-        f"## Configuration\n\n```yaml\n{config_yaml}```",
     ]
     if results is not None:
         targets, _ = _columns([results], source_domain)
@@ -154,6 +153,7 @@ def write_report(
             f"{_comparison({results.method: results}, source_domain, bold=False)}\n\n"
             f"### IoU per class (%)\n\n{results.class_table()}"
         )
+    sections.extend(f"## {name}\n\n{table.strip()}" for name, table in extra_tables.items())
     if figures:
         sections.append(
             "## Figures\n\n"
@@ -164,7 +164,7 @@ def write_report(
         )
     if notes:
         sections.append("## Notes\n\n" + "\n".join(f"- {note}" for note in notes))
-    sections.extend(f"## {name}\n\n{table.strip()}" for name, table in extra_tables.items())
+    sections.append(f"## Configuration\n\n```yaml\n{config_yaml}```")
     text = "\n\n".join(sections) + "\n"
 
     target = directory / "report.md"
