@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_fixtures import build_cityscapes, build_gtav
 from fishertune.engine.checkpoint import load_checkpoint
 from fishertune.engine.data import StepSampler, sample_seed
 from fishertune.engine.model import load_trained
@@ -171,6 +172,7 @@ def test_load_trained_rebuilds_the_evaluated_model(tmp_path: Path) -> None:
     assert restored.config == trainer.config
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
 def test_precision_is_bf16_autocast_on_cuda_and_fp32_on_cpu() -> None:
     context = autocast(torch.device("cuda"), "auto")
     assert isinstance(context, torch.autocast)
@@ -179,3 +181,23 @@ def test_precision_is_bf16_autocast_on_cuda_and_fp32_on_cpu() -> None:
     assert not isinstance(autocast(torch.device("cpu"), "auto"), torch.autocast)
     with pytest.raises(ValueError, match=r"schedule\.amp: 'bf16' needs a CUDA device"):
         autocast(torch.device("cpu"), "bf16")
+
+
+def test_real_dataset_layouts_train_and_evaluate(tmp_path: Path) -> None:
+    build_gtav(tmp_path / "gtav", ids=(7, 26), n=4, train_ids=(0, 13))
+    build_cityscapes(tmp_path / "cityscapes", "val", ids=(7, 8, 26), kind="labelIds")
+    data = [
+        "data.source=gtav",
+        f"data.root={tmp_path / 'gtav'}",
+        "data.targets=[cityscapes]",
+        f"data.roots={{cityscapes: {tmp_path / 'cityscapes'}}}",
+    ]
+    result = Trainer(tiny_config(tmp_path / "run", extra=data), progress=False).run()
+    assert result.results is not None
+    assert list(result.results.domains) == ["cityscapes"]  # GTAV has no validation split
+    assert result.best is None  # nothing to select on without a source validation set
+    cityscapes = result.results.domains["cityscapes"]
+    assert 0.0 <= cityscapes.miou <= 1.0
+    missing = tiny_config(tmp_path / "other", extra=data[:3])
+    with pytest.raises(ValueError, match=r"data\.roots\.cityscapes: the target dataset"):
+        Trainer(missing, progress=False)
