@@ -107,6 +107,10 @@ def test_compare_writes_the_table_one_comparison(
     assert (out_dir / "freeze" / "report.md").is_file()
     record = json.loads((out_dir / "comparison.json").read_text())
     assert set(record["methods"]) == {"freeze", "lora"}
+    # --resume finds both runs finished: it only re-evaluates them, to the same table
+    resumed = ["compare", str(config), "--methods", "freeze,lora", "--out", str(out_dir)]
+    assert main([*resumed, "--resume", "--no-progress"]) == 0
+    assert json.loads((out_dir / "comparison.json").read_text())["methods"] == record["methods"]
     assert main(["compare", str(config), "--methods", "freeze,lorra"]) == 2
     assert "unknown ['lorra']" in capsys.readouterr().err
 
