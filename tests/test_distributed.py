@@ -16,20 +16,29 @@ from distributed_worker import build
 from fishertune.sensitivity import diagonal_fisher
 
 
-def test_distributed_diagonal_fisher_equals_single_process(tmp_path: Path) -> None:
-    worker = Path(__file__).with_name("distributed_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _torchrun(worker: str, out: Path) -> None:
+    """Run ``tests/<worker>`` on two CPU processes (one thread each) with ``out`` as argument."""
+    tests = Path(__file__).parent
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]),
+    }
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         "--nproc-per-node=2",
-        str(worker),
-        str(tmp_path),
+        str(tests / worker),
+        str(out),
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_distributed_diagonal_fisher_equals_single_process(tmp_path: Path) -> None:
+    _torchrun("distributed_worker.py", tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
     model, x, y = build()
@@ -44,24 +53,7 @@ def test_distributed_diagonal_fisher_equals_single_process(tmp_path: Path) -> No
 
 
 def test_two_process_training_keeps_ranks_identical_and_rank0_writes(tmp_path: Path) -> None:
-    worker = Path(__file__).with_name("distributed_trainer_worker.py")
-    tests = str(Path(__file__).parent)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        str(worker),
-        str(tmp_path),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
+    _torchrun("distributed_trainer_worker.py", tmp_path)
     first, second = (load_file(str(tmp_path / f"weights{r}.safetensors")) for r in range(2))
     assert first.keys() == second.keys()
     for key, value in first.items():

@@ -1,6 +1,8 @@
-"""The staged trainer's infrastructure (method.md §8): run configuration and checkpoints.
+"""The staged trainer (method.md §8) and its infrastructure.
 
 ``load_config(path, overrides)`` reads and validates a :class:`RunConfig`;
+``Trainer(config).run(resume=...)`` runs warm-up → estimate → tune (one stage for methods
+without estimation); ``load_trained(checkpoint)`` rebuilds a trained model;
 ``save_checkpoint`` / ``load_checkpoint`` / ``latest_checkpoint`` write and find atomic,
 pickle-free checkpoints, with helpers for RNG and optimiser state.
 """
@@ -27,21 +29,28 @@ from fishertune.engine.config import (
     load_config,
     parse_override,
 )
+from fishertune.engine.model import build_model, load_trained
+from fishertune.engine.trainer import NonFiniteLossError, Trainer, TrainResult
 
 __all__ = [
     "DataConfig",
     "EvaluationConfig",
     "MethodConfig",
     "ModelConfig",
+    "NonFiniteLossError",
     "OutputConfig",
     "RunConfig",
     "ScheduleConfig",
+    "TrainResult",
+    "Trainer",
+    "build_model",
     "capture_rng_state",
     "config_from_dict",
     "flatten_optimizer_state",
     "latest_checkpoint",
     "load_checkpoint",
     "load_config",
+    "load_trained",
     "parse_override",
     "restore_rng_state",
     "save_checkpoint",

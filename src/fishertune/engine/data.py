@@ -14,9 +14,8 @@ step. The loader's own generator is seeded too, so it never draws from torch's g
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -267,8 +266,3 @@ def eval_protocol(config: RunConfig) -> EvalProtocol:
         height, width = config.data.synthetic_size
         protocol = dataclasses.replace(protocol, default_size=(width, height))
     return protocol
-
-
-def describe(datasets: Mapping[str, Any]) -> str:
-    """``name (n images)`` for each dataset, for logs."""
-    return ", ".join(f"{name} ({len(ds)} images)" for name, ds in datasets.items())

@@ -83,7 +83,6 @@ from fishertune.models import ViTBackbone
 from fishertune.progress import StepBar
 from fishertune.tuners.base import TrainableCount
 from fishertune.tuners.scoring import ScoredTuner
-from fishertune.tuners.sparse import SparseTuner
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "lr_factor"]
 
@@ -225,14 +224,11 @@ class Trainer:
 
     def trainable_now(self) -> int:
         """Backbone elements training now (a growing selection counts what is selected)."""
-        if isinstance(self.tuner, SparseTuner) and self.scored:
+        if isinstance(self.tuner, ScoredTuner):
             return self.tuner.selected_count
         return self.tuner.count().backbone
 
     # ---------------------------------------------------------------- checkpoints
-    def _generators(self) -> dict[str, torch.Generator]:
-        return self.tuner.generators()
-
     def save(self, name: str) -> None:
         """Write checkpoint ``name`` (rank 0 only)."""
         if not self.is_main:
@@ -256,7 +252,7 @@ class Trainer:
             state["optimizer"] = {"stage": self.optimizer_stage, "state": optimizer_state}
         if self.ema is not None:
             tensors.update({EMA_PREFIX + k: v for k, v in self.ema.state().items()})
-        rng_tensors, rng_state = capture_rng_state(self._generators())
+        rng_tensors, rng_state = capture_rng_state(self.tuner.generators())
         tensors.update(rng_tensors)
         state["rng"] = rng_state
         save_checkpoint(self.checkpoint_dir, name, tensors=tensors, state=state)
@@ -297,7 +293,7 @@ class Trainer:
         if self.ema is not None:
             ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
             self.ema.load(ema)
-        restore_rng_state(tensors, state["rng"], self._generators())
+        restore_rng_state(tensors, state["rng"], self.tuner.generators())
 
     def _save_scores(self, scores: Mapping[str, Tensor]) -> None:
         if self.is_main:
