@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from fishertune.engine.data import StepSampler, sample_seed
 from fishertune.engine.model import load_trained
 from fishertune.engine.precision import autocast
 from fishertune.engine.trainer import NonFiniteLossError, Trainer, lr_factor
+from fishertune.workflows.inference import evaluate_checkpoint
 from run_fixtures import tiny_config
 
 
@@ -201,3 +203,7 @@ def test_real_dataset_layouts_train_and_evaluate(tmp_path: Path) -> None:
     missing = tiny_config(tmp_path / "other", extra=data[:3])
     with pytest.raises(ValueError, match=r"data\.roots\.cityscapes: the target dataset"):
         Trainer(missing, progress=False)
+    # evaluating the run needs its targets only, not the source's training images
+    shutil.rmtree(tmp_path / "gtav")
+    again = evaluate_checkpoint(tmp_path / "run", device="cpu", progress=False)
+    assert again.domains["cityscapes"].miou == cityscapes.miou

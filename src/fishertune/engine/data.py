@@ -34,7 +34,8 @@ __all__ = [
     "eval_loader",
     "eval_protocol",
     "eval_split",
-    "source_datasets",
+    "source_train_set",
+    "source_val_set",
     "target_datasets",
     "train_loader",
 ]
@@ -203,26 +204,34 @@ def _synthetic(config: RunConfig, split: str, style: str, length: int) -> Synthe
     )
 
 
-def source_datasets(
-    config: RunConfig,
-) -> tuple[Dataset[tuple[Tensor, Tensor]], Dataset[tuple[Tensor, Tensor]] | None]:
-    """The source training set (untransformed) and its validation set (``None`` if the
-    source has no split distinct from training, e.g. GTAV)."""
+def _source_root(config: RunConfig) -> str:
+    if config.data.root is None:
+        raise ValueError(
+            f"data.root: the source dataset {config.data.source!r} needs its root directory"
+        )
+    return config.data.root
+
+
+def source_train_set(config: RunConfig) -> Dataset[tuple[Tensor, Tensor]]:
+    """The source training set (untransformed)."""
     data = config.data
     if data.source == SYNTHETIC:
-        return (
-            _synthetic(config, "train", "source", data.train_images or 500),
-            _synthetic(config, "val", "source", data.eval_images or 500),
-        )
-    if data.root is None:
-        raise ValueError(f"data.root: the source dataset {data.source!r} needs its root directory")
-    cls = DATASETS[data.source]
-    train_split = _first_split(cls, TRAIN_SPLITS)
-    train = _limit(build_dataset(data.source, data.root, train_split), data.train_images)
-    val_split = eval_split(data.source)
-    if val_split == train_split:
-        return train, None
-    return train, _limit(build_dataset(data.source, data.root, val_split), data.eval_images)
+        return _synthetic(config, "train", "source", data.train_images or 500)
+    split = _first_split(DATASETS[data.source], TRAIN_SPLITS)
+    dataset = build_dataset(data.source, _source_root(config), split)
+    return _limit(dataset, data.train_images)
+
+
+def source_val_set(config: RunConfig) -> Dataset[tuple[Tensor, Tensor]] | None:
+    """The source's validation set (untransformed); ``None`` when the source has no split
+    besides its training one (e.g. GTAV)."""
+    data = config.data
+    if data.source == SYNTHETIC:
+        return _synthetic(config, "val", "source", data.eval_images or 500)
+    split = eval_split(data.source)
+    if split == _first_split(DATASETS[data.source], TRAIN_SPLITS):
+        return None
+    return _limit(build_dataset(data.source, _source_root(config), split), data.eval_images)
 
 
 def target_datasets(config: RunConfig) -> dict[str, Dataset[tuple[Tensor, Tensor]]]:

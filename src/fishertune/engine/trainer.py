@@ -61,7 +61,8 @@ from fishertune.engine.data import (
     eval_loader,
     eval_protocol,
     evaluation_transform,
-    source_datasets,
+    source_train_set,
+    source_val_set,
     target_datasets,
     train_loader,
     training_transform,
@@ -161,8 +162,8 @@ class Trainer:
         schedule = config.schedule
         self.warmup_steps = schedule.warmup_steps if self.scored else 0
         self.total_steps = config.total_steps
-        train, source_val = source_datasets(config)
-        self.train_set = train
+        self.train_set = source_train_set(config)
+        source_val = source_val_set(config)
         self.eval_sets: dict[str, Dataset[tuple[Tensor, Tensor]]] = {}
         if source_val is not None:
             self.eval_sets[SOURCE_DOMAIN] = source_val

@@ -31,7 +31,7 @@ from fishertune.engine.data import (
     eval_loader,
     eval_protocol,
     evaluation_transform,
-    source_datasets,
+    source_val_set,
     target_datasets,
 )
 from fishertune.engine.model import TrainedModel, load_trained
@@ -138,7 +138,7 @@ def _dataset_domain(config: RunConfig, entry: str) -> tuple[str, EvalSet]:
 def _style_domain(config: RunConfig, entry: str) -> EvalSet:
     """The validation set of the embedded benchmark's style ``entry`` at the run's settings."""
     if entry == SOURCE_DOMAIN:
-        source_val = source_datasets(config)[1]
+        source_val = source_val_set(config)
         assert source_val is not None  # the synthetic source always has a validation split
         return source_val
     data = dataclasses.replace(config.data, targets=[entry])
@@ -149,7 +149,7 @@ def _domains(config: RunConfig, data: Sequence[str]) -> dict[str, EvalSet]:
     """The evaluation sets: the run's (``data`` empty) or those ``data`` names, in order."""
     if not data:
         domains: dict[str, EvalSet] = {}
-        source_val = source_datasets(config)[1]
+        source_val = source_val_set(config)
         if source_val is not None:
             domains[SOURCE_DOMAIN] = source_val
         domains.update(target_datasets(config))
