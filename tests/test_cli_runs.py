@@ -171,3 +171,15 @@ def test_evaluate_and_predict_commands(tmp_path: Path, capsys: pytest.CaptureFix
     }
     assert main(["predict", run, str(tmp_path / "nope.png"), "--out", str(out)]) == 2
     assert "nope.png" in capsys.readouterr().err
+
+
+def test_pretrain_demo_backbone_command_writes_weights_and_recipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo_vit.safetensors"
+    arguments = ["--steps", "2", "--corpus-size", "6", "--batch-size", "2", "--no-progress"]
+    assert main(["pretrain-demo-backbone", "--out", str(out), *arguments]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    recipe = json.loads(out.with_suffix(".json").read_text())
+    assert recipe["recipe"]["steps"] == 2
+    assert recipe["recipe"]["corpus_size"] == 6
