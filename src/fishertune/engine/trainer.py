@@ -373,7 +373,7 @@ class Trainer:
         batches = [(images.to(self.device), labels.to(self.device)) for images, labels in loader]
         self._begin_stage("estimate")
         start = time.perf_counter()
-        scores = self.tuner.estimate(batches)
+        scores = self.tuner.estimate(batches, progress=self.progress and self.is_main)
         self.stage_seconds["estimate"] = time.perf_counter() - start
         self._note_memory("estimate")
         self._save_scores(scores)

@@ -57,7 +57,7 @@ class ChildTuneDTuner(ScoredTuner):
     config: ChildTuneDConfig
 
     def compute_scores(
-        self, batches: Iterable[Any], params: Mapping[str, nn.Parameter]
+        self, batches: Iterable[Any], params: Mapping[str, nn.Parameter], progress: bool = False
     ) -> dict[str, Tensor]:
         """The diagonal Fisher F of the candidate tensors on ``batches``."""
         device = next(iter(params.values())).device
@@ -67,6 +67,7 @@ class ChildTuneDTuner(ScoredTuner):
             params=params,
             labels=self.config.labels,
             generator=seeded_generator(device, self.config.seed),
+            progress=progress,
         )
 
 

@@ -108,7 +108,7 @@ class FisherTuneTuner(ScoredTuner):
     config: FisherTuneConfig
 
     def compute_scores(
-        self, batches: Iterable[Any], params: Mapping[str, nn.Parameter]
+        self, batches: Iterable[Any], params: Mapping[str, nn.Parameter], progress: bool = False
     ) -> dict[str, Tensor]:
         """DR-FIM (``"diagonal"``, Eq. 7) or stable DR-FIM (``"variational"``, Eq. 15)."""
         cfg = self.config
@@ -127,6 +127,7 @@ class FisherTuneTuner(ScoredTuner):
                     labels=cfg.labels or "sampled",
                     perturbation=perturbation,
                     generator=generator,
+                    progress=progress,
                 )
             return variational_precision(
                 self.segmentor,
@@ -139,6 +140,7 @@ class FisherTuneTuner(ScoredTuner):
                 labels=cfg.labels or "given",
                 perturbation=perturbation,
                 generator=generator,
+                progress=progress,
             )
 
         clean = fit(None)

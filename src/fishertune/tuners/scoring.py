@@ -76,18 +76,21 @@ class ScoredTuner(BudgetTuner):
             )
 
     def compute_scores(
-        self, batches: Iterable[Any], params: Mapping[str, nn.Parameter]
+        self, batches: Iterable[Any], params: Mapping[str, nn.Parameter], progress: bool = False
     ) -> dict[str, Tensor]:
-        """Sensitivity scores of ``params`` (name → tensor of the parameter's shape)."""
+        """Sensitivity scores of ``params`` (name → tensor of the parameter's shape); with
+        ``progress``, the estimators show their bars."""
         raise NotImplementedError
 
-    def estimate(self, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    def estimate(
+        self, batches: Iterable[tuple[Tensor, Tensor]], *, progress: bool = False
+    ) -> dict[str, Tensor]:
         """The estimation stage (method.md §8 step 2): score the candidates, select p(0).
 
         ``batches`` yields ``(images, targets)`` source batches (a one-shot iterator is
         materialised, since estimators may pass over the data more than once). Elements that
         are not candidates get the score −inf. Returns the scores (kept for the growth).
-        Must run once, before training.
+        Must run once, before training; ``progress`` shows the estimators' progress bars.
         """
         if self._index is not None:
             raise RuntimeError(
@@ -95,7 +98,7 @@ class ScoredTuner(BudgetTuner):
                 "training"
             )
         data = list(batches) if isinstance(batches, Iterator) else batches
-        scores = self.compute_scores(data, self.candidate_params())
+        scores = self.compute_scores(data, self.candidate_params(), progress)
         for name, eligible in self.eligible_masks().items():
             scores[name] = scores[name].float().masked_fill_(~eligible, -math.inf)
         self.use_scores(scores)
