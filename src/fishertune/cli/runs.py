@@ -11,7 +11,10 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fishertune.engine.config import RunConfig
 
 __all__ = ["add_run_commands"]
 
@@ -42,7 +45,7 @@ def _guarded(command: str, handler: Handler) -> Handler:
     return run
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace) -> RunConfig:
     from fishertune.engine.config import load_config
 
     return load_config(args.config, args.set)
