@@ -21,10 +21,9 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from fishertune.atomic import atomic_write
 
 __all__ = [
     "capture_rng_state",
@@ -52,40 +53,6 @@ JSON_SUFFIX = ".json"
 
 
 # ---------------------------------------------------------------------------- files
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (no-op where directories cannot be opened)."""
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
-
-
-def _atomic_write(target: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(temporary path)`` in ``target``'s directory, fsync, rename onto ``target``.
-
-    The temporary file is removed if anything fails, so ``target`` is either the old file, or
-    absent, or the complete new one.
-    """
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        write(temporary)
-        with temporary.open("rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(target.parent)
-
-
 def _prepare_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``tensors`` detached, on CPU, contiguous, with storage sharing undone (safetensors
     refuses tensors that share memory)."""
@@ -105,7 +72,7 @@ def _prepare_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def _write_tensors(target: Path, tensors: dict[str, Tensor]) -> None:
     """Write prepared ``tensors`` atomically."""
-    _atomic_write(target, lambda path: save_file(tensors, str(path), metadata={"format": FORMAT}))
+    atomic_write(target, lambda path: save_file(tensors, str(path), metadata={"format": FORMAT}))
 
 
 def _dumps(document: Mapping[str, Any], target: Path) -> str:
@@ -121,7 +88,7 @@ def _dumps(document: Mapping[str, Any], target: Path) -> str:
 def _write_json(target: Path, document: Mapping[str, Any]) -> None:
     """Write ``document`` as JSON atomically."""
     text = _dumps(document, target)
-    _atomic_write(target, lambda path: path.write_text(text, encoding="utf-8"))
+    atomic_write(target, lambda path: path.write_text(text, encoding="utf-8"))
 
 
 def save_checkpoint(

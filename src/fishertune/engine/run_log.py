@@ -11,12 +11,13 @@ interrupted and resumed run equals that of an uninterrupted one. TensorBoard eve
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
+
+from fishertune.atomic import atomic_write
 
 __all__ = ["TRAIN_COLUMNS", "RunLog"]
 
@@ -60,10 +61,12 @@ class RunLog:
                 f"{self.columns}; resume with the run's own configuration"
             )
         kept = [rows[0], *(row for row in rows[1:] if int(float(row[0])) <= step)]
-        temporary = self.path.with_suffix(".csv.tmp")
-        with temporary.open("w", newline="", encoding="utf-8") as file:
-            csv.writer(file).writerows(kept)
-        os.replace(temporary, self.path)
+
+        def write(path: Path) -> None:
+            with path.open("w", newline="", encoding="utf-8") as file:
+                csv.writer(file).writerows(kept)
+
+        atomic_write(self.path, write)
 
     def write(self, step: int, values: Mapping[str, Any]) -> None:
         """One row at ``step``; numeric values also go to TensorBoard."""

@@ -355,38 +355,19 @@ class Trainer:
             self.save("best")
 
     # ---------------------------------------------------------------- stages
-    def _estimate(self) -> None:
-        assert isinstance(self.tuner, ScoredTuner)
-        config = self.config
-        count = max(config.schedule.estimate_steps, 1)
-        sampler = StepSampler(
-            len(self.train_set),  # type: ignore[arg-type]
-            batch_size=config.data.batch_size,
-            seed=config.schedule.seed + ESTIMATE_SEED_OFFSET,
-            stop=count,
-            rank=self.context.rank,
-            world_size=self.context.world_size,
-        )
-        loader = train_loader(
-            self.train_set, self.train_transform, sampler, workers=config.data.workers
-        )
-        batches = [(images.to(self.device), labels.to(self.device)) for images, labels in loader]
-        self._begin_stage("estimate")
-        start = time.perf_counter()
-        scores = self.tuner.estimate(batches, progress=self.progress and self.is_main)
-        self.stage_seconds["estimate"] = time.perf_counter() - start
-        self._note_memory("estimate")
-        self._save_scores(scores)
-
-    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def _source_batches(
+        self, *, seed: int, start: int, stop: int, accumulation: int = 1
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's augmented source micro-batches of steps ``start … stop − 1`` of the
+        stream seeded ``seed`` (:class:`~fishertune.engine.data.StepSampler`), on the device."""
         config = self.config
         sampler = StepSampler(
             len(self.train_set),  # type: ignore[arg-type]
             batch_size=config.data.batch_size,
-            accumulation=config.schedule.grad_accumulation,
-            seed=config.schedule.seed,
-            start=self.step,
-            stop=self.total_steps,
+            accumulation=accumulation,
+            seed=seed,
+            start=start,
+            stop=stop,
             rank=self.context.rank,
             world_size=self.context.world_size,
         )
@@ -402,6 +383,23 @@ class Trainer:
                 images.to(self.device, non_blocking=True),
                 labels.to(self.device, non_blocking=True),
             )
+
+    def _estimate(self) -> None:
+        assert isinstance(self.tuner, ScoredTuner)
+        schedule = self.config.schedule
+        batches = list(
+            self._source_batches(
+                seed=schedule.seed + ESTIMATE_SEED_OFFSET,
+                start=0,
+                stop=max(schedule.estimate_steps, 1),
+            )
+        )
+        self._begin_stage("estimate")
+        start = time.perf_counter()
+        scores = self.tuner.estimate(batches, progress=self.progress and self.is_main)
+        self.stage_seconds["estimate"] = time.perf_counter() - start
+        self._note_memory("estimate")
+        self._save_scores(scores)
 
     def _train_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> dict[str, Any]:
         schedule = self.config.schedule
@@ -542,7 +540,13 @@ class Trainer:
         self.segmentor.train()
         if self._needs_estimate():
             self._estimate()
-        batches = self._batches()
+        schedule = self.config.schedule
+        batches = self._source_batches(
+            seed=schedule.seed,
+            start=self.step,
+            stop=self.total_steps,
+            accumulation=schedule.grad_accumulation,
+        )
         with StepBar(
             self.stage_at(self.step),
             self.total_steps,

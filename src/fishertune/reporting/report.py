@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from types import MappingProxyType
@@ -12,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from fishertune.atomic import atomic_write
 from fishertune.evaluation.domains import DomainResults
 
 AVERAGE_HEADER = "Avg. (targets)"
@@ -168,13 +168,5 @@ def write_report(
     text = "\n\n".join(sections) + "\n"
 
     target = directory / "report.md"
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".report-", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp creates it private
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda path: path.write_text(text, encoding="utf-8"))
     return target

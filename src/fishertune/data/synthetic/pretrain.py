@@ -29,8 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from fishertune.atomic import atomic_write
 from fishertune.data.synthetic.dataset import SyntheticStreets
 from fishertune.data.synthetic.styles import STYLES
 from fishertune.models.demo_vit import (
@@ -205,20 +204,6 @@ def _accuracy(
     return accuracy
 
 
-def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(temporary_path)`` in ``path``'s folder, then move the result onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def pretrain_demo_backbone(
     output: str | Path,
     *,
@@ -326,7 +311,7 @@ def pretrain_demo_backbone(
     final_loss = sum(losses[-LOSS_WINDOW:]) / len(losses[-LOSS_WINDOW:])
 
     state = {k: v.detach().half().contiguous() for k, v in model.backbone.state_dict().items()}
-    _write_atomically(output, lambda path: save_file(state, path, metadata={"format": "pt"}))
+    atomic_write(output, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
     digest = hashlib.sha256(output.read_bytes()).hexdigest()
     elapsed = time.perf_counter() - started
     style_accuracy = {style: accuracy[style] for style in STYLES}
@@ -343,7 +328,7 @@ def pretrain_demo_backbone(
         "timm_version": timm.__version__,
     }
     text = json.dumps(sidecar, indent=2) + "\n"
-    _write_atomically(output.with_suffix(".json"), lambda path: Path(path).write_text(text))
+    atomic_write(output.with_suffix(".json"), lambda path: path.write_text(text))
     return PretrainResult(
         path=output,
         final_loss=final_loss,
