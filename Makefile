@@ -35,6 +35,7 @@ test: lint typecheck
 bench: $(STAMP)
 	$(BIN)/python benchmarks/per_sample_fisher.py
 	$(BIN)/python benchmarks/variational_step.py
+	$(BIN)/python benchmarks/estimator_quality.py
 	$(BIN)/python benchmarks/sparse_adamw.py
 	$(BIN)/python benchmarks/topk_masks.py
 	$(BIN)/python benchmarks/segmentor_tiny.py

@@ -58,6 +58,7 @@ def test_train_writes_the_run_and_its_report(
         assert (run / "figures" / figure).is_file()
         assert f"figures/{figure}" in report
     assert "| source (source) |" in report.replace("Method | ", "")
+    assert "Sensitivity estimate (diagonal): split-half reliability of F: Spearman" in report
     # a second start without --resume must not overwrite the run
     assert main(["train", str(config), "--no-progress"]) == 2
     assert "--resume" in capsys.readouterr().err

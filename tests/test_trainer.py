@@ -15,7 +15,9 @@ from fishertune.engine.checkpoint import load_checkpoint
 from fishertune.engine.data import StepSampler, sample_seed
 from fishertune.engine.model import load_trained
 from fishertune.engine.precision import autocast
-from fishertune.engine.trainer import NonFiniteLossError, Trainer, lr_factor
+from fishertune.engine.trainer import NonFiniteLossError, Trainer, lr_factor, saved_quality
+from fishertune.sensitivity import Agreement, EstimateQuality
+from fishertune.tuners.scoring import ScoredTuner
 from fishertune.workflows.inference import evaluate_checkpoint
 from run_fixtures import tiny_config
 
@@ -87,6 +89,34 @@ def test_fishertune_runs_warmup_estimate_tune_and_writes_its_run(tmp_path: Path)
     backbone = [k for k in tensors if k.startswith("model.backbone.")]
     assert backbone
     assert all(k.endswith((":index", ":delta")) for k in backbone)
+
+
+def test_estimation_stage_records_its_quality_and_warns_near_chance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sensitivity checkpoint holds the split-half reliability of F, ΔF and DRF and the
+    stable F's agreement with the diagonal Fisher; each figure near chance prints one line."""
+    options = "method.options={variational_steps: 4, fraction: 0.05, min_fraction: 0.01}"
+    config = tiny_config(tmp_path / "run", extra=[options])
+    trainer = Trainer(config, progress=False)
+    trainer.estimate_sensitivity()
+    _, state = load_checkpoint(tmp_path / "run" / "checkpoints", "sensitivity")
+    quality = saved_quality(state)
+    tuner = trainer.tuner
+    assert isinstance(tuner, ScoredTuner)
+    assert quality is not None
+    assert quality == tuner.quality
+    assert set(quality.reliability) == {"F", "dF", "DRF"}
+    assert quality.agreement is not None
+    assert quality.estimator == "variational"
+    assert quality.hyper["gamma"] > 0
+    capsys.readouterr()
+    chance = Agreement(0.0, 0.05, 10, 200)
+    tuner.quality = EstimateQuality({"F": chance}, chance, "variational", {})
+    trainer._record_quality()
+    warned = capsys.readouterr().err.splitlines()
+    assert len(warned) == 2
+    assert all(line.startswith("warning: sensitivity estimate:") for line in warned)
 
 
 def test_other_methods_train_in_one_stage(tmp_path: Path) -> None:

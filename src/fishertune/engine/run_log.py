@@ -83,6 +83,13 @@ class RunLog:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 self._writer.add_scalar(key, value, step)
 
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """Scalars outside the CSV's columns (e.g. the estimate's quality), TensorBoard only."""
+        if self._writer is None:
+            return
+        for key, value in values.items():
+            self._writer.add_scalar(key, value, step)
+
     def close(self) -> None:
         """Flush and close TensorBoard."""
         if self._writer is not None:

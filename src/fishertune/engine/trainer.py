@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -82,6 +83,7 @@ from fishertune.evaluation.classes import CITYSCAPES_CLASSES
 from fishertune.evaluation.domains import DomainResults, evaluate_domains
 from fishertune.models import ViTBackbone
 from fishertune.progress import StepBar
+from fishertune.sensitivity import EstimateQuality
 from fishertune.tuners.base import TrainableCount
 from fishertune.tuners.scoring import ScoredTuner
 
@@ -90,8 +92,18 @@ __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "lr_factor"]
 CHECKPOINTS = "checkpoints"
 SENSITIVITY = "sensitivity"
 SCORE_PREFIX = "score."
+QUALITY = "quality"
+"""Key of the estimate's :class:`~fishertune.sensitivity.EstimateQuality` in the sensitivity
+checkpoint's JSON."""
 ESTIMATE_SEED_OFFSET = 7919
 """The estimation stage draws its source batches from a stream seeded ``seed + this``."""
+
+
+def saved_quality(state: Mapping[str, Any]) -> EstimateQuality | None:
+    """The estimate's quality recorded in a sensitivity checkpoint's JSON (None in checkpoints
+    written before it was recorded)."""
+    raw = state.get(QUALITY)
+    return None if raw is None else EstimateQuality.from_dict(raw)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -297,22 +309,31 @@ class Trainer:
         restore_rng_state(tensors, state["rng"], self.tuner.generators())
 
     def _save_scores(self, scores: Mapping[str, Tensor]) -> None:
+        """The scores and their quality (``checkpoints/sensitivity``), written once."""
+        assert isinstance(self.tuner, ScoredTuner)
+        quality = self.tuner.quality
         if self.is_main:
             save_checkpoint(
                 self.checkpoint_dir,
                 SENSITIVITY,
                 tensors={SCORE_PREFIX + k: v for k, v in scores.items()},
-                state={"method": self.tuner.name, "options": self.config.method.options},
+                state={
+                    "method": self.tuner.name,
+                    "options": self.config.method.options,
+                    QUALITY: None if quality is None else quality.to_dict(),
+                },
             )
 
     def _load_scores(self) -> None:
-        """Adopt the saved scores; select p(0) unless the checkpoint brought a selection."""
-        tensors, _ = load_checkpoint(self.checkpoint_dir, SENSITIVITY)
+        """Adopt the saved scores (and their quality); select p(0) unless the checkpoint
+        brought a selection."""
+        tensors, state = load_checkpoint(self.checkpoint_dir, SENSITIVITY)
         assert isinstance(self.tuner, ScoredTuner)
         scores = {
             k[len(SCORE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SCORE_PREFIX)
         }
         self.tuner.use_scores(scores, select=self.step == self.warmup_steps)
+        self.tuner.quality = saved_quality(state)
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self) -> DomainResults:
@@ -355,7 +376,7 @@ class Trainer:
             self.save("best")
 
     # ---------------------------------------------------------------- stages
-    def _source_batches(
+    def source_batches(
         self, *, seed: int, start: int, stop: int, accumulation: int = 1
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """This rank's augmented source micro-batches of steps ``start … stop − 1`` of the
@@ -388,7 +409,7 @@ class Trainer:
         assert isinstance(self.tuner, ScoredTuner)
         schedule = self.config.schedule
         batches = list(
-            self._source_batches(
+            self.source_batches(
                 seed=schedule.seed + ESTIMATE_SEED_OFFSET,
                 start=0,
                 stop=max(schedule.estimate_steps, 1),
@@ -400,6 +421,26 @@ class Trainer:
         self.stage_seconds["estimate"] = time.perf_counter() - start
         self._note_memory("estimate")
         self._save_scores(scores)
+        self._record_quality()
+
+    def _record_quality(self) -> None:
+        """The estimate's quality into TensorBoard, and one warning line per figure near
+        chance on stderr (rank 0)."""
+        assert isinstance(self.tuner, ScoredTuner)
+        quality = self.tuner.quality
+        if quality is None or not self.is_main:
+            return
+        values = {}
+        for name, agreement in quality.reliability.items():
+            values[f"estimate/reliability_{name}_spearman"] = agreement.spearman
+            values[f"estimate/reliability_{name}_overlap"] = agreement.overlap
+        if quality.agreement is not None:
+            values["estimate/agreement_diagonal_spearman"] = quality.agreement.spearman
+            values["estimate/agreement_diagonal_overlap"] = quality.agreement.overlap
+        if self.log is not None:
+            self.log.scalars(self.step, values)
+        for line in quality.warnings():
+            print(f"warning: {line}", file=sys.stderr)
 
     def _train_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> dict[str, Any]:
         schedule = self.config.schedule
@@ -541,7 +582,7 @@ class Trainer:
         if self._needs_estimate():
             self._estimate()
         schedule = self.config.schedule
-        batches = self._source_batches(
+        batches = self.source_batches(
             seed=schedule.seed,
             start=self.step,
             stop=self.total_steps,

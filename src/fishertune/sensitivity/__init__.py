@@ -7,21 +7,45 @@ from fishertune.sensitivity.diagonal import diagonal_fisher
 from fishertune.sensitivity.dr_fim import dr_fim, shift_coefficient, stable_dr_fim
 from fishertune.sensitivity.losses import per_image_loss, sample_labels
 from fishertune.sensitivity.perturbation import FeaturePerturbation
+from fishertune.sensitivity.quality import (
+    Agreement,
+    EstimateQuality,
+    score_agreement,
+    spearman,
+    split_batches,
+    topk_overlap,
+)
 from fishertune.sensitivity.variational import (
+    CURVATURES,
+    VariationalFit,
+    fit_variational,
     gaussian_kl,
+    merge_fits,
+    prior_scales,
     variational_fisher,
     variational_precision,
 )
 
 __all__ = [
+    "CURVATURES",
+    "Agreement",
+    "EstimateQuality",
     "FeaturePerturbation",
+    "VariationalFit",
     "diagonal_fisher",
     "dr_fim",
+    "fit_variational",
     "gaussian_kl",
+    "merge_fits",
     "per_image_loss",
+    "prior_scales",
     "sample_labels",
+    "score_agreement",
     "shift_coefficient",
+    "spearman",
+    "split_batches",
     "stable_dr_fim",
+    "topk_overlap",
     "variational_fisher",
     "variational_precision",
 ]

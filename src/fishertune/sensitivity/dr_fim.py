@@ -63,7 +63,7 @@ def stable_dr_fim(
     lam_shifted: Mapping[str, Tensor],
     *,
     gamma: float,
-    tau: float,
+    tau: float | Mapping[str, float],
     coef: float,
     eps: float = 1e-8,
     variant: str = "DRF",
@@ -71,13 +71,15 @@ def stable_dr_fim(
     """Stable DR-FIM from variational precisions Λ_x (clean) and Λ_x' (shifted), Eq. 15.
 
     DRF = γ · (Λ_x − τ⁻² + c · |Λ_x − Λ_x'| / (min(Λ_x, Λ_x') + ε/γ)). ``"F"`` returns
-    γ(Λ_x − τ⁻²) (Eq. 14) and ``"dF"`` the γ-scaled shift term alone.
+    γ(Λ_x − τ⁻²) (Eq. 14) and ``"dF"`` the γ-scaled shift term alone. ``tau`` is one number or
+    one per key (the derived τ of :func:`~fishertune.sensitivity.variational.fit_variational`).
+    In units of the Fisher the shift term is |F − F'| / (min(F, F') + γ/τ² + ε): the floor γ/τ²
+    damps the relative shift of elements whose Fisher lies below it.
     """
     _check(lam_clean, lam_shifted, variant)
-    prior_precision = tau**-2
     out = {}
     for key, lam in lam_clean.items():
-        fisher = lam - prior_precision
+        fisher = lam - (tau[key] if isinstance(tau, Mapping) else tau) ** -2
         if variant == "F":
             out[key] = gamma * fisher
             continue

@@ -7,18 +7,24 @@ trainable and drops a fresh random share of the gradient at every step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fishertune.sensitivity import diagonal_fisher
+from fishertune.sensitivity import EstimateQuality, diagonal_fisher
 from fishertune.sensitivity._common import LABEL_MODES
 from fishertune.tuners.base import TunerConfig
 from fishertune.tuners.registry import register
-from fishertune.tuners.scoring import ScoredConfig, ScoredTuner
+from fishertune.tuners.scoring import (
+    ScoredConfig,
+    ScoredTuner,
+    halves,
+    merge_means,
+    sample_count,
+)
 from fishertune.tuners.sparse import BudgetConfig, BudgetTuner, seeded_generator
 
 
@@ -57,18 +63,26 @@ class ChildTuneDTuner(ScoredTuner):
     config: ChildTuneDConfig
 
     def compute_scores(
-        self, batches: Iterable[Any], params: Mapping[str, nn.Parameter], progress: bool = False
-    ) -> dict[str, Tensor]:
-        """The diagonal Fisher F of the candidate tensors on ``batches``."""
+        self, batches: Sequence[Any], params: Mapping[str, nn.Parameter], progress: bool = False
+    ) -> tuple[dict[str, Tensor], EstimateQuality]:
+        """The diagonal Fisher F of the candidate tensors on ``batches``, estimated on the two
+        halves of the batches (their agreement is the split-half reliability) and merged."""
         device = next(iter(params.values())).device
-        return diagonal_fisher(
-            self.segmentor,
-            batches,
-            params=params,
-            labels=self.config.labels,
-            generator=seeded_generator(device, self.config.seed),
-            progress=progress,
-        )
+        generator = seeded_generator(device, self.config.seed)
+        parts = [
+            diagonal_fisher(
+                self.segmentor,
+                half,
+                params=params,
+                labels=self.config.labels,
+                generator=generator,
+                progress=progress,
+            )
+            for half in halves(batches)
+        ]
+        reliability = {"F": self.agreement(*parts)} if len(parts) == 2 else {}
+        scores = merge_means(parts, [sample_count(half) for half in halves(batches)])
+        return scores, EstimateQuality(reliability, None, "diagonal", {})
 
 
 @register("childtune_f")

@@ -9,24 +9,36 @@ nested selection to δ_max (§7) and :class:`~fishertune.optim.SparseAdamW` upda
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from fishertune.sensitivity import (
+    CURVATURES,
+    EstimateQuality,
     FeaturePerturbation,
+    VariationalFit,
     diagonal_fisher,
     dr_fim,
+    fit_variational,
+    merge_fits,
     stable_dr_fim,
-    variational_precision,
 )
 from fishertune.sensitivity._common import LABEL_MODES
 from fishertune.sensitivity.dr_fim import VARIANTS
+from fishertune.sensitivity.variational import FLOOR_QUANTILE, TAU_SCALE
 from fishertune.tuners.base import entry_perturbation
 from fishertune.tuners.registry import register
-from fishertune.tuners.scoring import ScoredConfig, ScoredTuner
+from fishertune.tuners.scoring import (
+    ScoredConfig,
+    ScoredTuner,
+    halves,
+    merge_means,
+    sample_count,
+)
 from fishertune.tuners.sparse import seeded_generator
 
 ESTIMATORS = ("diagonal", "variational")
@@ -36,30 +48,36 @@ ESTIMATORS = ("diagonal", "variational")
 class FisherTuneConfig(ScoredConfig):
     """FisherTune's options; the budget, candidates and schedule are those of the base configs.
 
-    The paper reports none of γ, τ, δ_min, the estimation length or its learning rate; the
-    defaults below are our choices, with the reasons.
+    The paper reports none of γ, τ, δ_min, the estimation length or the optimiser of Eq. 11;
+    the defaults below are our choices, with the reasons.
 
     Attributes:
         variant: the score (paper Table 4): ``"F"`` (task-only Fisher), ``"dF"`` (the domain
             term ΔF alone) or ``"DRF"`` (F + c·ΔF, the method).
         estimator: ``"variational"`` (the stable estimate, §6, Eqs. 11–15: Λ_x and Λ_x' fitted
-            by ``variational_precision``, combined by ``stable_dr_fim``) or ``"diagonal"`` (per
-            image squared gradients, §3, Eqs. 8–9, combined by ``dr_fim``; Fig. 5's baseline).
+            by :func:`~fishertune.sensitivity.fit_variational`, combined by ``stable_dr_fim``)
+            or ``"diagonal"`` (per image squared gradients, §3, Eqs. 8–9, combined by
+            ``dr_fim``; Fig. 5's baseline).
         schedule: ``"grow"`` (default, δ_min → δ_max) or ``"constant"`` (δ_max throughout).
         labels: label mode of the estimator; None takes the paper's: ``"sampled"`` for the
             diagonal estimator (the true Fisher, Eq. 9), ``"given"`` for the variational one
             (Eq. 11's expected training loss). ``"batch"`` only with the diagonal estimator.
-        gamma: γ of Eq. 11, the weight of KL(q ‖ p). 1e-4 ≈ 1/N for N ≈ 10⁴ source images
-            (GTAV: 12,403): Eq. 11 with the batch-mean loss is then the ELBO of the whole
-            source set divided by N, and Λ = F/γ + τ⁻² is the Laplace posterior precision.
-        tau: τ of the prior N(θ_pt, τ²I): 1e-2, about the spread of the pretrained weights
-            and of their fine-tuning moves, so that the sampled weights θ̂ + √v ε stay in the
-            pretrained basin. Elements whose Fisher is far below γ/τ² stay at the prior and
-            tie; lower γ/τ² when the budget reaches into such small values.
-        variational_steps: Adam steps of each of the two fits (clean, shifted); each costs one
-            forward and backward, like a training step. 500 each: 1000 steps are 2.5% of
-            Rein's 40k-iteration schedule.
-        variational_lr: Adam learning rate of ρ = ln v (the estimator's default, cosine-decayed).
+        gamma: γ of Eq. 11; None (default) derives it from the data: the floor γ/τ² at the
+            ``floor_quantile`` quantile of the curvature of the first variational step.
+        tau: τ of the prior N(θ_pt, τ²I); None (default) derives it per tensor as
+            ``tau_scale`` × the root mean square of the pretrained tensor, so that the sampled
+            weights stay where Eq. 12's expansion holds.
+        tau_scale: see ``tau`` (0.1).
+        floor_quantile: see ``gamma`` (0.5: half the elements resolved, far below the few
+            percent a budget selects).
+        curvature: ``"fisher"`` (Eq. 12's Fisher at the sampled weights, the default) or
+            ``"hessian"`` (Eq. 11's exact expected-loss curvature, antithetic samples; noisy on
+            deep networks, see :mod:`fishertune.sensitivity.variational`).
+        variational_steps: natural-gradient steps of each of the two fits (clean, shifted),
+            split between the two halves of the estimation batches; a step costs a forward and
+            a per-sample backward. 500 each: 1000 steps are 2.5% of Rein's 40k iterations.
+        diagnostics: also estimate the diagonal Fisher on the estimation batches and report
+            the stable F's agreement with it (one more pass over the batches).
 
     The simulated domain shift (method.md §4) perturbs the tokens entering the first block with
     scale s = ``perturbation_scale`` (default 1.0), the same DSU perturbation that
@@ -70,10 +88,13 @@ class FisherTuneConfig(ScoredConfig):
     variant: str = "DRF"
     estimator: str = "variational"
     labels: str | None = None
-    gamma: float = 1e-4
-    tau: float = 1e-2
+    gamma: float | None = None
+    tau: float | None = None
+    tau_scale: float = TAU_SCALE
+    floor_quantile: float = FLOOR_QUANTILE
+    curvature: str = "fisher"
     variational_steps: int = 500
-    variational_lr: float = 0.05
+    diagnostics: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,9 +106,16 @@ class FisherTuneConfig(ScoredConfig):
             raise ValueError(f"labels must be one of {LABEL_MODES} or None, got {self.labels!r}")
         if self.estimator == "variational" and self.labels == "batch":
             raise ValueError("labels='batch' needs estimator='diagonal'")
-        for option in ("gamma", "tau", "variational_lr"):
-            if not getattr(self, option) > 0:
-                raise ValueError(f"{option} must be > 0, got {getattr(self, option)}")
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
+        for option in ("gamma", "tau"):
+            value = getattr(self, option)
+            if value is not None and not value > 0:
+                raise ValueError(f"{option} must be > 0 or null (derived), got {value}")
+        if not self.tau_scale > 0:
+            raise ValueError(f"tau_scale must be > 0, got {self.tau_scale}")
+        if not 0.0 < self.floor_quantile < 1.0:
+            raise ValueError(f"floor_quantile must lie in (0, 1), got {self.floor_quantile}")
         if self.variational_steps < 1:
             raise ValueError(f"variational_steps must be >= 1, got {self.variational_steps}")
 
@@ -100,53 +128,144 @@ class FisherTuneTuner(ScoredTuner):
     shifted one (F' or Λ_x') on the same batches under the simulated shift, with identical
     label / ε draws in both (common random numbers: the difference reflects the shift, not
     Monte-Carlo noise), and combines them by ``variant`` (``"F"`` skips the shifted pass).
-    The selection starts at δ_min and grows as method.md §7 prescribes; the trainable size
-    reported is δ_max of all backbone parameters (15.21M on ViT-L).
+    Each estimate is made on the two halves of the batches separately and merged, so the
+    split-half reliability of F, ΔF and DRF comes at no extra cost. The selection starts at
+    δ_min and grows as method.md §7 prescribes; the trainable size reported is δ_max of all
+    backbone parameters (15.21M on ViT-L).
     """
 
     config_class = FisherTuneConfig
     config: FisherTuneConfig
 
     def compute_scores(
-        self, batches: Iterable[Any], params: Mapping[str, nn.Parameter], progress: bool = False
-    ) -> dict[str, Tensor]:
+        self, batches: Sequence[Any], params: Mapping[str, nn.Parameter], progress: bool = False
+    ) -> tuple[dict[str, Tensor], EstimateQuality]:
         """DR-FIM (``"diagonal"``, Eq. 7) or stable DR-FIM (``"variational"``, Eq. 15)."""
+        if self.config.estimator == "diagonal":
+            return self._diagonal_scores(batches, params, progress)
+        return self._stable_scores(batches, params, progress)
+
+    def _shift(self, device: torch.device) -> FeaturePerturbation:
         cfg = self.config
-        device = next(iter(params.values())).device
-        shift = entry_perturbation(
+        return entry_perturbation(
             self.segmentor, cfg.perturbation_scale, seeded_generator(device, cfg.seed)
         )
 
-        def fit(perturbation: FeaturePerturbation | None) -> dict[str, Tensor]:
-            generator = seeded_generator(device, cfg.seed + 1)
-            if cfg.estimator == "diagonal":
-                return diagonal_fisher(
-                    self.segmentor,
-                    batches,
-                    params=params,
-                    labels=cfg.labels or "sampled",
-                    perturbation=perturbation,
-                    generator=generator,
-                    progress=progress,
+    def _variants(self) -> tuple[str, ...]:
+        return ("F",) if self.config.variant == "F" else VARIANTS
+
+    def _stable_scores(
+        self, batches: Sequence[Any], params: Mapping[str, nn.Parameter], progress: bool
+    ) -> tuple[dict[str, Tensor], EstimateQuality]:
+        cfg = self.config
+        device = next(iter(params.values())).device
+        shift = self._shift(device)
+        parts = halves(batches)
+        steps = [cfg.variational_steps - cfg.variational_steps // 2, cfg.variational_steps // 2]
+        if len(parts) == 1 or steps[1] == 0:
+            parts, steps = [list(batches)], [cfg.variational_steps]
+        hyper: dict[str, Any] = {"gamma": cfg.gamma, "tau": cfg.tau}
+
+        def fit(index: int, perturbation: FeaturePerturbation | None) -> VariationalFit:
+            result = fit_variational(
+                self.segmentor,
+                parts[index],
+                params=params,
+                steps=steps[index],
+                curvature=cfg.curvature,
+                tau_scale=cfg.tau_scale,
+                floor_quantile=cfg.floor_quantile,
+                labels=cfg.labels or "given",
+                perturbation=perturbation,
+                generator=seeded_generator(device, cfg.seed + 1 + index),
+                progress=progress,
+                **hyper,
+            )
+            hyper.update(gamma=result.gamma, tau=result.tau)  # one γ and τ for every fit
+            return result
+
+        clean = [fit(i, None) for i in range(len(parts))]
+        shifted = clean if cfg.variant == "F" else [fit(i, shift) for i in range(len(parts))]
+
+        def scores(
+            lam: VariationalFit, lam_shifted: VariationalFit, variant: str
+        ) -> dict[str, Tensor]:
+            return stable_dr_fim(
+                lam.precision,
+                lam_shifted.precision,
+                gamma=lam.gamma,
+                tau=lam.tau,
+                coef=shift.coef,
+                variant=variant,
+            )
+
+        reliability = {}
+        if len(parts) == 2:
+            reliability = {
+                variant: self.agreement(
+                    scores(clean[0], shifted[0], variant), scores(clean[1], shifted[1], variant)
                 )
-            return variational_precision(
+                for variant in self._variants()
+            }
+        merged, merged_shifted = merge_fits(clean), merge_fits(shifted)
+        agreement = None
+        if cfg.diagnostics:
+            reference = diagonal_fisher(
                 self.segmentor,
                 batches,
                 params=params,
-                gamma=cfg.gamma,
-                tau=cfg.tau,
-                steps=cfg.variational_steps,
-                lr=cfg.variational_lr,
                 labels=cfg.labels or "given",
+                generator=seeded_generator(device, cfg.seed + 1),
+                progress=progress,
+            )
+            agreement = self.agreement(merged.fisher(), reference)
+        floors = merged.floors().values()
+        quality = EstimateQuality(
+            reliability,
+            agreement,
+            "variational",
+            {
+                "gamma": merged.gamma,
+                "tau_min": min(merged.tau.values()),
+                "tau_max": max(merged.tau.values()),
+                "floor_min": min(floors),
+                "floor_max": max(floors),
+            },
+        )
+        return scores(merged, merged_shifted, cfg.variant), quality
+
+    def _diagonal_scores(
+        self, batches: Sequence[Any], params: Mapping[str, nn.Parameter], progress: bool
+    ) -> tuple[dict[str, Tensor], EstimateQuality]:
+        cfg = self.config
+        device = next(iter(params.values())).device
+        shift = self._shift(device)
+        parts = halves(batches)
+
+        def fisher(part: Sequence[Any], perturbation: FeaturePerturbation | None) -> Any:
+            return diagonal_fisher(
+                self.segmentor,
+                part,
+                params=params,
+                labels=cfg.labels or "sampled",
                 perturbation=perturbation,
-                generator=generator,
+                generator=seeded_generator(device, cfg.seed + 1),
                 progress=progress,
             )
 
-        clean = fit(None)
-        shifted = clean if cfg.variant == "F" else fit(shift)
-        if cfg.estimator == "diagonal":
-            return dr_fim(clean, shifted, coef=shift.coef, variant=cfg.variant)
-        return stable_dr_fim(
-            clean, shifted, gamma=cfg.gamma, tau=cfg.tau, coef=shift.coef, variant=cfg.variant
-        )
+        clean = [fisher(part, None) for part in parts]
+        shifted = clean if cfg.variant == "F" else [fisher(part, shift) for part in parts]
+        reliability = {}
+        if len(parts) == 2:
+            reliability = {
+                variant: self.agreement(
+                    dr_fim(clean[0], shifted[0], coef=shift.coef, variant=variant),
+                    dr_fim(clean[1], shifted[1], coef=shift.coef, variant=variant),
+                )
+                for variant in self._variants()
+            }
+        weights = [sample_count(part) for part in parts]
+        merged = merge_means(clean, weights)
+        merged_shifted = merge_means(shifted, weights)
+        quality = EstimateQuality(reliability, None, "diagonal", {})
+        return dr_fim(merged, merged_shifted, coef=shift.coef, variant=cfg.variant), quality

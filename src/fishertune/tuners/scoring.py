@@ -9,14 +9,16 @@ reads it) through :meth:`ScoredTuner.on_step`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from fishertune.models.segmentor import Segmentor
 from fishertune.selection import SCHEDULE_KINDS, topk_masks, trainable_fraction
+from fishertune.sensitivity import Agreement, EstimateQuality, score_agreement, split_batches
 from fishertune.tuners.base import TunerConfig
 from fishertune.tuners.sparse import BudgetConfig, BudgetTuner, estimate_first
 
@@ -65,6 +67,7 @@ class ScoredTuner(BudgetTuner):
     def __init__(self, config: TunerConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
         self._scores: dict[str, Tensor] | None = None
+        self.quality: EstimateQuality | None = None
 
     def attach(self, segmentor: Segmentor) -> None:
         """As :meth:`SparseTuner.attach`, also checking δ_min ≤ δ_max."""
@@ -76,20 +79,37 @@ class ScoredTuner(BudgetTuner):
             )
 
     def compute_scores(
-        self, batches: Iterable[Any], params: Mapping[str, nn.Parameter], progress: bool = False
-    ) -> dict[str, Tensor]:
-        """Sensitivity scores of ``params`` (name → tensor of the parameter's shape); with
-        ``progress``, the estimators show their bars."""
+        self, batches: Sequence[Any], params: Mapping[str, nn.Parameter], progress: bool = False
+    ) -> tuple[dict[str, Tensor], EstimateQuality]:
+        """Sensitivity scores of ``params`` (name → tensor of the parameter's shape) and what
+        is known of their quality (split-half reliability, agreement with a diagonal Fisher);
+        with ``progress``, the estimators show their bars."""
         raise NotImplementedError
+
+    def candidate_scores(self, scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``scores`` with the elements that are not candidates set to −inf."""
+        out = dict(scores)
+        for name, eligible in self.eligible_masks().items():
+            out[name] = scores[name].float().masked_fill(~eligible, -math.inf)
+        return out
+
+    def agreement(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Agreement:
+        """:func:`~fishertune.sensitivity.score_agreement` of two estimates over the candidate
+        elements, the top sets being the size of the final budget."""
+        count = min(self.budget(), self.candidate_count)
+        return score_agreement(
+            self.candidate_scores(a), self.candidate_scores(b), count=max(count, 1)
+        )
 
     def estimate(
         self, batches: Iterable[tuple[Tensor, Tensor]], *, progress: bool = False
     ) -> dict[str, Tensor]:
         """The estimation stage (method.md §8 step 2): score the candidates, select p(0).
 
-        ``batches`` yields ``(images, targets)`` source batches (a one-shot iterator is
-        materialised, since estimators may pass over the data more than once). Elements that
-        are not candidates get the score −inf. Returns the scores (kept for the growth).
+        ``batches`` yields ``(images, targets)`` source batches (materialised as a list: the
+        estimators pass over the data more than once and split it in halves). Elements that
+        are not candidates get the score −inf. Returns the scores (kept for the growth);
+        :attr:`quality` then holds their :class:`~fishertune.sensitivity.EstimateQuality`.
         Must run once, before training; ``progress`` shows the estimators' progress bars.
         """
         if self._index is not None:
@@ -97,10 +117,8 @@ class ScoredTuner(BudgetTuner):
                 f"tuner {self.name!r} already has a selection; estimate() runs once, before "
                 "training"
             )
-        data = list(batches) if isinstance(batches, Iterator) else batches
-        scores = self.compute_scores(data, self.candidate_params(), progress)
-        for name, eligible in self.eligible_masks().items():
-            scores[name] = scores[name].float().masked_fill_(~eligible, -math.inf)
+        scores, self.quality = self.compute_scores(list(batches), self.candidate_params(), progress)
+        scores = self.candidate_scores(scores)
         self.use_scores(scores)
         return scores
 
@@ -165,3 +183,27 @@ class ScoredTuner(BudgetTuner):
         count = self.scheduled_count(step, total_steps)
         if count != self.selected_count:
             self.set_masks(topk_masks(scores, count=count, keep=self.masks()))
+
+
+def halves(batches: Sequence[Any]) -> list[list[Any]]:
+    """The two halves of the estimation batches (:func:`~fishertune.sensitivity.split_batches`)
+    or, with a single batch, that batch alone."""
+    return list(split_batches(batches)) if len(batches) >= 2 else [list(batches)]
+
+
+def sample_count(batches: Sequence[Any]) -> int:
+    """Number of samples in ``(inputs, targets)`` batches."""
+    return sum(int(batch[0].shape[0]) for batch in batches)
+
+
+def merge_means(parts: Sequence[Mapping[str, Tensor]], weights: Sequence[int]) -> dict[str, Tensor]:
+    """The weighted mean of per-part means (e.g. Fisher estimates of the halves, weighted by
+    their sample counts): the mean over all the parts' samples."""
+    total = float(sum(weights))
+    merged = {}
+    for key in parts[0]:
+        value = torch.zeros_like(parts[0][key])
+        for part, weight in zip(parts, weights, strict=True):
+            value.add_(part[key], alpha=weight / total)
+        merged[key] = value
+    return merged

@@ -36,6 +36,7 @@ from fishertune.reporting import (
     training_curves,
     write_report,
 )
+from fishertune.tuners.scoring import ScoredTuner
 from fishertune.tuners.sparse import SparseTuner
 from fishertune.workflows.inference import predict_ids
 
@@ -96,6 +97,16 @@ def _notes(result: TrainResult) -> list[str]:
     return notes
 
 
+def _quality_notes(trainer: Trainer) -> list[str]:
+    """What the estimation stage measured of its own scores (method.md §6), warnings first."""
+    quality = trainer.tuner.quality if isinstance(trainer.tuner, ScoredTuner) else None
+    if quality is None:
+        return []
+    lines = [f"**Warning**: {line}." for line in quality.warnings()]
+    prefix = f"Sensitivity estimate ({quality.estimator})"
+    return lines + [f"{prefix}: {line}." for line in quality.describe()]
+
+
 def report_run(trainer: Trainer, result: TrainResult) -> Path:
     """Draw the run's figures and write its ``report.md``; returns its path."""
     run_dir = result.run_dir
@@ -118,7 +129,7 @@ def report_run(trainer: Trainer, result: TrainResult) -> Path:
         results=result.results,
         source_domain=_source_name(result.results),
         figures=figures,
-        notes=_notes(result),
+        notes=_notes(result) + _quality_notes(trainer),
     )
 
 
