@@ -84,6 +84,7 @@ def test_sensitivity_saves_scores_and_the_heatmap(
     assert main(["sensitivity", str(config), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "candidate elements" in out
+    assert "estimate quality: split-half reliability of F: Spearman" in out
     assert (tmp_path / "run" / "figures" / "sensitivity.png").is_file()
     assert (tmp_path / "run" / "checkpoints" / "sensitivity.safetensors").is_file()
     lora = _write_config(tmp_path / "lora", "lora")

@@ -25,6 +25,61 @@ def _scored(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for i, (n, p) in enumerate(model.named_parameters()) if i % 2 == 0}
 
 
+def _linear_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The weights and biases of every nn.Linear (a ViT's Q/K/V, projections and FFN)."""
+    return {
+        f"{name}.{attr}": getattr(module, attr)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        for attr in ("weight", "bias")
+        if getattr(module, attr) is not None
+    }
+
+
+@pytest.mark.parametrize("kind", ["mlp", "vit"])
+@pytest.mark.parametrize("labels", ["given", "sampled"])
+def test_linear_hooks_match_the_per_sample_loop(kind: str, labels: str) -> None:
+    """Σ_i (G_iᵀ X_i)² from the layers' inputs and output gradients equals the brute force."""
+    model, batches = MODEL_FACTORIES[kind]()
+    params = _linear_params(model)
+    kwargs = {"params": params, "labels": labels}
+    got = diagonal_fisher(
+        model, batches, method="linear", generator=torch.Generator().manual_seed(5), **kwargs
+    )
+    want = diagonal_fisher(
+        model, batches, method="loop", generator=torch.Generator().manual_seed(5), **kwargs
+    )
+    _assert_close(got, want)
+    if labels == "given":
+        _assert_close(got, looped_fisher(model, batches, params))
+    # pieces of one sample give the same sums
+    one = diagonal_fisher(model, batches, method="linear", max_chunk_elements=1, **kwargs)
+    if labels == "given":
+        _assert_close(one, got)
+
+
+def test_linear_hooks_under_a_perturbation_and_their_preconditions() -> None:
+    model, batches = MODEL_FACTORIES["vit"]()
+    params = _linear_params(model)
+    perturbation = FeaturePerturbation(model.backbone.blocks[0], generator=torch.Generator())
+    results = []
+    for method in ("linear", "vmap"):
+        perturbation.generator.manual_seed(3)  # type: ignore[union-attr]
+        results.append(
+            diagonal_fisher(
+                model,
+                batches,
+                params=params,
+                labels="given",
+                perturbation=perturbation,
+                method=method,
+            )
+        )
+    _assert_close(results[0], results[1])
+    with pytest.raises(ValueError, match=r"nn\.Linear"):
+        diagonal_fisher(model, batches, labels="given", method="linear")  # norms, embeddings
+
+
 @pytest.mark.parametrize("kind", sorted(MODEL_FACTORIES))
 @pytest.mark.parametrize("method", ["vmap", "loop"])
 def test_given_labels_match_per_sample_loop(kind: str, method: str) -> None:
@@ -119,17 +174,18 @@ class _NotVmappable(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.linear = nn.Linear(3, NUM_CLASSES)
+        self.scale = nn.Parameter(torch.ones(NUM_CLASSES))  # not a linear layer's: no hooks
 
     def forward(self, x: Tensor) -> Tensor:
         if float(x.abs().sum()) > 1e9:  # data-dependent control flow: vmap cannot trace it
             return x
-        return self.linear(x)
+        return self.linear(x) * self.scale
 
 
 def test_falls_back_to_the_loop_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     model = _NotVmappable()
     batches = [(torch.randn(4, 3), torch.randint(0, NUM_CLASSES, (4,)))]
-    with caplog.at_level(logging.WARNING, logger="fishertune.sensitivity.diagonal"):
+    with caplog.at_level(logging.WARNING, logger="fishertune.sensitivity.per_sample"):
         got = diagonal_fisher(model, batches, labels="given")
     assert "falling back to a per-sample loop" in caplog.text
     _assert_close(got, looped_fisher(model, batches, dict(model.named_parameters())))

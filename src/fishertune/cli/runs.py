@@ -69,6 +69,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from fishertune.engine.checkpoint import load_checkpoint
+    from fishertune.engine.trainer import saved_quality
     from fishertune.workflows.runs import sensitivity_map
 
     config = _config(args)
@@ -79,6 +81,10 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         print(f"scored {total:,} candidate elements of {len(scores)} tensors")
         print(f"scores: {run / 'checkpoints' / 'sensitivity.safetensors'}")
         print(f"heatmap: {figure}")
+        _, state = load_checkpoint(run / "checkpoints", "sensitivity")
+        quality = saved_quality(state)
+        for line in quality.describe() if quality is not None else []:
+            print(f"estimate quality: {line}")
     return 0
 
 

@@ -57,10 +57,14 @@ def diagonal_fisher(
     Only the tensors in ``params`` (name → parameter of ``model``; default: all parameters
     with ``requires_grad``) are differentiated; everything else is a constant, whether or not
     it requires grad. The model runs in eval mode (restored afterwards). Per-sample gradients
-    are computed with ``torch.func`` (``functional_call`` + ``vmap`` + ``grad``) in chunks of
-    ``chunk_size`` samples (default: as many as keep ``chunk × scored elements`` below
-    ``max_chunk_elements``); ``method="auto"`` falls back, with a logged warning, to a
-    per-sample loop when the model cannot be vmapped (``"vmap"`` / ``"loop"`` force one).
+    (:class:`~fishertune.sensitivity.per_sample.PerSampleGrads`): when every scored tensor
+    belongs to an ``nn.Linear``, from hooks on the layers' inputs and output gradients, a batch
+    at a time, with at most ``max_chunk_elements`` per-sample values held per layer
+    (``"linear"``); otherwise with ``torch.func`` (``functional_call`` + ``vmap`` + ``grad``) in
+    chunks of ``chunk_size`` samples (default: as many as keep ``chunk × scored elements``
+    below ``max_chunk_elements``); ``method="auto"`` picks the first that applies and falls
+    back, with a logged warning, to a per-sample loop when the model cannot be vmapped
+    (``"linear"`` / ``"vmap"`` / ``"loop"`` force one).
 
     With ``perturbation`` (method.md §4) the Fisher is taken under the simulated domain shift:
     each batch first runs once without gradients to draw the perturbation for the whole batch
@@ -93,6 +97,7 @@ def diagonal_fisher(
         loss_fn,
         method,
         chunk_for(scored.values(), chunk_size, max_chunk_elements),
+        max_chunk_elements,
     )
     with eval_mode(model), perturbation if perturbation is not None else nullcontext():
         for raw in track(batches, "diagonal Fisher", enabled=progress):

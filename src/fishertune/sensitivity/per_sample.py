@@ -9,7 +9,7 @@ weight samples θ̂ + √v ε, the Fisher that paper Eq. 12 puts in place of the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -24,7 +24,7 @@ from fishertune.sensitivity.perturbation import FeaturePerturbation, Offsets
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("auto", "vmap", "loop")
+METHODS = ("auto", "linear", "vmap", "loop")
 _VMAP_FAILURES = (RuntimeError, NotImplementedError, ValueError, TypeError)
 
 
@@ -40,14 +40,37 @@ def _recording(perturbation: FeaturePerturbation | None) -> AbstractContextManag
     return perturbation.record_offsets()
 
 
+def _linear_owners(model: nn.Module, names: Iterable[str]) -> dict[str, tuple[str, str]] | None:
+    """Parameter name → (owning ``nn.Linear``'s name, ``"weight"`` | ``"bias"``), or None when
+    some scored parameter is not a linear layer's weight or bias."""
+    modules = dict(model.named_modules())
+    owners = {}
+    for name in names:
+        owner, _, attr = name.rpartition(".")
+        if not isinstance(modules.get(owner), nn.Linear) or attr not in ("weight", "bias"):
+            return None
+        owners[name] = (owner, attr)
+    return owners
+
+
 class PerSampleGrads:
     """Per-sample and batch gradients of the scored parameters, everything else constant.
 
     ``names`` maps the caller's keys to the model's parameter names. The model is evaluated
     through ``functional_call`` at the parameters' current values, or at the ``weights`` a call
-    passes (name → tensor), so it is never modified. Per-sample gradients use ``torch.func``
-    (``vmap`` over ``grad``) in chunks of ``chunk`` samples; ``method="auto"`` falls back to a
-    per-sample loop, with a logged warning, when the model cannot be vmapped.
+    passes (name → tensor), so it is never modified. Three ways to the per-sample gradients:
+
+    - ``"linear"``: when every scored tensor is the weight or bias of an ``nn.Linear`` (Q/K/V
+      and FFN of a ViT), hooks capture each layer's input X_i and output gradient G_i of every
+      sample, and Σ_i (G_iᵀ X_i)² is formed layer by layer (a batched matmul, in pieces of at
+      most ``max_elements``): one forward and one backward through the activations (no weight
+      gradients), about the cost of a training step, and never all per-sample gradients at once;
+    - ``"vmap"``: ``torch.func`` (``vmap`` over ``grad``) in chunks of ``chunk`` samples, for any
+      parameter;
+    - ``"loop"``: one backward per sample.
+
+    ``method="auto"`` takes ``"linear"`` where it applies, else ``"vmap"``, and falls back to the
+    loop, with a logged warning, when the model cannot be vmapped.
     """
 
     def __init__(
@@ -59,9 +82,18 @@ class PerSampleGrads:
         loss_fn: LossFn | None,
         method: str,
         chunk: int,
+        max_elements: int = 2**27,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.linear_owners = _linear_owners(model, names.values())
+        if method == "linear" and self.linear_owners is None:
+            raise ValueError(
+                "method='linear' needs every scored parameter to be the weight or bias of an "
+                "nn.Linear"
+            )
+        self.use_linear = method in ("auto", "linear") and self.linear_owners is not None
+        self.max_elements = max_elements
         self.model = model
         self.names = dict(names)
         self.perturbation = perturbation
@@ -88,9 +120,9 @@ class PerSampleGrads:
 
         ``labels``: ``"given"`` (targets), ``"sampled"`` (drawn per pixel from the detached
         softmax, ``num_label_samples`` draws averaged) or ``"batch"`` (the squared gradient of
-        the batch-mean loss, times the batch size). With a perturbation, the batch first runs
-        once without gradients to draw it (and the sampled labels); every sample then replays
-        its own draw.
+        the batch-mean loss, times the batch size). With a perturbation, the ``"vmap"`` and
+        ``"loop"`` ways first run the batch once without gradients to draw it (and the sampled
+        labels) and then replay each sample's draw; the ``"linear"`` way needs one forward.
         """
         at = self.current if weights is None else dict(weights)
         size = inputs.shape[0]
@@ -100,6 +132,8 @@ class PerSampleGrads:
                 key: g.to(accumulation_dtype(g)).square().mul_(size)
                 for key, g in self.batch_gradient(inputs, targets, at).items()
             }
+        if self.use_linear and inputs.is_floating_point():
+            return self._linear(at, inputs, targets, labels, generator, num_label_samples)
         offsets: list[Offsets] = []
         draws: list[Tensor] = []
         if self.perturbation is not None or labels == "sampled":
@@ -116,10 +150,7 @@ class PerSampleGrads:
         if labels == "given":
             assert targets is not None
             draws = [targets]
-        sums = {
-            key: torch.zeros_like(at[name], dtype=accumulation_dtype(at[name]))
-            for key, name in self.names.items()
-        }
+        sums = self._zeros(at)
         for drawn in draws:
             for start in range(0, size, self.chunk):
                 part = slice(start, start + self.chunk)
@@ -129,6 +160,118 @@ class PerSampleGrads:
                 for key, sq in squares.items():
                     sums[key].add_(sq, alpha=1.0 / len(draws))
         return sums
+
+    def _zeros(self, at: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {
+            key: torch.zeros_like(at[name], dtype=accumulation_dtype(at[name]))
+            for key, name in self.names.items()
+        }
+
+    def _linear(
+        self,
+        at: Mapping[str, Tensor],
+        inputs: Tensor,
+        targets: Tensor | None,
+        labels: str,
+        generator: torch.Generator | None,
+        num_label_samples: int,
+    ) -> dict[str, Tensor]:
+        """Σ_i g_i² of a whole batch from the linear layers' inputs and output gradients.
+
+        One forward serves everything: the perturbation draws for the whole batch in it (the
+        samples stay independent given the draw), sampled labels are drawn from its detached
+        logits, and each label draw takes one backward through the activations.
+        """
+        assert self.linear_owners is not None
+        owners = sorted({owner for owner, _ in self.linear_owners.values()})
+        modules = {name: self.model.get_submodule(name) for name in owners}
+        calls: dict[str, list[tuple[Tensor, Tensor]]] = {owner: [] for owner in owners}
+
+        def capture(owner: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+                calls[owner].append((args[0].detach(), output))
+
+            return hook
+
+        handles = [modules[o].register_forward_hook(capture(o)) for o in owners]
+        try:
+            source = inputs.detach().requires_grad_(True)  # a graph through the activations
+            with torch.enable_grad():
+                outputs = functional_call(self.model, {**self.consts, **at}, (source,))
+        finally:
+            for handle in handles:
+                handle.remove()
+        if labels == "sampled":
+            draws = [
+                sample_labels(outputs, generator, targets=targets, ignore_index=self.ignore_index)
+                for _ in range(num_label_samples)
+            ]
+        else:
+            assert targets is not None
+            draws = [targets]
+        produced = [out for owner in owners for _, out in calls[owner]]
+        total: dict[str, Tensor] = {}
+        for index, drawn in enumerate(draws):
+            with torch.enable_grad():
+                losses = sample_losses(outputs, drawn, self.ignore_index, self.loss_fn)
+                grads = torch.autograd.grad(
+                    losses.sum(), produced, allow_unused=True, retain_graph=index < len(draws) - 1
+                )
+            position = 0
+            squares: dict[str, Tensor | None] = {}
+            for owner in owners:
+                pairs = []
+                for x, _ in calls[owner]:
+                    g = grads[position]
+                    position += 1
+                    if g is not None:
+                        pairs.append((x, g))
+                squares.update(self._layer_squares(owner, pairs, at))
+            for key, value in self._by_key(squares, at).items():
+                if key in total:
+                    total[key].add_(value)
+                else:
+                    total[key] = value
+        if len(draws) > 1:
+            for value in total.values():
+                value.div_(len(draws))
+        return total
+
+    def _layer_squares(
+        self, owner: str, pairs: Sequence[tuple[Tensor, Tensor]], at: Mapping[str, Tensor]
+    ) -> dict[str, Tensor | None]:
+        """Σ_i (Σ_calls G_iᵀ X_i)² and Σ_i (Σ_calls Σ_t G_i)² of one linear layer."""
+        assert self.linear_owners is not None
+        wanted = {attr: name for name, (o, attr) in self.linear_owners.items() if o == owner}
+        out: dict[str, Tensor | None] = dict.fromkeys(wanted.values())
+        if not pairs:
+            return out
+        flat = [
+            (x.reshape(x.shape[0], -1, x.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1]))
+            for x, g in pairs
+        ]
+        batch, d_out, d_in = flat[0][0].shape[0], flat[0][1].shape[-1], flat[0][0].shape[-1]
+        if "weight" in wanted:
+            dtype = accumulation_dtype(at[wanted["weight"]])
+            piece = max(1, self.max_elements // max(d_out * d_in, 1))
+            total: Tensor | None = None
+            for start in range(0, batch, piece):
+                part = slice(start, start + piece)
+                per_sample = torch.bmm(
+                    flat[0][1][part].transpose(1, 2).to(dtype), flat[0][0][part].to(dtype)
+                )
+                for x, g in flat[1:]:  # a layer called more than once: sum its calls first
+                    per_sample.baddbmm_(g[part].transpose(1, 2).to(dtype), x[part].to(dtype))
+                squares = per_sample.square_().sum(0)
+                total = squares if total is None else total.add_(squares)
+            out[wanted["weight"]] = total
+        if "bias" in wanted:
+            dtype = accumulation_dtype(at[wanted["bias"]])
+            bias = flat[0][1].to(dtype).sum(1)
+            for _, g in flat[1:]:
+                bias.add_(g.to(dtype).sum(1))
+            out[wanted["bias"]] = bias.square().sum(0)
+        return out
 
     def _loss(self, weights: Mapping[str, Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
         outputs = functional_call(self.model, {**self.consts, **weights}, (inputs,))

@@ -18,7 +18,10 @@ reparameterisation trick, [27]), and β_k = 1/(k + 1), which makes Λ − τ⁻�
 
 - ``curvature="fisher"`` (default): ĥ = (1/B) Σ_i (∂ℓ_i/∂θ)², the per-sample squared gradients
   at the sampled weights: Eq. 12's Fisher (the variational online Gauss–Newton update). One
-  forward and one (per-sample) backward per step.
+  forward and one (per-sample) backward per step. Steps come in antithetic pairs: every odd
+  step samples θ̂ − √v ε with the ε of the step before (each sample still follows q, the odd
+  part of the curvature's dependence on the weights cancels within a pair, and half the normal
+  draws are saved).
 - ``curvature="hessian"``: ĥ = ε ⊙ (∇L(θ̂ + √v ε) − ∇L(θ̂ − √v ε)) / (2√v), the antithetic
   reparameterisation estimate of E_q[∂²L/∂θ²], Eq. 11 without Eq. 12's substitution. Exact for a
   quadratic loss, but every weight is perturbed at once, so each sample carries the
@@ -216,6 +219,7 @@ def fit_variational(
         loss_fn,
         "auto",
         chunk_for(theta_hat.values(), chunk_size, max_chunk_elements),
+        max_chunk_elements,
     )
     curvature_sum = {key: torch.zeros_like(t, dtype=torch.float32) for key, t in theta_hat.items()}
     noise = {key: torch.empty_like(s) for key, s in curvature_sum.items()}
@@ -230,7 +234,11 @@ def fit_variational(
                 key: _sample_std(curvature_sum[key], step, fitted_gamma, taus[key])
                 for key in theta_hat
             }
-            _draw_noise(noise, generator)
+            if curvature == "fisher" and step % 2:
+                for buffer in noise.values():  # antithetic: −ε of the previous step
+                    buffer.neg_()
+            else:
+                _draw_noise(noise, generator)
             if curvature == "fisher":
                 sample = _fisher_sample(
                     engine, theta_hat, std, noise, inputs, targets, labels, generator
@@ -285,7 +293,8 @@ def _fisher_sample(
     sums = engine.square_sums(inputs, targets, labels=labels, generator=generator, weights=weights)
     count = torch.tensor(float(inputs.shape[0]), dtype=torch.float64, device=inputs.device)
     all_reduce_sum([*sums.values(), count])
-    return {key: s.float().div_(float(count)) for key, s in sums.items()}
+    scale = 1.0 / float(count)
+    return {key: s.float().mul_(scale) for key, s in sums.items()}
 
 
 def _hessian_sample(
