@@ -219,7 +219,7 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description=(
             "Fine-tunes the shipped demo backbone on the synthetic source style with each "
             "method, evaluates on the source and five unseen styles, prints the per-domain "
-            "table and writes report.md with figures. About 6.5 minutes on 2 CPU cores "
+            "table and writes report.md with figures. About 5 to 6.5 minutes on 2 CPU cores "
             "(--quick: about 1.5)."
         ),
     )
