@@ -35,6 +35,6 @@ def test_quick_demo_runs_every_method_and_writes_the_report(
     assert f"report: {out / 'report.md'}" in printed
     record = json.loads((out / "comparison.json").read_text())
     for method in DEMO_METHODS:
-        domains = record["methods"][method]["domains"]
+        domains = record["methods"][method]["seeds"]["0"]["domains"]
         assert list(domains) == ["source", "fog", "night", "rain", "snow", "palette"]
         assert all(0.0 <= d["miou"] <= 1.0 for d in domains.values())

@@ -13,7 +13,7 @@ import torch
 from data_fixtures import build_cityscapes, build_gtav
 from fishertune.engine.checkpoint import load_checkpoint
 from fishertune.engine.data import StepSampler, sample_seed
-from fishertune.engine.model import load_trained
+from fishertune.engine.model import build_model, load_trained
 from fishertune.engine.precision import autocast
 from fishertune.engine.trainer import NonFiniteLossError, Trainer, lr_factor, saved_quality
 from fishertune.sensitivity import Agreement, EstimateQuality
@@ -237,3 +237,14 @@ def test_real_dataset_layouts_train_and_evaluate(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "gtav")
     again = evaluate_checkpoint(tmp_path / "run", device="cpu", progress=False)
     assert again.domains["cityscapes"].miou == cityscapes.miou
+
+
+def test_the_methods_draws_follow_the_run_seed(tmp_path: Path) -> None:
+    """A method's ``seed`` option defaults to ``schedule.seed`` (so ``--seeds`` varies its
+    masks, perturbations and estimators' draws too); an explicit option wins."""
+    seeded = tiny_config(tmp_path / "a", "random", ["schedule.seed=3"])
+    assert build_model(seeded)[1].config.seed == 3  # type: ignore[attr-defined]
+    explicit = tiny_config(
+        tmp_path / "b", "random", ["schedule.seed=3", "method.options={seed: 9}"]
+    )
+    assert build_model(explicit)[1].config.seed == 9  # type: ignore[attr-defined]

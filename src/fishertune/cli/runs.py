@@ -125,6 +125,41 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_seeds(text: str | None, first: int) -> list[int] | None:
+    """``--seeds``: a count N (seeds ``first`` … ``first`` + N − 1) or a comma-separated list
+    (``0,3,7``); None when not given."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(
+            f"--seeds: expected a count (e.g. 3) or a comma-separated list of integers, got "
+            f"{text!r}"
+        ) from None
+    if "," not in text:
+        if len(numbers) != 1 or numbers[0] < 1:
+            raise ValueError(f"--seeds: a count must be a positive integer, got {text!r}")
+        return list(range(first, first + numbers[0]))
+    if not numbers or len(set(numbers)) != len(numbers):
+        raise ValueError(f"--seeds: give distinct integers, got {text!r}")
+    return numbers
+
+
+def _seed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        metavar="N|LIST",
+        help=(
+            "run every method with N seeds (from schedule.seed on) or with the listed seeds "
+            "(e.g. 0,1,2), each in OUT/<method>/seed<k>; the table then gives mean ± 95%% CI "
+            "and paired differences"
+        ),
+    )
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from fishertune.tuners import available_tuners
     from fishertune.workflows.runs import compare
@@ -133,10 +168,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     unknown = sorted(set(methods) - set(available_tuners()))
     if unknown:
         raise ValueError(f"--methods: unknown {unknown}; choose from {available_tuners()}")
+    config = _config(args)
     comparison = compare(
-        _config(args),
+        config,
         methods,
         out_dir=args.out,
+        seeds=parse_seeds(args.seeds, config.schedule.seed),
+        reference=args.reference,
         resume=args.resume,
         progress=not args.no_progress,
         device=args.device,
@@ -154,6 +192,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         quick=args.quick,
         out_dir=args.out,
         methods=methods,
+        seeds=parse_seeds(args.seeds, 0),
         resume=args.resume,
         progress=not args.no_progress,
         device=args.device,
@@ -227,6 +266,7 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     demo.add_argument("--out", default=None, help="output folder (default runs/demo[_quick])")
     demo.add_argument("--methods", default="", help="comma-separated subset of the methods")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo")
+    _seed_arguments(demo)
     _common(demo)
     demo.set_defaults(func=_guarded("demo", _cmd_demo))
 
@@ -307,6 +347,12 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     comparison.add_argument("--methods", required=True, help="comma-separated method names")
     comparison.add_argument("--out", default=None, help="output folder (default output.run_dir)")
     comparison.add_argument("--resume", action="store_true", help="continue interrupted runs")
+    _seed_arguments(comparison)
+    comparison.add_argument(
+        "--reference",
+        default="freeze",
+        help="method the others are compared to, paired over seeds (default freeze)",
+    )
     _common(comparison)
     comparison.set_defaults(func=_guarded("compare", _cmd_compare))
 

@@ -9,7 +9,7 @@ method and loads the saved tensors, and the EMA weights when the run kept an ave
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from fishertune.engine.checkpoint import load_checkpoint, weights_reference
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.models import build_segmentor
 from fishertune.models.segmentor import Segmentor
-from fishertune.tuners import build_tuner
+from fishertune.tuners import build_tuner, tuner_class
 from fishertune.tuners.base import Tuner
 
 __all__ = [
@@ -49,7 +49,9 @@ def build_model(config: RunConfig, device: torch.device | str = "cpu") -> tuple[
 
     Seeds every global generator with ``schedule.seed`` first, so that randomly initialised
     parts (the decoder; the backbone with ``pretrained: false``) are the same in a run and in
-    a model rebuilt from its checkpoint.
+    a model rebuilt from its checkpoint. A method with a ``seed`` option (its masks,
+    perturbations, sampled labels and estimators' draws) takes ``schedule.seed`` unless the
+    options set it.
     """
     seed_everything(config.schedule.seed)
     model = config.model
@@ -63,7 +65,11 @@ def build_model(config: RunConfig, device: torch.device | str = "cpu") -> tuple[
         checkpoint=model.checkpoint,
         **model.options,
     ).to(device)
-    tuner = build_tuner(config.method.name, segmentor, **config.method.options)
+    options = dict(config.method.options)
+    seeded = {f.name for f in fields(tuner_class(config.method.name).config_class)}
+    if "seed" in seeded and "seed" not in options:
+        options["seed"] = config.schedule.seed  # the method's draws follow the run's seed
+    tuner = build_tuner(config.method.name, segmentor, **options)
     return segmentor, tuner
 
 

@@ -28,7 +28,15 @@ from fishertune.reporting.plots import (
     sensitivity_heatmap,
     training_curves,
 )
-from fishertune.reporting.report import AVERAGE_HEADER, comparison_table, write_report
+from fishertune.reporting.report import (
+    AVERAGE_HEADER,
+    comparison_table,
+    interval_table,
+    paired_intervals,
+    paired_table,
+    seed_intervals,
+    write_report,
+)
 
 __all__ = [
     "AVERAGE_HEADER",
@@ -39,11 +47,15 @@ __all__ = [
     "colorize",
     "comparison_table",
     "domain_bars",
+    "interval_table",
     "legend_handles",
     "moving_average",
     "overlay",
+    "paired_intervals",
+    "paired_table",
     "qualitative_grid",
     "read_metrics_csv",
+    "seed_intervals",
     "selected_share_by_block",
     "sensitivity_by_block",
     "sensitivity_heatmap",

@@ -423,11 +423,13 @@ def domain_bars(
     path: str | Path,
     *,
     title: str = "mIoU per domain",
+    errors: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Path:
     """Grouped bars of mIoU (%): a group per domain, a bar per method.
 
     ``results[method][domain]`` is a fraction in [0, 1]; domains are ordered as first seen and
-    NaN (or missing) values get no bar. Each bar is labelled with its value.
+    NaN (or missing) values get no bar. Each bar is labelled with its value. ``errors`` (same
+    keys, fractions) draws error bars of that half-width, e.g. 95% intervals over seeds.
     """
     domains = list(dict.fromkeys(domain for scores in results.values() for domain in scores))
     if not domains:
@@ -439,13 +441,16 @@ def domain_bars(
     ax = figure.subplots()
     width = 0.8 / len(results)
     for i, (method, scores) in enumerate(results.items()):
-        xs, heights = [], []
+        xs, heights, spreads = [], [], []
         for d, domain in enumerate(domains):
             value = scores.get(domain, math.nan)
             if not math.isnan(value):
                 xs.append(d - 0.4 + (i + 0.5) * width)
                 heights.append(100 * value)
-        bars = ax.bar(xs, heights, width, label=method)
+                spread = (errors or {}).get(method, {}).get(domain, math.nan)
+                spreads.append(0.0 if math.isnan(spread) else 100 * spread)
+        yerr = spreads if errors is not None else None
+        bars = ax.bar(xs, heights, width, label=method, yerr=yerr, capsize=2)
         ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
     ax.set_xticks(range(len(domains)), labels=domains)
     ax.set_ylabel("mIoU (%)")

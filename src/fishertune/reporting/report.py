@@ -13,6 +13,7 @@ import yaml
 
 from fishertune.atomic import atomic_write
 from fishertune.evaluation.domains import DomainResults
+from fishertune.evaluation.intervals import Interval, paired_interval, t_interval
 
 AVERAGE_HEADER = "Avg. (targets)"
 """Column of the mean mIoU over the unseen target domains (the source domain excluded)."""
@@ -22,6 +23,11 @@ _NO_TABLES: Mapping[str, str] = MappingProxyType({})
 
 def _percent(value: float) -> str:
     return "-" if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _source_label(name: str, source: str | None) -> str:
+    """A column's header: the source domain marked "(source)" unless it is called so."""
+    return f"{name} (source)" if name == source and name != "source" else name
 
 
 def _columns(results: Sequence[DomainResults], source_domain: str | None) -> tuple[list[str], str]:
@@ -42,7 +48,7 @@ def _comparison(
 ) -> str:
     targets, source = _columns(list(results.values()), source_domain)
     names = [source, *targets] if source else targets
-    header = ["Method", *(f"{n} (source)" if n == source else n for n in names), AVERAGE_HEADER]
+    header = ["Method", *(_source_label(n, source) for n in names), AVERAGE_HEADER]
     table = [
         [
             *(r.domains[n].miou if n in r.domains else math.nan for n in names),
@@ -81,6 +87,100 @@ def comparison_table(results: Mapping[str, DomainResults], source_domain: str | 
     method is compared (ties are all bold).
     """
     return _comparison(results, source_domain, bold=len(results) > 1)
+
+
+SeedRuns = Mapping[str, Sequence[DomainResults]]
+"""Per method, the results of its runs, one per seed, in the same seed order for every method."""
+
+
+def seed_intervals(runs: SeedRuns, source_domain: str | None) -> dict[str, dict[str, Interval]]:
+    """Per method and column (the source, every target, ``Avg. (targets)``), the mean mIoU over
+    seeds with its 95% Student-t half-width (method.md §11)."""
+    return {
+        method: _interval_columns(values)
+        for method, values in _seed_values(runs, source_domain).items()
+    }
+
+
+def paired_intervals(
+    runs: SeedRuns, reference: str, source_domain: str | None
+) -> dict[str, dict[str, Interval]]:
+    """Per method other than ``reference`` and per column, the mean per-seed difference to
+    ``reference`` with its 95% half-width (method.md §11)."""
+    values = _seed_values(runs, source_domain)
+    if reference not in values:
+        raise ValueError(
+            f"--reference: {reference!r} is not among the compared methods {list(values)}"
+        )
+    base = values[reference]
+    return {
+        method: {
+            column: paired_interval(series, base[column]) for column, series in columns.items()
+        }
+        for method, columns in values.items()
+        if method != reference
+    }
+
+
+def interval_table(runs: SeedRuns, source_domain: str | None) -> str:
+    """mIoU (%) per method and column as ``mean ± half-width`` over the seeds (markdown)."""
+    intervals = seed_intervals(runs, source_domain)
+    seeds = len(next(iter(runs.values()), []))
+    return _interval_markdown(
+        intervals, f"Method: mIoU (%), mean ± 95% CI over {seeds} seeds", source_domain, mark=False
+    )
+
+
+def paired_table(runs: SeedRuns, reference: str, source_domain: str | None) -> str:
+    """Per method, its per-seed difference to ``reference`` in mIoU points, ``mean ±
+    half-width``, with ``*`` where the interval excludes 0 (markdown)."""
+    intervals = paired_intervals(runs, reference, source_domain)
+    return _interval_markdown(
+        intervals, f"Method − {reference}: mIoU points, paired over seeds", source_domain, mark=True
+    )
+
+
+def _seed_values(runs: SeedRuns, source_domain: str | None) -> dict[str, dict[str, list[float]]]:
+    everything = [r for results in runs.values() for r in results]
+    targets, source = _columns(everything, source_domain)
+    names = [source, *targets] if source else targets
+    counts = {len(results) for results in runs.values()}
+    if len(counts) > 1:
+        raise ValueError(f"every method needs the same seeds; got {sorted(counts)} runs")
+    values: dict[str, dict[str, list[float]]] = {}
+    for method, results in runs.items():
+        columns = {
+            name: [r.domains[name].miou if name in r.domains else math.nan for r in results]
+            for name in names
+        }
+        columns[AVERAGE_HEADER] = [_target_average(r, targets) for r in results]
+        values[method] = columns
+    return values
+
+
+def _interval_columns(columns: Mapping[str, list[float]]) -> dict[str, Interval]:
+    return {column: t_interval(series) for column, series in columns.items()}
+
+
+def _interval_markdown(
+    intervals: Mapping[str, Mapping[str, Interval]],
+    corner: str,
+    source_domain: str | None,
+    *,
+    mark: bool,
+) -> str:
+    columns = list(next(iter(intervals.values()), {}))
+    header = [corner, *(_source_label(c, source_domain) for c in columns)]
+    rows = []
+    for method, by_column in intervals.items():
+        cells = []
+        for column in columns:
+            interval = by_column[column]
+            text = interval.format()
+            cells.append(f"{text} *" if mark and interval.excludes_zero else text)
+        rows.append("| " + " | ".join([method, *cells]) + " |")
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(columns), *rows]
+    return "\n".join(lines)
 
 
 def _plain(value: Any) -> Any:

@@ -105,11 +105,13 @@ def run_demo(
     quick: bool = False,
     out_dir: str | Path | None = None,
     methods: Sequence[str] = DEMO_METHODS,
+    seeds: Sequence[int] | None = None,
     resume: bool = False,
     progress: bool = True,
     device: str | None = None,
 ) -> Comparison:
-    """Train and evaluate ``methods`` on the embedded benchmark; write the comparison report."""
+    """Train and evaluate ``methods`` on the embedded benchmark (with ``seeds``: each method
+    with each seed, :func:`~fishertune.workflows.runs.compare`); write the comparison report."""
     config = demo_config(quick=quick, out_dir=out_dir)
     schedule = config.schedule
     notes = [
@@ -127,6 +129,7 @@ def run_demo(
     return compare(
         config,
         methods,
+        seeds=seeds,
         resume=resume,
         progress=progress,
         device=device,

@@ -14,11 +14,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from torch import Tensor
 
+from fishertune.atomic import atomic_write
 from fishertune.engine.checkpoint import load_checkpoint
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.engine.data import SOURCE_DOMAIN
@@ -28,8 +30,12 @@ from fishertune.models import parameter_groups
 from fishertune.reporting import (
     comparison_table,
     domain_bars,
+    interval_table,
+    paired_intervals,
+    paired_table,
     qualitative_grid,
     read_metrics_csv,
+    seed_intervals,
     selected_share_by_block,
     sensitivity_by_block,
     sensitivity_heatmap,
@@ -40,7 +46,14 @@ from fishertune.tuners.scoring import ScoredTuner
 from fishertune.tuners.sparse import SparseTuner
 from fishertune.workflows.inference import predict_ids
 
-__all__ = ["Comparison", "compare", "method_config", "sensitivity_map", "train_and_report"]
+__all__ = [
+    "Comparison",
+    "compare",
+    "method_config",
+    "seed_run_dir",
+    "sensitivity_map",
+    "train_and_report",
+]
 
 FIGURES = "figures"
 
@@ -147,24 +160,44 @@ def train_and_report(
     return result, report
 
 
-def method_config(config: RunConfig, method: str, run_dir: Path) -> RunConfig:
+def method_config(
+    config: RunConfig, method: str, run_dir: Path, seed: int | None = None
+) -> RunConfig:
     """``config`` for ``method`` in ``run_dir``: the configured options when ``method`` is the
-    configured one, the method's defaults otherwise."""
+    configured one, the method's defaults otherwise; ``seed`` replaces ``schedule.seed``."""
     data = config.to_dict()
     options = data["method"]["options"] if method == config.method.name else {}
     data["method"] = {"name": method, "options": options}
     data["output"] = {"run_dir": str(run_dir)}
+    if seed is not None:
+        data["schedule"]["seed"] = seed
     return config_from_dict(data)
 
 
 @dataclass
 class Comparison:
-    """Several methods' runs under one configuration."""
+    """Several methods' runs under one configuration, each with the same seeds.
 
-    results: dict[str, DomainResults]
+    Attributes:
+        runs: per method, its results per seed (in ``seeds`` order).
+        seeds: the seeds every method ran with.
+        table: the printed table: Table 1 with one seed; with several, mean ± 95% half-width
+            per domain, then the paired differences to the reference method.
+        report: the comparison's report.md.
+        seconds: per method, its optimisation stages' time summed over seeds.
+    """
+
+    runs: dict[str, list[DomainResults]]
+    seeds: list[int]
     table: str
     report: Path
     seconds: dict[str, float]
+
+
+def seed_run_dir(base: Path, method: str, seed: int, seeded: bool) -> Path:
+    """Where one method × seed runs: ``base/<method>`` for a single, configured seed,
+    ``base/<method>/seed<k>`` when seeds were asked for."""
+    return base / method / f"seed{seed}" if seeded else base / method
 
 
 def compare(
@@ -172,38 +205,88 @@ def compare(
     methods: Sequence[str],
     *,
     out_dir: str | Path | None = None,
+    seeds: Sequence[int] | None = None,
+    reference: str = "freeze",
     resume: bool = False,
     progress: bool = True,
     device: str | None = None,
     title: str = "Method comparison",
     notes: Sequence[str] = (),
 ) -> Comparison:
-    """Run each method (in ``out_dir/<method>``, default ``output.run_dir``) and write the
-    Table-1-style comparison to ``out_dir/report.md``. With ``resume``, runs that already
-    finished are read back (their results.json) and interrupted ones continue."""
+    """Run each method with each seed and write the comparison to ``out_dir/report.md``.
+
+    ``seeds`` (default: the configured ``schedule.seed`` alone) each set ``schedule.seed``,
+    which fixes the decoder's initialisation, the data order and augmentation and the methods'
+    random draws, the pretrained backbone being shared; every method × seed is its own run in
+    :func:`seed_run_dir`. With two or more seeds the report gives mean ± 95% half-width per
+    domain and the paired difference of every method to ``reference`` (method.md §11). With
+    ``resume``, runs that already finished are read back and interrupted ones continue.
+    """
     if not methods:
         raise ValueError("--methods: give at least one method")
+    seeded = seeds is not None
+    seed_list = list(seeds) if seeds is not None else [config.schedule.seed]
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise ValueError(f"--seeds: give distinct seeds, got {seed_list}")
+    if len(seed_list) > 1 and reference not in methods:
+        raise ValueError(f"--reference: {reference!r} is not among --methods {list(methods)}")
     base = Path(out_dir if out_dir is not None else config.output.run_dir)
-    results: dict[str, DomainResults] = {}
+    runs: dict[str, list[DomainResults]] = {}
     seconds: dict[str, float] = {}
     for method in methods:
-        run_config = method_config(config, method, base / method)
-        run_dir = base / method
-        has_run = (run_dir / CHECKPOINTS / "last.json").is_file()
-        result, _ = train_and_report(
-            run_config, resume=resume and has_run, progress=progress, device=device
+        for seed in seed_list:
+            run_dir = seed_run_dir(base, method, seed, seeded)
+            run_config = method_config(config, method, run_dir, seed if seeded else None)
+            has_run = (run_dir / CHECKPOINTS / "last.json").is_file()
+            result, _ = train_and_report(
+                run_config, resume=resume and has_run, progress=progress, device=device
+            )
+            if result.results is not None:
+                runs.setdefault(method, []).append(result.results)
+            seconds[method] = seconds.get(method, 0.0) + sum(result.stage_seconds.values())
+    source = _source_name(next((r[0] for r in runs.values() if r), None))
+    record: dict[str, Any] = {"seeds": seed_list, "methods": {}, "seconds": seconds}
+    for method, results in runs.items():
+        record["methods"][method] = {
+            "seeds": {str(seed): r.to_dict() for seed, r in zip(seed_list, results, strict=True)}
+        }
+    if len(seed_list) == 1:
+        single = comparison_table({m: r[0] for m, r in runs.items()}, source)
+        caption = f"mIoU (%), one run per method (seed {seed_list[0]}; --seeds N for intervals)"
+        table = f"{caption}\n\n{single}"
+        tables = {"mIoU per domain (%)": single}
+        bars = domain_bars(
+            {m: {d: v.miou for d, v in r[0].domains.items()} for m, r in runs.items()},
+            base / FIGURES / "comparison.png",
+            title="mIoU per domain and method",
         )
-        if result.results is not None:
-            results[method] = result.results
-        seconds[method] = sum(result.stage_seconds.values())
-    table = comparison_table(results, _source_name(next(iter(results.values()), None)))
-    bars = domain_bars(
-        {m: {d: v.miou for d, v in r.domains.items()} for m, r in results.items()},
-        base / FIGURES / "comparison.png",
-        title="mIoU per domain and method",
-    )
+    else:
+        intervals = seed_intervals(runs, source)
+        paired = paired_intervals(runs, reference, source)
+        spread = interval_table(runs, source)
+        differences = paired_table(runs, reference, source)
+        table = (
+            f"{spread}\n\n{differences}\n\n* the 95% interval of the paired difference excludes 0"
+        )
+        tables = {
+            f"mIoU per domain (%), mean ± 95% CI over {len(seed_list)} seeds": spread,
+            f"Paired difference to {reference} (mIoU points; * the interval excludes 0)": (
+                differences
+            ),
+        }
+        bars = domain_bars(
+            {m: {c: i.mean for c, i in cols.items()} for m, cols in intervals.items()},
+            base / FIGURES / "comparison.png",
+            title=f"mIoU per domain and method, 95% CI over {len(seed_list)} seeds",
+            errors={m: {c: i.half_width for c, i in cols.items()} for m, cols in intervals.items()},
+        )
+        record["reference"] = reference
+        for method, cols in intervals.items():
+            record["methods"][method]["mean"] = {c: i.to_dict() for c, i in cols.items()}
+        for method, cols in paired.items():
+            record["methods"][method]["paired"] = {c: i.to_dict() for c, i in cols.items()}
     timing = "\n".join(
-        ["| Method | Training time (s) |", "| --- | ---: |"]
+        ["| Method | Optimisation time (s), all seeds |", "| --- | ---: |"]
         + [f"| {m} | {s:.1f} |" for m, s in seconds.items()]
     )
     report = write_report(
@@ -213,21 +296,26 @@ def compare(
         results=None,
         source_domain=None,
         figures={"mIoU per domain and method": bars},
-        notes=[*notes, *(f"{m}: see {m}/report.md" for m in methods)],
-        extra_tables={"mIoU per domain (%)": table, "Time per method": timing},
+        notes=[
+            *notes,
+            *(
+                f"{m}: see {seed_run_dir(Path(), m, s, seeded).as_posix()}/report.md"
+                for m in methods
+                for s in seed_list
+            ),
+        ],
+        extra_tables={**tables, "Time per method": timing},
         summary=(
-            f"{len(results)} method(s) trained on `{config.data.source}` and evaluated on "
+            f"{len(runs)} method(s) trained on `{config.data.source}` with seed(s) "
+            f"{', '.join(map(str, seed_list))} and evaluated on "
             f"{', '.join(config.data.targets)}; each run's own report is in its folder."
         ),
     )
-    (base / "comparison.json").write_text(
-        json.dumps(
-            {"methods": {m: r.to_dict() for m, r in results.items()}, "seconds": seconds},
-            indent=1,
-        ),
-        encoding="utf-8",
+    atomic_write(
+        base / "comparison.json",
+        lambda path: path.write_text(json.dumps(record, indent=1), encoding="utf-8"),
     )
-    return Comparison(results, table, report, seconds)
+    return Comparison(runs, seed_list, table, report, seconds)
 
 
 def sensitivity_map(

@@ -1,0 +1,95 @@
+"""Confidence intervals over seeds and paired differences between methods (method.md §11).
+
+A seed fixes a run's decoder initialisation, data order, augmentation and the estimators'
+draws, and every method of a comparison runs with the same seeds: two methods' results at one
+seed share the scenes and their order, so their difference per seed removes that shared
+variation. The interval of the mean of n values is mean ± t_{0.975, n−1} · s / √n (Student t,
+s the sample standard deviation); for two methods it is taken over the per-seed differences.
+A difference is *resolved* when its interval excludes 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy.stats import t as student_t
+
+__all__ = ["CONFIDENCE", "Interval", "paired_interval", "t_interval"]
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with the half-width of its confidence interval.
+
+    Attributes:
+        mean: the mean of the values.
+        half_width: t_{(1+c)/2, n−1} · s / √n; NaN with fewer than two values.
+        count: n, the number of values (seeds).
+    """
+
+    mean: float
+    half_width: float
+    count: int
+
+    @property
+    def low(self) -> float:
+        """mean − half-width."""
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        """mean + half-width."""
+        return self.mean + self.half_width
+
+    @property
+    def excludes_zero(self) -> bool:
+        """Whether the interval lies wholly above or below 0 (False when it is undefined)."""
+        return not math.isnan(self.half_width) and (self.low > 0 or self.high < 0)
+
+    def format(self, scale: float = 100.0, digits: int = 2) -> str:
+        """E.g. ``17.14 ± 0.61`` (values × ``scale``); the mean alone with one value."""
+        mean = f"{self.mean * scale:.{digits}f}"
+        if math.isnan(self.mean):
+            return "-"
+        if math.isnan(self.half_width):
+            return mean
+        return f"{mean} ± {self.half_width * scale:.{digits}f}"
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """JSON-ready fields (NaN half-width as None)."""
+        return {
+            "mean": self.mean,
+            "half_width": None if math.isnan(self.half_width) else self.half_width,
+            "count": self.count,
+        }
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """The mean of ``values`` with its Student-t confidence half-width."""
+    if not values:
+        raise ValueError("an interval needs at least one value")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n < 2:
+        return Interval(mean, math.nan, n)
+    variance = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    quantile = float(student_t.ppf((1.0 + confidence) / 2.0, n - 1))
+    return Interval(mean, quantile * math.sqrt(variance / n), n)
+
+
+def paired_interval(
+    values: Sequence[float], reference: Sequence[float], confidence: float = CONFIDENCE
+) -> Interval:
+    """The mean per-seed difference ``values[i] − reference[i]`` with its interval (the two
+    sequences are in the same seed order)."""
+    if len(values) != len(reference):
+        raise ValueError(
+            f"paired values need the same seeds: {len(values)} vs {len(reference)} values"
+        )
+    return t_interval([a - b for a, b in zip(values, reference, strict=True)], confidence)
