@@ -135,9 +135,11 @@ def test_compare_with_seeds_gives_intervals_and_resumes(
         str(out_dir),
         "--no-progress",
     ]
-    assert main(command) == 0
+    assert main([*command, "--validity"]) == 0
     out = capsys.readouterr().out
     assert "mean ± 95% CI over 2 seeds" in out
+    # no full fine-tuning among the methods: V1 cannot be measured; V2, V3 fail on a tiny model
+    assert "IoU) | not measured | needs the method full" in out
     assert "Method − freeze: mIoU points, paired over seeds" in out
     for method in ("freeze", "lora"):
         for seed in (0, 1):
@@ -145,6 +147,7 @@ def test_compare_with_seeds_gives_intervals_and_resumes(
             assert (run / "results.json").is_file()
             assert yaml.safe_load((run / "config.yaml").read_text())["schedule"]["seed"] == seed
     record = json.loads((out_dir / "comparison.json").read_text())
+    assert [c["passed"] for c in record["validity"]["checks"]] == [None, False, False]
     assert record["seeds"] == [0, 1]
     freeze = record["methods"]["freeze"]["seeds"]
     assert freeze["0"] != freeze["1"]  # another decoder initialisation and data order

@@ -175,6 +175,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         out_dir=args.out,
         seeds=parse_seeds(args.seeds, config.schedule.seed),
         reference=args.reference,
+        validity=args.validity,
         resume=args.resume,
         progress=not args.no_progress,
         device=args.device,
@@ -352,6 +353,11 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--reference",
         default="freeze",
         help="method the others are compared to, paired over seeds (default freeze)",
+    )
+    comparison.add_argument(
+        "--validity",
+        action="store_true",
+        help="check the benchmark's validity criteria V1-V3 on the baselines (full, freeze)",
     )
     _common(comparison)
     comparison.set_defaults(func=_guarded("compare", _cmd_compare))

@@ -45,6 +45,7 @@ from fishertune.reporting import (
 from fishertune.tuners.scoring import ScoredTuner
 from fishertune.tuners.sparse import SparseTuner
 from fishertune.workflows.inference import predict_ids
+from fishertune.workflows.validity import check_validity
 
 __all__ = [
     "Comparison",
@@ -207,6 +208,7 @@ def compare(
     out_dir: str | Path | None = None,
     seeds: Sequence[int] | None = None,
     reference: str = "freeze",
+    validity: bool = False,
     resume: bool = False,
     progress: bool = True,
     device: str | None = None,
@@ -219,8 +221,10 @@ def compare(
     which fixes the decoder's initialisation, the data order and augmentation and the methods'
     random draws, the pretrained backbone being shared; every method × seed is its own run in
     :func:`seed_run_dir`. With two or more seeds the report gives mean ± 95% half-width per
-    domain and the paired difference of every method to ``reference`` (method.md §11). With
-    ``resume``, runs that already finished are read back and interrupted ones continue.
+    domain and the paired difference of every method to ``reference`` (method.md §11).
+    ``validity`` adds the benchmark's validity checks V1–V3 on the baselines
+    (:func:`~fishertune.workflows.validity.check_validity`). With ``resume``, runs that already
+    finished are read back and interrupted ones continue.
     """
     if not methods:
         raise ValueError("--methods: give at least one method")
@@ -285,6 +289,11 @@ def compare(
             record["methods"][method]["mean"] = {c: i.to_dict() for c, i in cols.items()}
         for method, cols in paired.items():
             record["methods"][method]["paired"] = {c: i.to_dict() for c, i in cols.items()}
+    if validity:
+        checks = check_validity(runs, source)
+        tables["Validity of the benchmark (baselines only)"] = checks.table()
+        table = f"{table}\n\nValidity of the benchmark (baselines only):\n\n{checks.table()}"
+        record["validity"] = checks.to_dict()
     timing = "\n".join(
         ["| Method | Optimisation time (s), all seeds |", "| --- | ---: |"]
         + [f"| {m} | {s:.1f} |" for m, s in seconds.items()]
