@@ -265,3 +265,29 @@ def test_bad_arguments() -> None:
         )
     with pytest.raises(ValueError, match="batches is empty"):
         variational_fisher(model, [], gamma=1.0, tau=1.0, steps=1, loss_fn=_quadratic_loss)
+
+
+def test_a_step_size_forgets_the_first_samples() -> None:
+    """``lr`` = 1 keeps only the last curvature sample: h ε_K² on the quadratic, with ε_K the
+    generator's K-th draw; None keeps their mean."""
+    h = torch.tensor([0.5, 2.0, 8.0])
+    model = _Quadratic(h)
+    kwargs: dict[str, Any] = {
+        "gamma": 1e-2,
+        "tau": 1.0,
+        "steps": 4,
+        "curvature": "hessian",
+        "loss_fn": _quadratic_loss,
+    }
+    last = variational_fisher(
+        model, _QUAD_BATCHES, lr=1.0, generator=torch.Generator().manual_seed(2), **kwargs
+    )["theta"]
+    mean = variational_fisher(
+        model, _QUAD_BATCHES, generator=torch.Generator().manual_seed(2), **kwargs
+    )["theta"]
+    generator = torch.Generator().manual_seed(2)
+    draws = [torch.empty(3).normal_(generator=generator) for _ in range(4)]
+    torch.testing.assert_close(last, h * draws[-1].square())
+    torch.testing.assert_close(mean, h * torch.stack(draws).square().mean(0))
+    with pytest.raises(ValueError, match="lr must lie in"):
+        variational_fisher(model, _QUAD_BATCHES, lr=0.0, **kwargs)

@@ -52,11 +52,12 @@ The hyper-parameters, derived from the model and the data unless given:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
 import torch
 from torch import Tensor, nn
@@ -76,6 +77,7 @@ from fishertune.sensitivity.diagonal import chunk_for
 from fishertune.sensitivity.per_sample import PerSampleGrads
 from fishertune.sensitivity.perturbation import FeaturePerturbation
 
+P = ParamSpec("P")
 CURVATURES = ("fisher", "hessian")
 TAU_SCALE = 0.1
 """Default τ of a tensor as a share of the root mean square of its prior values."""
@@ -167,6 +169,7 @@ def fit_variational(
     steps: int,
     gamma: float | None = None,
     tau: float | Mapping[str, float] | None = None,
+    lr: float | None = None,
     curvature: str = "fisher",
     tau_scale: float = TAU_SCALE,
     floor_quantile: float = FLOOR_QUANTILE,
@@ -187,7 +190,11 @@ def fit_variational(
     the sampled weights (the model itself is never modified) and updates Λ. ``params`` selects
     the scored tensors (default: every parameter with ``requires_grad``); ``prior`` maps their
     keys (or model names) to θ_pt (default: the current values), from which τ is derived.
-    ``gamma`` / ``tau`` (a number, or one per key) override the derived values.
+    ``gamma`` / ``tau`` (a number, or one per key) override the derived values. ``lr`` is the
+    natural-gradient step size: None (default) takes β_k = 1/(k + 1), the running mean of the
+    curvature samples, which converges for a fixed posterior; a number in (0, 1] takes
+    β_k = max(1/(k + 1), lr), which forgets the first samples (drawn from the prior) at that
+    rate.
 
     ``labels``: ``"given"`` (the training loss, Eq. 11) or ``"sampled"`` (labels drawn from the
     detached softmax at the sampled weights: the true Fisher). With ``perturbation`` the fit is
@@ -204,6 +211,8 @@ def fit_variational(
         raise ValueError(f"gamma must be > 0, got {gamma}")
     if not 0.0 < floor_quantile < 1.0:
         raise ValueError(f"floor_quantile must lie in (0, 1), got {floor_quantile}")
+    if lr is not None and not 0.0 < lr <= 1.0:
+        raise ValueError(f"lr must lie in (0, 1] or be None, got {lr}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     names = resolve_params(model, params)
@@ -221,8 +230,8 @@ def fit_variational(
         chunk_for(theta_hat.values(), chunk_size, max_chunk_elements),
         max_chunk_elements,
     )
-    curvature_sum = {key: torch.zeros_like(t, dtype=torch.float32) for key, t in theta_hat.items()}
-    noise = {key: torch.empty_like(s) for key, s in curvature_sum.items()}
+    running = {key: torch.zeros_like(t, dtype=torch.float32) for key, t in theta_hat.items()}
+    noise = {key: torch.empty_like(s) for key, s in running.items()}
     data = cycle(batches)
     need_targets = labels == "given"
     fitted_gamma = gamma
@@ -231,8 +240,7 @@ def fit_variational(
         for step in track(range(steps), "variational Fisher", enabled=progress):
             inputs, targets = unpack_batch(next(data), device, need_targets=need_targets)
             std = {
-                key: _sample_std(curvature_sum[key], step, fitted_gamma, taus[key])
-                for key in theta_hat
+                key: _sample_std(running[key], step, fitted_gamma, taus[key]) for key in theta_hat
             }
             if curvature == "fisher" and step % 2:
                 for buffer in noise.values():  # antithetic: −ε of the previous step
@@ -248,20 +256,19 @@ def fit_variational(
                 sample = _hessian_sample(engine, theta_hat, std, noise, inputs, targets)
             if fitted_gamma is None:
                 fitted_gamma = _gamma_at_floor(sample, taus, floor_quantile)
-            for key, h in sample.items():
-                curvature_sum[key].add_(h)
+            beta = 1.0 / (step + 1) if lr is None else max(1.0 / (step + 1), lr)
+            for key, h in sample.items():  # Λ − τ⁻² ← (1 − β)(Λ − τ⁻²) + β ĥ/γ, kept as γ(Λ − τ⁻²)
+                running[key].mul_(1.0 - beta).add_(h, alpha=beta)
     assert fitted_gamma is not None
-    precision = {
-        key: s.div_(steps * fitted_gamma).add_(taus[key] ** -2) for key, s in curvature_sum.items()
-    }
+    precision = {key: m.div_(fitted_gamma).add_(taus[key] ** -2) for key, m in running.items()}
     return VariationalFit(precision, fitted_gamma, taus, steps, curvature)
 
 
-def _sample_std(total: Tensor, step: int, gamma: float | None, tau: float) -> Tensor:
+def _sample_std(mean: Tensor, step: int, gamma: float | None, tau: float) -> Tensor:
     """√v of the current q: v = 1/Λ with Λ = τ⁻² + max(mean ĥ, 0)/γ (the prior at step 0)."""
     if step == 0 or gamma is None:
-        return torch.full_like(total, tau)
-    return total.clamp_min(0.0).div_(step * gamma).add_(tau**-2).rsqrt_()
+        return torch.full_like(mean, tau)
+    return mean.clamp_min(0.0).div_(gamma).add_(tau**-2).rsqrt_()
 
 
 def _weights(
@@ -364,23 +371,39 @@ def _draw_noise(noise: Mapping[str, Tensor], generator: torch.Generator | None) 
             buffer.copy_(drawn)
 
 
-def variational_precision(
-    model: nn.Module, batches: Iterable[Any], **options: Any
-) -> dict[str, Tensor]:
-    """Posterior precision Λ of Eq. 11 (method.md §6): :func:`fit_variational`'s, by key."""
-    return fit_variational(model, batches, **options).precision
+def _view(
+    fit: Callable[P, VariationalFit],
+    convert: Callable[[VariationalFit], dict[str, Tensor]],
+    name: str,
+    doc: str,
+) -> Callable[P, dict[str, Tensor]]:
+    """``fit`` with the same parameters, returning ``convert`` of its result."""
+
+    @functools.wraps(fit)
+    def view(*args: P.args, **kwargs: P.kwargs) -> dict[str, Tensor]:
+        return convert(fit(*args, **kwargs))
+
+    view.__name__ = view.__qualname__ = name
+    view.__doc__ = doc
+    return view
 
 
-def variational_fisher(
-    model: nn.Module, batches: Iterable[Any], **options: Any
-) -> dict[str, Tensor]:
-    """Stable Fisher estimate F̂ = γ(Λ − τ⁻²) (paper Eq. 14, method.md §6).
+variational_precision = _view(
+    fit_variational,
+    lambda fit: fit.precision,
+    "variational_precision",
+    """Posterior precision Λ of Eq. 11 (method.md §6) by key: :func:`fit_variational` with the
+    same arguments (its derived γ and τ are on the :class:`VariationalFit` it returns).""",
+)
 
-    Fits Λ with :func:`fit_variational` (same arguments) and converts it; for a quadratic loss
-    ½ Σ h_n θ_n² (``curvature="hessian"``) the estimate converges to h. Estimates below zero
-    are clipped to 0.
-    """
-    return fit_variational(model, batches, **options).fisher()
+variational_fisher = _view(
+    fit_variational,
+    VariationalFit.fisher,
+    "variational_fisher",
+    """Stable Fisher estimate F̂ = γ(Λ − τ⁻²) (paper Eq. 14, method.md §6) by key:
+    :func:`fit_variational` with the same arguments, converted and clipped at 0. For a
+    quadratic loss ½ Σ h_n θ_n² (``curvature="hessian"``) the estimate converges to h.""",
+)
 
 
 def _resolve_prior(
