@@ -193,3 +193,15 @@ def test_rendered_items_are_cached_and_returned_as_copies(
     data[0]
     data[2]
     assert len(module._cache) == 1
+
+
+def test_prepare_renders_every_item_into_the_cache() -> None:
+    """A run calls prepare() before its clocks start: afterwards every item is a cache hit."""
+    from fishertune.data.synthetic import dataset as module
+
+    data = SyntheticStreets("val", "fog", size=(16, 32), length=5, seed=123)
+    keys = [(module.scene_seed(123, "val", i), "fog", (16, 32)) for i in range(5)]
+    for key in keys:
+        module._cache.pop(key, None)
+    data.prepare()
+    assert all(key in module._cache for key in keys)

@@ -193,6 +193,9 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
         """Read the raw ids of a label file (single-channel by default)."""
         return read_index_png(path)
 
+    def prepare(self) -> None:
+        """Work to do before a run's clocks start (nothing for files read from disk)."""
+
     def __len__(self) -> int:
         return len(self.pairs)
 

@@ -46,6 +46,7 @@ import yaml
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from fishertune.data.base import SegmentationDataset
 from fishertune.engine.checkpoint import (
     capture_rng_state,
     flatten_optimizer_state,
@@ -520,6 +521,9 @@ class Trainer:
             enabled=self.is_main,
             resume_step=self.step if resume else None,
         )
+        for dataset in (self.train_set, *self.eval_sets.values()):
+            if isinstance(dataset, SegmentationDataset):
+                dataset.prepare()  # e.g. render the embedded benchmark's scenes, untimed
         try:
             self._run_stages()
         finally:
