@@ -96,7 +96,7 @@ def diagonal_fisher(
         ignore_index,
         loss_fn,
         method,
-        chunk_for(scored.values(), chunk_size, max_chunk_elements),
+        chunk_size,
         max_chunk_elements,
     )
     with eval_mode(model), perturbation if perturbation is not None else nullcontext():
@@ -117,10 +117,3 @@ def diagonal_fisher(
     if count.item() == 0:
         raise ValueError("batches yielded no samples")
     return {key: s.div_(count.to(s.dtype)) for key, s in sums.items()}
-
-
-def chunk_for(scored: Iterable[Tensor], chunk_size: int | None, max_chunk_elements: int) -> int:
-    """Samples per vmapped chunk: ``chunk_size``, or as many as keep chunk × scored elements
-    below ``max_chunk_elements`` (the per-sample gradients held at once)."""
-    elements = sum(p.numel() for p in scored)
-    return chunk_size or max(1, max_chunk_elements // max(elements, 1))

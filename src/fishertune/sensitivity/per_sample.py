@@ -65,7 +65,8 @@ class PerSampleGrads:
       sample, and Σ_i (G_iᵀ X_i)² is formed layer by layer (a batched matmul, in pieces of at
       most ``max_elements``): one forward and one backward through the activations (no weight
       gradients), about the cost of a training step, and never all per-sample gradients at once;
-    - ``"vmap"``: ``torch.func`` (``vmap`` over ``grad``) in chunks of ``chunk`` samples, for any
+    - ``"vmap"``: ``torch.func`` (``vmap`` over ``grad``) in chunks of ``chunk_size`` samples
+      (default: as many as keep chunk × scored elements below ``max_elements``), for any
       parameter;
     - ``"loop"``: one backward per sample.
 
@@ -81,7 +82,7 @@ class PerSampleGrads:
         ignore_index: int,
         loss_fn: LossFn | None,
         method: str,
-        chunk: int,
+        chunk_size: int | None = None,
         max_elements: int = 2**27,
     ) -> None:
         if method not in METHODS:
@@ -101,9 +102,10 @@ class PerSampleGrads:
         self.loss_fn = loss_fn
         self.use_vmap = method != "loop"
         self.fallback = method == "auto"
-        self.chunk = chunk
         own = dict(model.named_parameters())
         self.current = {name: own[name].detach() for name in self.names.values()}
+        scored = sum(p.numel() for p in self.current.values())
+        self.chunk = chunk_size or max(1, max_elements // max(scored, 1))
         self.consts = constant_tensors(model, self.names.values())
 
     def square_sums(

@@ -73,7 +73,6 @@ from fishertune.sensitivity._common import (
     unpack_batch,
     world_size,
 )
-from fishertune.sensitivity.diagonal import chunk_for
 from fishertune.sensitivity.per_sample import PerSampleGrads
 from fishertune.sensitivity.perturbation import FeaturePerturbation
 
@@ -227,7 +226,7 @@ def fit_variational(
         ignore_index,
         loss_fn,
         "auto",
-        chunk_for(theta_hat.values(), chunk_size, max_chunk_elements),
+        chunk_size,
         max_chunk_elements,
     )
     running = {key: torch.zeros_like(t, dtype=torch.float32) for key, t in theta_hat.items()}
