@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -83,6 +84,10 @@ def test_quality_report_round_trips_and_warns_near_chance() -> None:
     bad = Agreement(0.01, 0.06, 50, 1000)
     quality = EstimateQuality({"F": good, "dF": bad}, bad, "variational", {"gamma": 1e-9})
     assert EstimateQuality.from_dict(quality.to_dict()) == quality
+    # a checkpoint's JSON has sorted keys; the report keeps the order F, dF, DRF
+    three = EstimateQuality({"F": good, "dF": bad, "DRF": good}, None, "variational", {})
+    stored = json.loads(json.dumps(three.to_dict(), sort_keys=True))
+    assert list(EstimateQuality.from_dict(stored).reliability) == ["F", "dF", "DRF"]
     warnings = quality.warnings()
     assert len(warnings) == 2
     assert "dF is near chance" in warnings[0]

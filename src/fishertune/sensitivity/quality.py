@@ -16,7 +16,7 @@ batches, the agreement of Eq. 14's estimate with the Fisher it estimates (method
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -270,9 +270,21 @@ class EstimateQuality:
             )
 
         raw = data.get("agreement")
+        reliability = data["reliability"]
+        hyper = data.get("hyper", {})
         return cls(
-            {k: agreement(v) for k, v in data["reliability"].items()},
+            {k: agreement(reliability[k]) for k in sorted(reliability, key=_rank(SCORE_ORDER))},
             None if raw is None else agreement(raw),
             str(data["estimator"]),
-            {k: float(v) for k, v in data.get("hyper", {}).items()},
+            {k: float(hyper[k]) for k in sorted(hyper, key=_rank(HYPER_ORDER))},
         )
+
+
+SCORE_ORDER = ("F", "dF", "DRF")
+HYPER_ORDER = ("gamma", "tau_min", "tau_max", "floor_min", "floor_max")
+
+
+def _rank(order: Sequence[str]) -> Callable[[str], tuple[int, str]]:
+    """Sort key: the names of ``order`` first, in that order, then the rest alphabetically
+    (JSON written with sorted keys reads back in the order it was made in)."""
+    return lambda name: (order.index(name) if name in order else len(order), name)
