@@ -69,20 +69,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    from fishertune.engine.checkpoint import load_checkpoint
-    from fishertune.engine.trainer import saved_quality
     from fishertune.workflows.runs import sensitivity_map
 
     config = _config(args)
-    scores, figure = sensitivity_map(config, progress=not args.no_progress, device=args.device)
+    scores, figure, quality = sensitivity_map(
+        config, progress=not args.no_progress, device=args.device
+    )
     if figure is not None:
         total = sum(int(s.isfinite().sum()) for s in scores.values())
         run = Path(config.output.run_dir)
         print(f"scored {total:,} candidate elements of {len(scores)} tensors")
         print(f"scores: {run / 'checkpoints' / 'sensitivity.safetensors'}")
         print(f"heatmap: {figure}")
-        _, state = load_checkpoint(run / "checkpoints", "sensitivity")
-        quality = saved_quality(state)
         for line in quality.describe() if quality is not None else []:
             print(f"estimate quality: {line}")
     return 0
@@ -186,14 +184,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from fishertune.workflows.demo import DEMO_METHODS, run_demo
+    from fishertune.workflows.demo import DEMO_METHODS, DEMO_SETTINGS, run_demo
 
     methods = args.methods.split(",") if args.methods else list(DEMO_METHODS)
     comparison = run_demo(
         quick=args.quick,
         out_dir=args.out,
         methods=methods,
-        seeds=parse_seeds(args.seeds, 0),
+        seeds=parse_seeds(args.seeds, DEMO_SETTINGS["schedule"]["seed"]),
         resume=args.resume,
         progress=not args.no_progress,
         device=args.device,

@@ -521,9 +521,8 @@ class Trainer:
             enabled=self.is_main,
             resume_step=self.step if resume else None,
         )
-        for dataset in (self.train_set, *self.eval_sets.values()):
-            if isinstance(dataset, SegmentationDataset):
-                dataset.prepare()  # e.g. render the embedded benchmark's scenes, untimed
+        if isinstance(self.train_set, SegmentationDataset) and self.step < self._stop:
+            self.train_set.prepare()  # e.g. render the benchmark's scenes before the clocks
         try:
             self._run_stages()
         finally:

@@ -40,17 +40,17 @@ def _recording(perturbation: FeaturePerturbation | None) -> AbstractContextManag
     return perturbation.record_offsets()
 
 
-def _linear_owners(model: nn.Module, names: Iterable[str]) -> dict[str, tuple[str, str]] | None:
-    """Parameter name → (owning ``nn.Linear``'s name, ``"weight"`` | ``"bias"``), or None when
-    some scored parameter is not a linear layer's weight or bias."""
+def _linear_layers(model: nn.Module, names: Iterable[str]) -> dict[str, dict[str, str]] | None:
+    """Owning ``nn.Linear``'s name → {``"weight"`` | ``"bias"``: scored parameter name}, or None
+    when some scored parameter is not a linear layer's weight or bias."""
     modules = dict(model.named_modules())
-    owners = {}
+    layers: dict[str, dict[str, str]] = {}
     for name in names:
         owner, _, attr = name.rpartition(".")
         if not isinstance(modules.get(owner), nn.Linear) or attr not in ("weight", "bias"):
             return None
-        owners[name] = (owner, attr)
-    return owners
+        layers.setdefault(owner, {})[attr] = name
+    return dict(sorted(layers.items()))
 
 
 class PerSampleGrads:
@@ -87,13 +87,13 @@ class PerSampleGrads:
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        self.linear_owners = _linear_owners(model, names.values())
-        if method == "linear" and self.linear_owners is None:
+        self.linear_layers = _linear_layers(model, names.values())
+        if method == "linear" and self.linear_layers is None:
             raise ValueError(
                 "method='linear' needs every scored parameter to be the weight or bias of an "
                 "nn.Linear"
             )
-        self.use_linear = method in ("auto", "linear") and self.linear_owners is not None
+        self.use_linear = method in ("auto", "linear") and self.linear_layers is not None
         self.max_elements = max_elements
         self.model = model
         self.names = dict(names)
@@ -184,9 +184,8 @@ class PerSampleGrads:
         samples stay independent given the draw), sampled labels are drawn from its detached
         logits, and each label draw takes one backward through the activations.
         """
-        assert self.linear_owners is not None
-        owners = sorted({owner for owner, _ in self.linear_owners.values()})
-        modules = {name: self.model.get_submodule(name) for name in owners}
+        assert self.linear_layers is not None
+        owners = list(self.linear_layers)
         calls: dict[str, list[tuple[Tensor, Tensor]]] = {owner: [] for owner in owners}
 
         def capture(owner: str) -> Callable[..., None]:
@@ -195,7 +194,7 @@ class PerSampleGrads:
 
             return hook
 
-        handles = [modules[o].register_forward_hook(capture(o)) for o in owners]
+        handles = [self.model.get_submodule(o).register_forward_hook(capture(o)) for o in owners]
         try:
             source = inputs.detach().requires_grad_(True)  # a graph through the activations
             with torch.enable_grad():
@@ -243,8 +242,8 @@ class PerSampleGrads:
         self, owner: str, pairs: Sequence[tuple[Tensor, Tensor]], at: Mapping[str, Tensor]
     ) -> dict[str, Tensor | None]:
         """Σ_i (Σ_calls G_iᵀ X_i)² and Σ_i (Σ_calls Σ_t G_i)² of one linear layer."""
-        assert self.linear_owners is not None
-        wanted = {attr: name for name, (o, attr) in self.linear_owners.items() if o == owner}
+        assert self.linear_layers is not None
+        wanted = self.linear_layers[owner]
         out: dict[str, Tensor | None] = dict.fromkeys(wanted.values())
         if not pairs:
             return out

@@ -215,10 +215,6 @@ def fit_variational(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     names = resolve_params(model, params)
-    own = dict(model.named_parameters())
-    theta_hat = {key: own[name].detach() for key, name in names.items()}
-    taus = _resolve_tau(tau, _resolve_prior(prior, names, theta_hat), tau_scale)
-    device = next(iter(theta_hat.values())).device
     engine = PerSampleGrads(
         model,
         names,
@@ -229,6 +225,9 @@ def fit_variational(
         chunk_size,
         max_chunk_elements,
     )
+    theta_hat = {key: engine.current[name] for key, name in names.items()}
+    taus = _resolve_tau(tau, _resolve_prior(prior, names, theta_hat), tau_scale)
+    device = next(iter(theta_hat.values())).device
     running = {key: torch.zeros_like(t, dtype=torch.float32) for key, t in theta_hat.items()}
     noise = {key: torch.empty_like(s) for key, s in running.items()}
     data = cycle(batches)
@@ -271,14 +270,18 @@ def _sample_std(mean: Tensor, step: int, gamma: float | None, tau: float) -> Ten
 
 
 def _weights(
+    engine: PerSampleGrads,
     theta_hat: Mapping[str, Tensor],
     std: Mapping[str, Tensor],
     noise: Mapping[str, Tensor],
     sign: float,
 ) -> dict[str, Tensor]:
-    """θ̂ + sign · √v ⊙ ε in each parameter's dtype."""
+    """θ̂ + sign · √v ⊙ ε in each parameter's dtype, by the model's parameter names (what
+    ``engine`` evaluates the model at)."""
     return {
-        key: torch.addcmul(value.float(), std[key], noise[key], value=sign).to(value.dtype)
+        engine.names[key]: torch.addcmul(value.float(), std[key], noise[key], value=sign).to(
+            value.dtype
+        )
         for key, value in theta_hat.items()
     }
 
@@ -294,8 +297,7 @@ def _fisher_sample(
     generator: torch.Generator | None,
 ) -> dict[str, Tensor]:
     """(1/B) Σ_i (∂ℓ_i/∂θ)² at θ̂ + √v ε, averaged over all ranks' samples."""
-    by_name = _weights(theta_hat, std, noise, 1.0)
-    weights = {engine.names[key]: w for key, w in by_name.items()}
+    weights = _weights(engine, theta_hat, std, noise, 1.0)
     sums = engine.square_sums(inputs, targets, labels=labels, generator=generator, weights=weights)
     count = torch.tensor(float(inputs.shape[0]), dtype=torch.float64, device=inputs.device)
     all_reduce_sum([*sums.values(), count])
@@ -316,7 +318,7 @@ def _hessian_sample(
     grads = []
     recorded: list[Any] = []
     for sign in (1.0, -1.0):
-        weights = {engine.names[k]: w for k, w in _weights(theta_hat, std, noise, sign).items()}
+        weights = _weights(engine, theta_hat, std, noise, sign)
         perturbation = engine.perturbation
         if perturbation is None:
             context: Any = nullcontext([])

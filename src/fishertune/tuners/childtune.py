@@ -23,7 +23,6 @@ from fishertune.tuners.scoring import (
     ScoredTuner,
     halves,
     merge_means,
-    sample_count,
 )
 from fishertune.tuners.sparse import BudgetConfig, BudgetTuner, seeded_generator
 
@@ -69,20 +68,21 @@ class ChildTuneDTuner(ScoredTuner):
         halves of the batches (their agreement is the split-half reliability) and merged."""
         device = next(iter(params.values())).device
         generator = seeded_generator(device, self.config.seed)
-        parts = [
+        parts = halves(batches)
+        estimates = [
             diagonal_fisher(
                 self.segmentor,
-                half,
+                part,
                 params=params,
                 labels=self.config.labels,
                 generator=generator,
                 progress=progress,
             )
-            for half in halves(batches)
+            for part in parts
         ]
-        reliability = {"F": self.agreement(*parts)} if len(parts) == 2 else {}
-        scores = merge_means(parts, [sample_count(half) for half in halves(batches)])
-        return scores, EstimateQuality(reliability, None, "diagonal", {})
+        reliability = self.reliability(len(parts), ("F",), lambda half, _: estimates[half])
+        quality = EstimateQuality(reliability, None, "diagonal", {})
+        return merge_means(estimates, parts), quality
 
 
 @register("childtune_f")

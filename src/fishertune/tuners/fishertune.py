@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from fishertune.sensitivity import (
@@ -37,7 +36,6 @@ from fishertune.tuners.scoring import (
     ScoredTuner,
     halves,
     merge_means,
-    sample_count,
 )
 from fishertune.tuners.sparse import seeded_generator
 
@@ -140,27 +138,30 @@ class FisherTuneTuner(ScoredTuner):
     def compute_scores(
         self, batches: Sequence[Any], params: Mapping[str, nn.Parameter], progress: bool = False
     ) -> tuple[dict[str, Tensor], EstimateQuality]:
-        """DR-FIM (``"diagonal"``, Eq. 7) or stable DR-FIM (``"variational"``, Eq. 15)."""
-        if self.config.estimator == "diagonal":
-            return self._diagonal_scores(batches, params, progress)
-        return self._stable_scores(batches, params, progress)
-
-    def _shift(self, device: torch.device) -> FeaturePerturbation:
+        """DR-FIM (``"diagonal"``, Eq. 7) or stable DR-FIM (``"variational"``, Eq. 15), each
+        estimated on the two halves of ``batches`` (:func:`halves`) and merged."""
         cfg = self.config
-        return entry_perturbation(
+        device = next(iter(params.values())).device
+        shift = entry_perturbation(
             self.segmentor, cfg.perturbation_scale, seeded_generator(device, cfg.seed)
         )
-
-    def _variants(self) -> tuple[str, ...]:
-        return ("F",) if self.config.variant == "F" else VARIANTS
+        parts = halves(batches)
+        variants = ("F",) if cfg.variant == "F" else VARIANTS
+        if cfg.estimator == "diagonal":
+            return self._diagonal_scores(parts, params, shift, variants, progress)
+        return self._stable_scores(batches, parts, params, shift, variants, progress)
 
     def _stable_scores(
-        self, batches: Sequence[Any], params: Mapping[str, nn.Parameter], progress: bool
+        self,
+        batches: Sequence[Any],
+        parts: list[list[Any]],
+        params: Mapping[str, nn.Parameter],
+        shift: FeaturePerturbation,
+        variants: Sequence[str],
+        progress: bool,
     ) -> tuple[dict[str, Tensor], EstimateQuality]:
         cfg = self.config
         device = next(iter(params.values())).device
-        shift = self._shift(device)
-        parts = halves(batches)
         steps = [cfg.variational_steps - cfg.variational_steps // 2, cfg.variational_steps // 2]
         if len(parts) == 1 or steps[1] == 0:
             parts, steps = [list(batches)], [cfg.variational_steps]
@@ -199,14 +200,9 @@ class FisherTuneTuner(ScoredTuner):
                 variant=variant,
             )
 
-        reliability = {}
-        if len(parts) == 2:
-            reliability = {
-                variant: self.agreement(
-                    scores(clean[0], shifted[0], variant), scores(clean[1], shifted[1], variant)
-                )
-                for variant in self._variants()
-            }
+        reliability = self.reliability(
+            len(parts), variants, lambda half, v: scores(clean[half], shifted[half], v)
+        )
         merged, merged_shifted = merge_fits(clean), merge_fits(shifted)
         agreement = None
         if cfg.diagnostics:
@@ -235,12 +231,15 @@ class FisherTuneTuner(ScoredTuner):
         return scores(merged, merged_shifted, cfg.variant), quality
 
     def _diagonal_scores(
-        self, batches: Sequence[Any], params: Mapping[str, nn.Parameter], progress: bool
+        self,
+        parts: list[list[Any]],
+        params: Mapping[str, nn.Parameter],
+        shift: FeaturePerturbation,
+        variants: Sequence[str],
+        progress: bool,
     ) -> tuple[dict[str, Tensor], EstimateQuality]:
         cfg = self.config
         device = next(iter(params.values())).device
-        shift = self._shift(device)
-        parts = halves(batches)
 
         def fisher(part: Sequence[Any], perturbation: FeaturePerturbation | None) -> Any:
             return diagonal_fisher(
@@ -255,17 +254,12 @@ class FisherTuneTuner(ScoredTuner):
 
         clean = [fisher(part, None) for part in parts]
         shifted = clean if cfg.variant == "F" else [fisher(part, shift) for part in parts]
-        reliability = {}
-        if len(parts) == 2:
-            reliability = {
-                variant: self.agreement(
-                    dr_fim(clean[0], shifted[0], coef=shift.coef, variant=variant),
-                    dr_fim(clean[1], shifted[1], coef=shift.coef, variant=variant),
-                )
-                for variant in self._variants()
-            }
-        weights = [sample_count(part) for part in parts]
-        merged = merge_means(clean, weights)
-        merged_shifted = merge_means(shifted, weights)
+        reliability = self.reliability(
+            len(parts),
+            variants,
+            lambda half, v: dr_fim(clean[half], shifted[half], coef=shift.coef, variant=v),
+        )
+        merged = merge_means(clean, parts)
+        merged_shifted = merge_means(shifted, parts)
         quality = EstimateQuality(reliability, None, "diagonal", {})
         return dr_fim(merged, merged_shifted, coef=shift.coef, variant=cfg.variant), quality

@@ -9,7 +9,7 @@ reads it) through :meth:`ScoredTuner.on_step`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,20 +86,37 @@ class ScoredTuner(BudgetTuner):
         with ``progress``, the estimators show their bars."""
         raise NotImplementedError
 
-    def candidate_scores(self, scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """``scores`` with the elements that are not candidates set to −inf."""
+    def candidate_scores(
+        self, scores: Mapping[str, Tensor], eligible: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """``scores`` with the elements that are not candidates set to −inf (``eligible``: the
+        masks of :meth:`eligible_masks`, when the caller already built them)."""
+        masks = self.eligible_masks() if eligible is None else eligible
         out = dict(scores)
-        for name, eligible in self.eligible_masks().items():
-            out[name] = scores[name].float().masked_fill(~eligible, -math.inf)
+        for name, mask in masks.items():
+            out[name] = scores[name].float().masked_fill(~mask, -math.inf)
         return out
 
     def agreement(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Agreement:
         """:func:`~fishertune.sensitivity.score_agreement` of two estimates over the candidate
         elements, the top sets being the size of the final budget."""
         count = min(self.budget(), self.candidate_count)
+        eligible = self.eligible_masks()
         return score_agreement(
-            self.candidate_scores(a), self.candidate_scores(b), count=max(count, 1)
+            self.candidate_scores(a, eligible),
+            self.candidate_scores(b, eligible),
+            count=max(count, 1),
         )
+
+    def reliability(
+        self, parts: int, variants: Sequence[str], score: Callable[[int, str], Mapping[str, Tensor]]
+    ) -> dict[str, Agreement]:
+        """Split-half reliability: per variant, the :meth:`agreement` of ``score(0, variant)``
+        and ``score(1, variant)``, the scores estimated on each half of the batches; empty
+        when the estimate had a single part (one batch)."""
+        if parts != 2:
+            return {}
+        return {v: self.agreement(score(0, v), score(1, v)) for v in variants}
 
     def estimate(
         self, batches: Iterable[tuple[Tensor, Tensor]], *, progress: bool = False
@@ -191,19 +208,17 @@ def halves(batches: Sequence[Any]) -> list[list[Any]]:
     return list(split_batches(batches)) if len(batches) >= 2 else [list(batches)]
 
 
-def sample_count(batches: Sequence[Any]) -> int:
-    """Number of samples in ``(inputs, targets)`` batches."""
-    return sum(int(batch[0].shape[0]) for batch in batches)
-
-
-def merge_means(parts: Sequence[Mapping[str, Tensor]], weights: Sequence[int]) -> dict[str, Tensor]:
-    """The weighted mean of per-part means (e.g. Fisher estimates of the halves, weighted by
-    their sample counts): the mean over all the parts' samples."""
+def merge_means(
+    estimates: Sequence[Mapping[str, Tensor]], parts: Sequence[Sequence[Any]]
+) -> dict[str, Tensor]:
+    """One mean from per-part means (e.g. the Fisher estimated on each half of the batches),
+    each weighted by its part's number of samples: the mean over all the parts' samples."""
+    weights = [sum(int(batch[0].shape[0]) for batch in part) for part in parts]
     total = float(sum(weights))
     merged = {}
-    for key in parts[0]:
-        value = torch.zeros_like(parts[0][key])
-        for part, weight in zip(parts, weights, strict=True):
-            value.add_(part[key], alpha=weight / total)
+    for key in estimates[0]:
+        value = torch.zeros_like(estimates[0][key])
+        for estimate, weight in zip(estimates, weights, strict=True):
+            value.add_(estimate[key], alpha=weight / total)
         merged[key] = value
     return merged

@@ -42,6 +42,7 @@ from fishertune.reporting import (
     training_curves,
     write_report,
 )
+from fishertune.sensitivity import EstimateQuality
 from fishertune.tuners.scoring import ScoredTuner
 from fishertune.tuners.sparse import SparseTuner
 from fishertune.workflows.inference import predict_ids
@@ -329,12 +330,14 @@ def compare(
 
 def sensitivity_map(
     config: RunConfig, *, progress: bool = True, device: str | None = None
-) -> tuple[dict[str, Tensor], Path | None]:
+) -> tuple[dict[str, Tensor], Path | None, EstimateQuality | None]:
     """Warm up, estimate the method's sensitivity (DR-FIM for FisherTune), save it and draw
-    the heatmap at ``run_dir/figures/sensitivity.png`` (rank 0); returns the scores and the
-    figure."""
+    the heatmap at ``run_dir/figures/sensitivity.png`` (rank 0); returns the scores, the
+    figure and the estimate's quality."""
     trainer = Trainer(config, progress=progress, device=device)
     scores = trainer.estimate_sensitivity()
+    quality = trainer.tuner.quality if isinstance(trainer.tuner, ScoredTuner) else None
     if not trainer.is_main:
-        return scores, None
-    return scores, _sensitivity_figure(trainer, trainer.run_dir / FIGURES / "sensitivity.png")
+        return scores, None, quality
+    figure = _sensitivity_figure(trainer, trainer.run_dir / FIGURES / "sensitivity.png")
+    return scores, figure, quality
