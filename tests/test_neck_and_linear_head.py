@@ -141,6 +141,29 @@ def test_linear_head_is_upsample_concat_norm_conv() -> None:
     torch.testing.assert_close(head(features), expected)
 
 
+def test_subpixel_head_predicts_each_block_of_pixels_from_one_feature_vector() -> None:
+    """Logit ``(k, r·i + a, r·j + b)`` is channel ``k·r² + a·r + b`` of the 1×1 convolution at
+    ``(i, j)``, computed here by an explicit loop over the blocks."""
+    r = 3
+    head = LinearHead((3, 4, 5, 6), NUM_CLASSES, norm="ln", subpixel=r)
+    features = pyramid()
+    up = [F.interpolate(x, size=(16, 14), mode="bilinear", align_corners=False) for x in features]
+    x = torch.cat(up, dim=1).permute(0, 2, 3, 1)
+    normed = F.layer_norm(x, (18,), head.norm.weight, head.norm.bias, eps=1e-6)
+    channels = normed @ head.classifier.weight.view(NUM_CLASSES * r * r, 18).T
+    channels = channels + head.classifier.bias  # (B, 16, 14, K·r²)
+    expected = torch.empty(2, NUM_CLASSES, 16 * r, 14 * r)
+    for a in range(r):
+        for b in range(r):
+            block = channels[..., [k * r * r + a * r + b for k in range(NUM_CLASSES)]]
+            expected[:, :, a::r, b::r] = block.permute(0, 3, 1, 2)
+    torch.testing.assert_close(head(features), expected)
+    assert tuple(head.predict(features, (64, 56)).shape) == (2, NUM_CLASSES, 64, 56)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="subpixel must be a positive int"):
+            LinearHead((3,), NUM_CLASSES, subpixel=bad)  # type: ignore[arg-type]
+
+
 def test_loss_is_masked_cross_entropy() -> None:
     head = LinearHead((3, 4, 5, 6), NUM_CLASSES).eval()
     features = pyramid()

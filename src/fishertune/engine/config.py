@@ -65,6 +65,8 @@ class ModelConfig:
         pretrained: load pretrained weights (``False``: random initialisation, for tests).
         num_classes: number of segmentation classes (19 Cityscapes classes).
         options: further keyword arguments of the timm model (e.g. ``depth``).
+        head_options: keyword arguments of the head (e.g. ``{subpixel: 4}`` for the linear
+            head's sub-pixel classifier).
     """
 
     backbone: str = "vit_large_patch14_dinov2.lvd142m"
@@ -75,6 +77,7 @@ class ModelConfig:
     pretrained: bool = True
     num_classes: int = 19
     options: dict[str, Any] = field(default_factory=dict)
+    head_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -109,6 +112,9 @@ class DataConfig:
         eval_images: evaluate on the first this many images of each domain (``None``: all;
             for synthetic styles the number of scenes generated, 500 by default).
         synthetic_size: ``[H, W]`` of the embedded benchmark's images.
+        synthetic_seed: which scenes the embedded benchmark generates (its training and
+            evaluation sets). Fixed across ``schedule.seed``: like a real data set, the scenes
+            stay while the run's seed varies the training's randomness.
     """
 
     source: str = "gtav"
@@ -121,6 +127,7 @@ class DataConfig:
     train_images: int | None = None
     eval_images: int | None = None
     synthetic_size: list[int] = field(default_factory=lambda: [128, 256])
+    synthetic_seed: int = 0
 
     @property
     def crop_size(self) -> tuple[int, int]:
@@ -220,6 +227,7 @@ def _check_ranges(config: RunConfig) -> None:
         ("model.num_classes", config.model.num_classes, config.model.num_classes > 0),
         ("data.crop", config.data.crop, _is_size(config.data.crop)),
         ("data.synthetic_size", config.data.synthetic_size, _is_size(config.data.synthetic_size)),
+        ("data.synthetic_seed", config.data.synthetic_seed, config.data.synthetic_seed >= 0),
         ("data.batch_size", config.data.batch_size, config.data.batch_size > 0),
         ("data.workers", config.data.workers, config.data.workers >= 0),
         ("schedule.lr", config.schedule.lr, config.schedule.lr > 0),

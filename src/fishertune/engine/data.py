@@ -200,7 +200,7 @@ def _limit(dataset: SegmentationDataset, count: int | None) -> Dataset[tuple[Ten
 def _synthetic(config: RunConfig, split: str, style: str, length: int) -> SyntheticStreets:
     height, width = config.data.synthetic_size
     return SyntheticStreets(
-        split, style, size=(height, width), length=length, seed=config.schedule.seed
+        split, style, size=(height, width), length=length, seed=config.data.synthetic_seed
     )
 
 

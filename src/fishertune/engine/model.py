@@ -63,6 +63,7 @@ def build_model(config: RunConfig, device: torch.device | str = "cpu") -> tuple[
         patch_size=model.patch_size,
         pretrained=model.pretrained,
         checkpoint=model.checkpoint,
+        head_options=model.head_options,
         **model.options,
     ).to(device)
     options = dict(config.method.options)

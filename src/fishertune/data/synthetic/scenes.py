@@ -380,20 +380,20 @@ def _two_wheeler(
     category = MOTORCYCLE if ridden and rng.random() < 0.45 else BICYCLE
     at = canvas.anchor(x, z, category)
     frame = _jitter(rng, ((0.1, 0.1, 0.1), (0.7, 0.1, 0.1), (0.2, 0.3, 0.7))[rng.integers(3)])
-    radius = 0.33 if category == BICYCLE else 0.31
+    radius = 0.36 if category == BICYCLE else 0.33
     for side in (-1.0, 1.0):
-        ring = 0.78 if category == BICYCLE else 0.45
-        canvas.ellipse(at, (side * 0.55, radius), (radius, radius), category, _TYRE, ring=ring)
+        ring = 0.55 if category == BICYCLE else 0.4
+        canvas.ellipse(at, (side * 0.6, radius), (radius, radius), category, _TYRE, ring=ring)
     if category == BICYCLE:
-        canvas.box(at, (-0.55, 0.55, 0.6, 0.66), category, frame)
-        canvas.box(at, (-0.04, 0.04, 0.3, 0.8), category, frame)
+        canvas.box(at, (-0.6, 0.6, 0.55, 0.7), category, frame)
+        canvas.box(at, (-0.08, 0.08, 0.3, 0.85), category, frame)
     else:
         canvas.ellipse(at, (0.0, 0.6), (0.55, 0.25), category, frame)
     if ridden:
         _person(canvas, rng, at, 0.8, RIDER)
 
 
-def _pole(canvas: _Canvas, at: _Anchor, top: float, width: float = 0.16) -> None:
+def _pole(canvas: _Canvas, at: _Anchor, top: float, width: float = 0.3) -> None:
     """A grey vertical pole from the ground to ``top`` metres."""
     canvas.box(at, (-width / 2, width / 2, 0.0, top), POLE, (0.5, 0.5, 0.52), shade=0.95)
 
@@ -416,35 +416,35 @@ def _street_lamp(
 def _traffic_sign(canvas: _Canvas, rng: np.random.Generator, x: float, z: float) -> None:
     """A sign plate (round, square or rectangular) on a short pole."""
     at = canvas.anchor(x, z, TRAFFIC_SIGN)
-    top = rng.uniform(2.2, 2.8)
-    _pole(canvas, at, top, 0.08)
+    top = rng.uniform(2.4, 3.0)
+    _pole(canvas, at, top, 0.15)
     shape = rng.integers(3)
     colour = ((0.85, 0.1, 0.1), (0.1, 0.3, 0.8), (0.95, 0.85, 0.1))[rng.integers(3)]
     if shape == 0:
-        canvas.ellipse(at, (0.0, top), (0.35, 0.35), TRAFFIC_SIGN, (0.95, 0.95, 0.95))
-        canvas.ellipse(at, (0.0, top), (0.25, 0.25), TRAFFIC_SIGN, colour)
+        canvas.ellipse(at, (0.0, top), (0.55, 0.55), TRAFFIC_SIGN, (0.95, 0.95, 0.95))
+        canvas.ellipse(at, (0.0, top), (0.4, 0.4), TRAFFIC_SIGN, colour)
     elif shape == 1:
-        canvas.box(at, (-0.33, 0.33, top - 0.33, top + 0.33), TRAFFIC_SIGN, colour)
+        canvas.box(at, (-0.5, 0.5, top - 0.5, top + 0.5), TRAFFIC_SIGN, colour)
     else:
-        canvas.box(at, (-0.6, 0.6, top - 0.25, top + 0.25), TRAFFIC_SIGN, (0.1, 0.45, 0.2))
+        canvas.box(at, (-0.9, 0.9, top - 0.4, top + 0.4), TRAFFIC_SIGN, (0.1, 0.45, 0.2))
 
 
 def _traffic_light(canvas: _Canvas, rng: np.random.Generator, x: float, z: float) -> None:
     """A three-lamp traffic light on a pole, one lamp lit."""
     at = canvas.anchor(x, z, TRAFFIC_LIGHT)
-    top = rng.uniform(3.2, 4.2)
-    _pole(canvas, at, top - 0.9)
-    canvas.box(at, (-0.2, 0.2, top - 1.0, top), TRAFFIC_LIGHT, (0.12, 0.12, 0.1))
+    top = rng.uniform(3.6, 4.6)
+    _pole(canvas, at, top - 1.5)
+    canvas.box(at, (-0.35, 0.35, top - 1.6, top), TRAFFIC_LIGHT, (0.12, 0.12, 0.1))
     lit = int(rng.integers(3))
     colours: tuple[Colour, ...] = ((1.0, 0.1, 0.05), (1.0, 0.7, 0.0), (0.1, 1.0, 0.4))
     for i, colour in enumerate(colours):
-        y = top - 0.18 - 0.32 * i
+        y = top - 0.28 - 0.52 * i
         if i == lit:
-            canvas.ellipse(at, (0.0, y), (0.11, 0.11), TRAFFIC_LIGHT, colour, glow=colour)
-            canvas.light(at, 0.0, y, 0.1, colour)
+            canvas.ellipse(at, (0.0, y), (0.18, 0.18), TRAFFIC_LIGHT, colour, glow=colour)
+            canvas.light(at, 0.0, y, 0.16, colour)
         else:
             dim = (colour[0] * 0.25, colour[1] * 0.25, colour[2] * 0.25)
-            canvas.ellipse(at, (0.0, y), (0.11, 0.11), TRAFFIC_LIGHT, dim)
+            canvas.ellipse(at, (0.0, y), (0.18, 0.18), TRAFFIC_LIGHT, dim)
 
 
 def _tree(canvas: _Canvas, rng: np.random.Generator, x: float, z: float) -> None:
@@ -545,7 +545,7 @@ def _paint_facades(canvas: _Canvas, rng: np.random.Generator, street: _Street) -
         kinds = rng.choice(
             np.array([BUILDING, WALL, FENCE, VEGETATION, SKY]),
             size=40,
-            p=[0.7, 0.08, 0.08, 0.08, 0.06],
+            p=[0.6, 0.12, 0.12, 0.08, 0.08],
         )
         tops = np.where(
             kinds == BUILDING,
@@ -570,7 +570,7 @@ def _paint_facades(canvas: _Canvas, rng: np.random.Generator, street: _Street) -
             kind == VEGETATION, 0.6 * np.sin(u * 1.7) + 0.4 * np.sin(u * 4.3), 0.0
         )
         keep = (height <= bumpy) & (kind != SKY)
-        keep &= (kind != FENCE) | (np.mod(u, 0.4) < 0.12) | (height > top - 0.15)
+        keep &= (kind != FENCE) | (np.mod(u, 0.5) < 0.3) | (height > top - 0.2)
         r, c, seg, u, height, kind, top = (a[keep] for a in (r, c, seg, u, height, kind, top))
         colour = palette[seg].astype(np.float32)
         ws, floor = 2.6, 3.2
@@ -610,7 +610,7 @@ def _place_things(canvas: _Canvas, rng: np.random.Generator, street: _Street) ->
                 continue
             occupied.append((x, z))
             oncoming = left + (k + 0.5) * street.lane < street.centre
-            if rng.random() < 0.12:
+            if rng.random() < 0.3:
                 add(z, _big_vehicle, x)
             else:
                 add(z, _car, x, oncoming)
@@ -619,23 +619,22 @@ def _place_things(canvas: _Canvas, rng: np.random.Generator, street: _Street) ->
             if not any(abs(edge - ox) < 2.5 and abs(z - oz) < 6.0 for ox, oz in occupied):
                 occupied.append((edge, z))
                 add(z, _car, edge, False)
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(1, 4))):
         x = right - 0.6 if rng.random() < 0.7 else left + 0.6
-        z = float(_spread(rng, 1, 6.0, 50.0)[0])
+        z = float(_spread(rng, 1, 5.0, 30.0)[0])
         add(z, _two_wheeler, x, True)
     for towards, curb, outer in ((1.0, left - 0.4, wl), (-1.0, right + 0.4, wr)):
         start, spacing = rng.uniform(3.0, 20.0), rng.uniform(18.0, 30.0)
         for z in np.arange(start, 160.0, spacing):
             add(z, _street_lamp, curb, towards)
-        for z in _spread(rng, int(rng.integers(0, 4)), 5.0, 50.0):
+        for z in _spread(rng, int(rng.integers(1, 5)), 4.0, 35.0):
             x = rng.uniform(min(curb, outer), max(curb, outer))
             add(z, _pedestrian, x)
-        for z in _spread(rng, int(rng.integers(0, 2)), 6.0, 60.0):
+        for z in _spread(rng, int(rng.integers(1, 3)), 5.0, 40.0):
             add(z, _traffic_sign, curb)
-        if rng.random() < 0.5:
-            z = float(rng.uniform(12.0, 60.0))
+        for z in _spread(rng, int(rng.integers(1, 3)), 8.0, 40.0):
             add(z, _traffic_light, curb - towards * 0.3)
-        if rng.random() < 0.3:
+        if rng.random() < 0.6:
             x = outer + towards * 0.8
             z = float(rng.uniform(6.0, 40.0))
             add(z, _two_wheeler, x, False)

@@ -19,7 +19,11 @@ class LinearHead(nn.Module):
     size of the first (finest) level, the maps are concatenated along channels, normalised
     (``"bn"``: ``BatchNorm2d``; ``"ln"``: ``LayerNorm`` over the channels of each pixel),
     passed through ``Dropout2d(dropout)`` and a 1×1 convolution gives ``num_classes`` logits
-    at the finest level's resolution. Implements
+    at the finest level's resolution. With ``subpixel = r > 1`` the convolution gives
+    ``num_classes · r²`` channels that a pixel shuffle rearranges into logits at ``r`` times
+    that resolution (a sub-pixel convolution, Shi et al., CVPR 2016): each feature vector then
+    predicts an ``r × r`` block of pixels, so detail finer than the feature grid (thin poles,
+    small signs) can be segmented by a head that is still linear. Implements
     :class:`fishertune.models.heads.base.SegmentationHead`.
 
     Args:
@@ -28,6 +32,8 @@ class LinearHead(nn.Module):
         norm: ``"bn"`` or ``"ln"``.
         ignore_index: label of unlabelled pixels, excluded from the loss.
         dropout: channel dropout probability before the classifier (DINOv2 uses 0).
+        subpixel: output upsampling factor ``r`` of the sub-pixel classifier (1: none, as
+            DINOv2's probe).
     """
 
     def __init__(
@@ -37,6 +43,7 @@ class LinearHead(nn.Module):
         norm: str = "bn",
         ignore_index: int = 255,
         dropout: float = 0.0,
+        subpixel: int = 1,
     ) -> None:
         super().__init__()
         channels = tuple(in_channels)
@@ -48,16 +55,19 @@ class LinearHead(nn.Module):
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if isinstance(subpixel, bool) or not isinstance(subpixel, int) or subpixel < 1:
+            raise ValueError(f"subpixel must be a positive int, got {subpixel!r}")
         self.in_channels = channels
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.subpixel = subpixel
         total = sum(channels)
         self.norm = nn.BatchNorm2d(total) if norm == "bn" else LayerNorm2d(total)
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(total, num_classes, kernel_size=1)
+        self.classifier = nn.Conv2d(total, num_classes * subpixel**2, kernel_size=1)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
-        """Logits ``(B, K, H_0, W_0)`` at the resolution of the first (finest) level."""
+        """Logits ``(B, K, r·H_0, r·W_0)``: ``r = subpixel`` times the finest level's size."""
         if len(features) != len(self.in_channels):
             raise ValueError(
                 f"LinearHead expects {len(self.in_channels)} feature maps, got {len(features)}"
@@ -75,7 +85,7 @@ class LinearHead(nn.Module):
             for x in features
         ]
         out: Tensor = self.classifier(self.dropout(self.norm(torch.cat(resized, dim=1))))
-        return out
+        return out if self.subpixel == 1 else F.pixel_shuffle(out, self.subpixel)
 
     def losses(self, features: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
         """``{"loss_ce": ...}``: pixel cross-entropy averaged over the batch's valid pixels.
