@@ -30,6 +30,7 @@ DEMO_SETTINGS: dict[str, Any] = {
         "img_size": [64, 128],
         "pretrained": True,
         "num_classes": 19,
+        "head_options": {"subpixel": 4},
     },
     "method": {
         "name": "fishertune",
@@ -48,24 +49,24 @@ DEMO_SETTINGS: dict[str, Any] = {
         "crop": [64, 128],
         "batch_size": 8,
         "workers": 0,
-        "train_images": 400,
-        "eval_images": 100,
+        "train_images": 1000,
+        "eval_images": 200,
     },
     "schedule": {
-        "warmup_steps": 40,
+        "warmup_steps": 80,
         "estimate_steps": 10,
-        "tune_steps": 160,
+        "tune_steps": 320,
         "lr": 1.0e-3,
         "weight_decay": 0.05,
         "poly_power": 0.9,
-        "eval_every": 100,
-        "checkpoint_every": 50,
+        "eval_every": 200,
+        "checkpoint_every": 100,
         "seed": 0,
     },
     "evaluation": {"protocol": "synthetic", "mode": "whole"},
     "output": {"run_dir": "runs/demo"},
 }
-"""The default demo: 200 weight updates per method (40 decoder warm-up + 160 tuning)."""
+"""The default demo: 400 weight updates per method (80 decoder warm-up + 320 tuning)."""
 
 QUICK_SETTINGS: dict[str, dict[str, Any]] = {
     "method": {"options": {"variational_steps": 5, "refresh_every": 5}},
