@@ -15,7 +15,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from fishertune.models.backbone import ViTBackbone, default_out_indices
+from fishertune.models.backbone import (
+    PretrainedWeightsUnavailableError,
+    ViTBackbone,
+    default_out_indices,
+)
 from fishertune.models.parameter_groups import KINDS, count_by_kind, parameter_groups
 from fishertune.models.weights import CheckpointError
 
@@ -157,6 +161,31 @@ def test_offline_pretrained_tag_gives_instructions() -> None:
     assert done.returncode != 0
     assert "PretrainedWeightsUnavailableError" in done.stderr
     assert "checkpoint=PATH" in done.stderr
+
+
+def test_an_unreachable_hub_fails_at_once_without_asking_timm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Weights not cached and no network: the error comes before timm's download retries
+    (which took about a minute); with the weights cached, timm is asked."""
+    from fishertune.models import backbone as module
+
+    asked: list[str] = []
+
+    def create_model(name: str, **kwargs: object) -> None:
+        asked.append(name)
+        raise RuntimeError("offline")
+
+    monkeypatch.setattr(module.timm, "create_model", create_model)
+    monkeypatch.setattr(module, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(module, "try_to_load_from_cache", lambda repo, name: None)
+    with pytest.raises(PretrainedWeightsUnavailableError, match="cannot be reached"):
+        ViTBackbone("vit_small_patch14_dinov2.lvd142m", pretrained=True, img_size=56)
+    assert asked == []
+    monkeypatch.setattr(module, "try_to_load_from_cache", lambda repo, name: f"/cache/{name}")
+    with pytest.raises(PretrainedWeightsUnavailableError, match="could not fetch"):
+        ViTBackbone("vit_small_patch14_dinov2.lvd142m", pretrained=True, img_size=56)
+    assert asked == ["vit_small_patch14_dinov2.lvd142m"]
 
 
 def test_unknown_model_name() -> None:

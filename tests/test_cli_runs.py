@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch
 import yaml
 
 from fishertune.cli import main
-from fishertune.engine.checkpoint import load_checkpoint
+from fishertune.engine.checkpoint import load_checkpoint, tensors_file
 from fishertune.engine.trainer import Trainer
 from run_fixtures import tiny_config
 
@@ -86,7 +87,8 @@ def test_sensitivity_saves_scores_and_the_heatmap(
     assert "candidate elements" in out
     assert "estimate quality: split-half reliability of F: Spearman" in out
     assert (tmp_path / "run" / "figures" / "sensitivity.png").is_file()
-    assert (tmp_path / "run" / "checkpoints" / "sensitivity.safetensors").is_file()
+    assert tensors_file(tmp_path / "run" / "checkpoints", "sensitivity").is_file()
+    assert f"scores: {tensors_file(tmp_path / 'run' / 'checkpoints', 'sensitivity')}" in out
     lora = _write_config(tmp_path / "lora", "lora")
     assert main(["sensitivity", str(lora), "--no-progress"]) == 2
     assert "estimates no sensitivity" in capsys.readouterr().err
@@ -228,3 +230,112 @@ def test_pretrain_demo_backbone_command_writes_weights_and_recipe(
     recipe = json.loads(out.with_suffix(".json").read_text())
     assert recipe["recipe"]["steps"] == 2
     assert recipe["recipe"]["corpus_size"] == 6
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], status: int, code: int = 2) -> str:
+    assert status == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu0", "--device: expected cpu, cuda or cuda:N, got 'gpu0'"),
+        ("cpu:1", "--device: expected cpu, cuda or cuda:N, got 'cpu:1'"),
+        pytest.param(
+            "cuda",
+            "--device cuda: CUDA is not available here",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present"),
+        ),
+    ],
+)
+def test_a_bad_or_absent_device_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str, message: str
+) -> None:
+    config = _write_config(tmp_path, "full")
+    err = _one_line_error(capsys, main(["train", str(config), "--device", device]))
+    assert message in err
+    assert not (tmp_path / "run").exists(), "nothing may be written"
+    err = _one_line_error(capsys, main(["evaluate", str(tmp_path), "--device", device]))
+    assert message in err or "no checkpoint" in err
+
+
+def test_ctrl_c_says_how_to_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fishertune.workflows import runs
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs.Trainer, "run", interrupted)
+    config = _write_config(tmp_path, "full")
+    err = _one_line_error(capsys, main(["train", str(config), "--no-progress"]), code=130)
+    assert err == (
+        "fishertune train: interrupted; rerun the same command with --resume to continue "
+        "from the last complete checkpoint"
+    )
+
+
+def test_a_read_only_run_directory_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _write_config(tmp_path, "full")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run").chmod(0o500)
+    try:
+        if os.access(tmp_path / "run", os.W_OK):
+            pytest.skip("this user writes into read-only directories (root)")
+        err = _one_line_error(capsys, main(["train", str(config), "--no-progress"]))
+        assert "Permission denied" in err
+        assert str(tmp_path / "run") in err
+    finally:
+        (tmp_path / "run").chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["params", "--backbone", "nope"], "unknown timm model 'nope'"),
+        (["params", "--methods", "bogus"], "unknown tuner 'bogus'"),
+        (["params", "--img-size", "0"], "--img-size: expected an integer ≥ 1, got 0"),
+        (["params", "--patch-size", "-1"], "--patch-size: expected an integer ≥ 0, got -1"),
+        (["data", "check", "cityscapes", ".", "--max-problems", "-1"], "--max-problems"),
+    ],
+)
+def test_params_and_data_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    err = _one_line_error(capsys, main(argv))
+    assert message in err
+    assert err.startswith(f"fishertune {' '.join(a for a in argv[:2] if not a.startswith('-'))}")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up during the run's second checkpoint write: one line, the first
+    checkpoint stays loadable, and ``--resume`` finishes the run once there is space."""
+    from safetensors import SafetensorError
+
+    from fishertune.engine import checkpoint
+
+    config = _write_config(tmp_path, "full")
+    writes: list[object] = []
+    save_file = checkpoint.save_file
+
+    def filling_disk(*args: object, **kwargs: object) -> None:
+        writes.append(args)
+        if len(writes) == 2:
+            raise SafetensorError("Error while serializing: No space left on device (os error 28)")
+        save_file(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(checkpoint, "save_file", filling_disk)
+    err = _one_line_error(capsys, main(["train", str(config), "--no-progress"]))
+    assert "No space left on device" in err
+    assert load_checkpoint(tmp_path / "run" / "checkpoints", "last")[1]["step"] == 2
+    assert main(["train", str(config), "--no-progress", "--resume"]) == 0
+    assert (tmp_path / "run" / "results.json").is_file()

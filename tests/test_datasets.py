@@ -173,12 +173,15 @@ def test_mapillary_maps_by_the_names_in_config(tmp_path: Path) -> None:
         "construction--flat--pedestrian-area",
         "object--support--pole",
         "nature--terrain",
+        "construction--flat--curb-cut",  # Rein's choices for these three
+        "object--support--traffic-sign-frame",
+        "object--support--utility-pole",
     ]
-    build_mapillary(tmp_path, "validation", names, ids=tuple(range(16)))
-    train = (255, 0, 0, 1, 5, 7, 16, 12, 13, 10, 255, 0, 0, 1, 5, 9)
+    build_mapillary(tmp_path, "validation", names, ids=tuple(range(19)))
+    train = (255, 0, 0, 1, 5, 7, 16, 12, 13, 10, 255, 0, 0, 1, 5, 9, 1, 7, 5)
     check_items(MapillaryVistas(tmp_path), 2, expected(train))
     # the table follows the file's order, not a fixed index list
-    build_mapillary(tmp_path / "reversed", "training", names[::-1], ids=tuple(range(16)))
+    build_mapillary(tmp_path / "reversed", "training", names[::-1], ids=tuple(range(19)))
     check_items(MapillaryVistas(tmp_path / "reversed", "training"), 2, expected(train[::-1]))
 
 
@@ -324,3 +327,33 @@ def test_label_check_on_train_ids(tmp_path: Path) -> None:
     assert torch.equal(BDD100K(tmp_path)[0][1], expected((0, 255, 255)))
     with pytest.raises(LabelValueError, match=r"masks/val/.*\.png: values \[19, 254\]"):
         BDD100K(tmp_path, check=True)[0]
+
+
+def test_a_decompression_bomb_is_named_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from fishertune.data.base import read_rgb
+
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 × 64 > 2 × 1000: a "bomb"
+    with pytest.raises(DatasetError, match=r"huge\.png: it has more pixels than Pillow's limit"):
+        read_rgb(path)
+
+
+def test_a_16_bit_grey_image_is_scaled_not_clipped(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fishertune.data.base import read_rgb
+
+    values = np.array([[0, 257, 32896], [65535, 514, 1000]], dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    rgb = read_rgb(path)
+    assert rgb.shape == (2, 3, 3)
+    assert rgb.dtype == np.uint8
+    expected = np.rint(values / 257.0).astype(np.uint8)
+    assert np.array_equal(rgb[..., 0], expected)
+    assert np.array_equal(rgb[..., 2], expected)

@@ -33,6 +33,9 @@ def test_quick_demo_runs_every_method_and_writes_the_report(
         assert (out / method / "figures" / "qualitative.png").is_file()
     assert (out / "fishertune" / "figures" / "sensitivity.png").is_file()
     assert f"report: {out / 'report.md'}" in printed
+    assert "mIoU (%), one run per method" in printed
+    assert "fishertune compare configs/demo.yaml --methods fishertune,full" in printed
+    assert "--seeds 3" in printed
     record = json.loads((out / "comparison.json").read_text())
     for method in DEMO_METHODS:
         domains = record["methods"][method]["seeds"]["0"]["domains"]

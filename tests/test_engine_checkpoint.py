@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,13 @@ from torch import Tensor, nn
 from fishertune.engine import checkpoint
 from fishertune.engine.checkpoint import (
     capture_rng_state,
+    checkpoint_name,
     flatten_optimizer_state,
     latest_checkpoint,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    tensors_file,
     unflatten_optimizer_state,
     weights_reference,
 )
@@ -67,7 +69,7 @@ def test_crash_between_tensors_and_json_leaves_an_incomplete_checkpoint(
     monkeypatch.setattr(checkpoint, "_write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, "step_2", tensors={"w": torch.zeros(2)}, state={"step": 2})
-    assert (tmp_path / "step_2.safetensors").is_file()
+    assert len(list(tmp_path.glob("step_2.*.safetensors"))) == 1
     assert not (tmp_path / "step_2.json").exists()
     (tmp_path / ".step_3.json.abc.tmp").write_text("{")  # a temporary file left by a kill -9
     assert latest_checkpoint(tmp_path) == "step_1"
@@ -88,18 +90,60 @@ def test_crash_during_the_rename_removes_the_temporary_file(
     assert latest_checkpoint(tmp_path) is None
 
 
-def test_overwriting_removes_the_old_json_first(
+def _file_operations(monkeypatch: pytest.MonkeyPatch, crash_at: int | None) -> list[str]:
+    """Count every rename and removal; raise ``KeyboardInterrupt`` (a kill) at number
+    ``crash_at`` before it happens. Returns the log of the operations done."""
+    done: list[str] = []
+    replace, unlink = os.replace, Path.unlink
+
+    def step(what: str) -> None:
+        if crash_at is not None and len(done) == crash_at:
+            raise KeyboardInterrupt(f"killed before {what}")
+        done.append(what)
+
+    def counted_replace(source: Any, target: Any) -> None:
+        step(f"replace {Path(target).name}")
+        replace(source, target)
+
+    def counted_unlink(path: Path, missing_ok: bool = False) -> None:
+        if not path.name.endswith(".tmp"):  # a failed atomic write cleaning up after itself
+            step(f"unlink {path.name}")
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "replace", counted_replace)
+    monkeypatch.setattr(Path, "unlink", counted_unlink)
+    return done
+
+
+def test_a_kill_at_any_file_operation_leaves_the_old_or_the_new_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    save_checkpoint(tmp_path, "last", tensors={"w": torch.ones(2)}, state={"step": 1})
-
-    def crash(target: Path, tensors: object) -> None:
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(checkpoint, "_write_tensors", crash)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(tmp_path, "last", tensors={"w": torch.zeros(3)}, state={"step": 2})
-    assert latest_checkpoint(tmp_path) is None
+    """Overwriting ``last``: killed before each rename or removal in turn, ``last`` loads as
+    the previous checkpoint or the new one, complete either way, and the next save succeeds."""
+    save_checkpoint(tmp_path / "probe", "last", tensors={"w": torch.ones(2)}, state={})
+    with monkeypatch.context() as patch:
+        operations = _file_operations(patch, None)
+        save_checkpoint(tmp_path / "probe", "last", tensors={"w": torch.ones(2)}, state={})
+    count = len(operations)
+    assert [op.split()[0] for op in operations] == ["replace", "replace", "unlink"], operations
+    for crash_at in range(count + 1):
+        folder = tmp_path / f"kill{crash_at}"
+        save_checkpoint(folder, "last", tensors={"w": torch.ones(2)}, state={"step": 1})
+        with monkeypatch.context() as patch:
+            _file_operations(patch, crash_at)
+            try:
+                save_checkpoint(folder, "last", tensors={"w": torch.zeros(3)}, state={"step": 2})
+            except KeyboardInterrupt:
+                assert crash_at < count
+        tensors, state = load_checkpoint(folder, "last")
+        assert latest_checkpoint(folder) == "last"
+        expected = torch.ones(2) if state["step"] == 1 else torch.zeros(3)
+        assert torch.equal(tensors["w"], expected), crash_at
+        assert state["step"] == (1 if crash_at < 2 else 2), (crash_at, operations)
+        save_checkpoint(folder, "last", tensors={"w": torch.full((4,), 3.0)}, state={"step": 3})
+        assert load_checkpoint(folder, "last")[1] == {"step": 3}
+        left = sorted(p.name for p in folder.iterdir())
+        assert left == sorted(["last.json", tensors_file(folder, "last").name]), left
 
 
 def test_latest_checkpoint_is_the_last_saved(tmp_path: Path) -> None:
@@ -108,41 +152,61 @@ def test_latest_checkpoint_is_the_last_saved(tmp_path: Path) -> None:
     for name in ("step_2", "step_10", "step_1"):
         save_checkpoint(tmp_path, name, tensors={}, state={"name": name})
     assert latest_checkpoint(tmp_path) == "step_1"
-    (tmp_path / "step_1.safetensors").unlink()
+    assert latest_checkpoint(tmp_path, names=("step_2", "step_10", "absent")) == "step_10"
+    tensors_file(tmp_path, "step_1").unlink()
     (tmp_path / "notes.json").write_text('{"other": 1}')
     assert latest_checkpoint(tmp_path) == "step_10"
+
+
+def test_checkpoint_name_of_any_of_its_files(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, "best", tensors={"w": torch.ones(1)}, state={})
+    assert checkpoint_name(tensors_file(tmp_path, "best")) == (tmp_path, "best")
+    assert checkpoint_name(tmp_path / "best.json") == (tmp_path, "best")
+    assert checkpoint_name(tmp_path / "my.model.safetensors") == (tmp_path, "my.model")
+    with pytest.raises(ValueError, match="not a checkpoint file"):
+        checkpoint_name(tmp_path / "best.yaml")
 
 
 @pytest.mark.parametrize(
     ("damage", "error", "file"),
     [
-        ("missing_json", FileNotFoundError, "ckpt.json"),
-        ("missing_tensors", FileNotFoundError, "ckpt.safetensors"),
-        ("corrupt_json", ValueError, "ckpt.json"),
-        ("foreign_json", ValueError, "ckpt.json"),
-        ("truncated_tensors", ValueError, "ckpt.safetensors"),
-        ("garbled_tensors", ValueError, "ckpt.safetensors"),
+        ("missing_json", FileNotFoundError, r"ckpt\.json"),
+        ("missing_tensors", FileNotFoundError, r"ckpt\.[0-9a-f]+\.safetensors"),
+        ("corrupt_json", ValueError, r"ckpt\.json"),
+        ("foreign_json", ValueError, r"ckpt\.json"),
+        ("json_missing_key", ValueError, r"ckpt\.json is corrupt: key 'tensors_bytes'"),
+        ("truncated_tensors", ValueError, r"ckpt\.[0-9a-f]+\.safetensors"),
+        ("garbled_tensors", ValueError, r"ckpt\.[0-9a-f]+\.safetensors"),
+        ("same_size_change", ValueError, r"ckpt\.[0-9a-f]+\.safetensors is corrupt: its SHA"),
     ],
 )
 def test_missing_or_corrupt_files_are_named(
     tmp_path: Path, damage: str, error: type[Exception], file: str
 ) -> None:
     save_checkpoint(tmp_path, "ckpt", tensors={"w": torch.ones(8)}, state={"step": 3})
-    tensors_file = tmp_path / "ckpt.safetensors"
+    tensors = tensors_file(tmp_path, "ckpt")
     json_file = tmp_path / "ckpt.json"
     if damage == "missing_json":
         json_file.unlink()
     elif damage == "missing_tensors":
-        tensors_file.unlink()
+        tensors.unlink()
     elif damage == "corrupt_json":
         json_file.write_text(json_file.read_text()[:20])
     elif damage == "foreign_json":
         json_file.write_text("[1, 2]")
+    elif damage == "json_missing_key":
+        document = json.loads(json_file.read_text())
+        del document["tensors_bytes"]
+        json_file.write_text(json.dumps(document))
     elif damage == "truncated_tensors":
-        tensors_file.write_bytes(tensors_file.read_bytes()[:-5])
-    else:
-        tensors_file.write_bytes(b"\xff" * tensors_file.stat().st_size)
-    with pytest.raises(error, match=re.escape(file)):
+        tensors.write_bytes(tensors.read_bytes()[:-5])
+    elif damage == "garbled_tensors":
+        tensors.write_bytes(b"\xff" * tensors.stat().st_size)
+    else:  # one float of the payload changed: same size, valid safetensors
+        data = bytearray(tensors.read_bytes())
+        data[-1] ^= 0x01
+        tensors.write_bytes(bytes(data))
+    with pytest.raises(error, match=file):
         load_checkpoint(tmp_path, "ckpt")
 
 

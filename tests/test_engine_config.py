@@ -40,7 +40,7 @@ def test_yaml_file_is_loaded(tmp_path: Path) -> None:
         "  checkpoint: weights/dinov2_s.safetensors\n"
         "method:\n"
         "  name: lora\n"
-        "  options: {rank: 8, targets: [q, v]}\n"
+        "  options: {rank: 8, targets: [Q, V]}\n"
         "data:\n"
         "  source: synthetic\n"
         "  targets: [fog]\n"
@@ -55,7 +55,7 @@ def test_yaml_file_is_loaded(tmp_path: Path) -> None:
     assert config.model.backbone == "vit_small_patch14_dinov2"
     assert config.model.head == "linear"
     assert config.model.checkpoint == "weights/dinov2_s.safetensors"
-    assert config.method.options == {"rank": 8, "targets": ["q", "v"]}
+    assert config.method.options == {"rank": 8, "targets": ["Q", "V"]}
     assert config.data.targets == ["fog"]
     assert config.schedule.lr == 1e-4  # YAML 1.1 alone would read "1e-4" as a string
     assert isinstance(config.schedule.weight_decay, float)
@@ -79,7 +79,7 @@ def test_overrides_use_yaml_scalar_rules(tmp_path: Path) -> None:
         [
             "schedule.lr=2e-4",
             "method.options.variant=dF",
-            "method.options.delta.max=0.05",
+            "method.options.fraction=0.05",
             "model.checkpoint=null",
             "data.targets=[cityscapes, acdc]",
             "schedule.ema=0.999",
@@ -88,7 +88,7 @@ def test_overrides_use_yaml_scalar_rules(tmp_path: Path) -> None:
         ],
     )
     assert config.schedule.lr == 2e-4
-    assert config.method.options == {"variant": "dF", "delta": {"max": 0.05}}
+    assert config.method.options == {"variant": "dF", "fraction": 0.05}
     assert config.model.checkpoint is None
     assert config.data.targets == ["cityscapes", "acdc"]
     assert config.schedule.ema == 0.999
@@ -173,6 +173,41 @@ def test_out_of_range_values_are_rejected(override: str) -> None:
     key = override.partition("=")[0]
     with pytest.raises(ValueError, match=re.escape(f"{key}: invalid value")):
         load_config(overrides=[override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("schedule.lr=.inf", "schedule.lr: invalid value inf (must be a finite number)"),
+        ("schedule.poly_power=.nan", "schedule.poly_power: invalid value nan (must be a finite"),
+        ("schedule.poly_power=-1", "schedule.poly_power: invalid value -1.0 (out of range)"),
+        ("method.options.fraction=abc", "method.options.fraction: expected float | None, got"),
+        ("method.options.gamma=-.inf", "method.options.gamma: invalid value -inf (must be a"),
+        ("method.options.fraction=2.0", "method.options (fishertune): "),
+        ("method.options.bogus=1", "method.options: unknown option(s) ['bogus'] for method"),
+        ("schedule.tune_steps=0", "schedule.warmup_steps + schedule.tune_steps is 0"),
+        ("model.num_classes=10", "model.num_classes: 10 is fewer than the 19 classes of data"),
+    ],
+)
+def test_non_finite_numbers_zero_steps_and_method_options_fail_at_load(
+    override: str, message: str
+) -> None:
+    extra = ["schedule.warmup_steps=0"] if "tune_steps" in override else []
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(overrides=[*extra, override])
+
+
+def test_a_directory_or_a_repeated_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"config file {re.escape(str(tmp_path))} is a directory"):
+        load_config(tmp_path)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("model:\n  head: linear\nschedule:\n  lr: 0.1\nmodel:\n  head: linear\n")
+    with pytest.raises(ValueError, match=r"twice\.yaml is not valid YAML.*duplicate key 'model'"):
+        load_config(twice)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("schedule:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ValueError, match=r"duplicate key 'lr'(.|\n)*line 3"):
+        load_config(nested)
 
 
 def test_file_and_override_syntax_errors(tmp_path: Path) -> None:

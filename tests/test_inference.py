@@ -190,3 +190,23 @@ def test_predict_images_validates_every_input_first(tmp_path: Path, last: Path) 
     assert str(good) not in str(caught.value)
     assert not out.exists()
     assert predict_images(last, [], out, progress=False) == []
+
+
+def test_wrong_checkpoints_are_one_line_errors(tmp_path: Path, run_dir: Path, last: Path) -> None:
+    """A sensitivity checkpoint and tensors from another backbone, given to evaluate: each a
+    ValueError naming the file (the command line prints it as one line)."""
+    import shutil
+
+    from fishertune.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    scores = tmp_path / "scores"
+    save_checkpoint(scores, "sensitivity", tensors={"score.x": torch.ones(2)}, state={"q": 1})
+    with pytest.raises(ValueError, match=r"sensitivity\.json is not a trained model's checkpoint"):
+        evaluate_checkpoint(scores / "sensitivity.json")
+    other = tmp_path / "other"
+    shutil.copytree(run_dir / "checkpoints", other)
+    tensors, state = load_checkpoint(other, "last")
+    state["config"]["model"]["options"]["embed_dim"] = 48  # the tensors are 32 wide
+    save_checkpoint(other, "last", tensors=tensors, state=state)
+    with pytest.raises(ValueError, match=r"last\.json: saved tensors do not fit this model"):
+        evaluate_checkpoint(other / "last.json")

@@ -12,6 +12,7 @@ from fishertune.models.heads.base import SegmentationHead
 from fishertune.models.heads.mask2former import Mask2FormerHead
 from fishertune.models.heads.mask2former_loss import (
     MaskClassificationLoss,
+    point_sample,
     semantic_to_mask_targets,
 )
 
@@ -240,3 +241,27 @@ def test_paper_settings_build() -> None:
     count = sum(param.numel() for param in head.parameters())
     print(f"Mask2Former head, paper settings: {count:,} parameters")
     assert count == 20_565_204
+
+
+def test_target_masks_are_read_bilinearly_by_default_as_mask2former() -> None:
+    """A point halfway between a 0 and a 1 pixel reads 0.5 (bilinear, Mask2Former's
+    ``point_sample`` of float masks) unless ``target_sampling="nearest"``; the loss follows."""
+    mask = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
+    halfway = torch.tensor([[[0.5, 0.5]]])
+    assert point_sample(mask, halfway).item() == pytest.approx(0.5)
+    assert point_sample(mask, halfway, mode="nearest").item() in (0.0, 1.0)
+    assert MaskClassificationLoss(NUM_CLASSES).target_sampling == "bilinear"
+    assert tiny_head().criterion.target_sampling == "bilinear"
+    assert tiny_head(target_sampling="nearest").criterion.target_sampling == "nearest"
+    targets = semantic_to_mask_targets(two_targets(), NUM_CLASSES, 255)
+    generator = torch.Generator().manual_seed(5)
+    classes = [torch.randn(2, QUERIES, NUM_CLASSES + 1, generator=generator)]
+    masks = [torch.randn(2, QUERIES, SIZE // 4, SIZE // 4, generator=generator)]
+    losses = {}
+    for mode in ("bilinear", "nearest"):
+        torch.manual_seed(6)
+        criterion = MaskClassificationLoss(NUM_CLASSES, num_points=64, target_sampling=mode)
+        losses[mode] = criterion(classes, masks, targets)["loss_mask"]
+    assert not torch.isclose(losses["bilinear"], losses["nearest"])
+    with pytest.raises(ValueError, match="target_sampling must be one of"):
+        MaskClassificationLoss(NUM_CLASSES, target_sampling="area")

@@ -143,3 +143,49 @@ def test_clear_errors() -> None:
         FeaturePerturbation([])
     with pytest.raises(ValueError, match="scale must be >= 0"):
         FeaturePerturbation(layer, scale=-1.0)
+
+
+def _dsu_reference(x: Tensor, noise: Tensor, eps: float) -> Tensor:
+    """DSU's DistributionUncertainty forward (Li et al., ICLR 2022) on (B, C, H, W) maps with
+    the noise given, written from the paper: statistics per sample and channel, their spread
+    over the batch sqrt(var + eps) repeated per sample, β = μ + ε_μ·Σ_μ, γ = σ + ε_σ·Σ_σ,
+    out = γ·(x − μ)/σ + β. Per-sample variance: the population one, this library's documented
+    departure from DSU's unbiased estimate."""
+    mean = x.mean(dim=(2, 3))
+    std = (x.var(dim=(2, 3), correction=0) + eps).sqrt()
+    spread_mean = (mean.var(dim=0, keepdim=True) + eps).sqrt().repeat(x.shape[0], 1)
+    spread_std = (std.var(dim=0, keepdim=True) + eps).sqrt().repeat(x.shape[0], 1)
+    beta = mean + noise[0] * spread_mean
+    gamma = std + noise[1] * spread_std
+    normed = (x - mean[..., None, None]) / std[..., None, None]
+    return normed * gamma[..., None, None] + beta[..., None, None]
+
+
+def test_equals_dsus_module_given_the_same_noise() -> None:
+    x = torch.randn(5, 3, 4, 6) * 2 + 0.5
+    module = _Emit(x)
+    perturbation = FeaturePerturbation(
+        module, scale=1.0, generator=torch.Generator().manual_seed(3), eps=1e-6
+    )
+    with perturbation:
+        out = module(torch.zeros(1))
+    noise = torch.randn((2, 5, 3), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(out, _dsu_reference(x, noise, 1e-6), rtol=1e-5, atol=1e-5)
+
+
+def test_the_training_augmentation_perturbs_half_the_passes_and_none_in_eval_mode() -> None:
+    x = torch.randn(4, 8, 6)
+    module = _Emit(x)
+    perturbation = FeaturePerturbation(
+        module, generator=torch.Generator().manual_seed(0), probability=0.5, training_only=True
+    )
+    with perturbation:
+        changed = [not torch.equal(module(torch.zeros(1)), x) for _ in range(400)]
+        module.eval()
+        assert all(torch.equal(module(torch.zeros(1)), x) for _ in range(20))
+    assert 160 <= sum(changed) <= 240  # Binomial(400, 0.5): ± 4 standard deviations
+    always = FeaturePerturbation(module, generator=torch.Generator().manual_seed(0))
+    with always:  # the estimation stage's simulated domain: every call, in any mode
+        assert not torch.equal(module(torch.zeros(1)), x)
+    with pytest.raises(ValueError, match="probability must be in"):
+        FeaturePerturbation(module, probability=1.5)

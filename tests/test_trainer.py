@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from data_fixtures import build_cityscapes, build_gtav
+from fishertune.engine import trainer as trainer_module
 from fishertune.engine.checkpoint import load_checkpoint
 from fishertune.engine.data import StepSampler, sample_seed
 from fishertune.engine.model import build_model, load_trained
@@ -167,11 +170,95 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_weights(
     ]
 
 
-def test_resume_refuses_a_changed_configuration(tmp_path: Path) -> None:
+class _KilledError(BaseException):
+    """A kill -9 stand-in: not an Exception, so nothing on the way catches it."""
+
+
+def _kill_inside_save(monkeypatch: pytest.MonkeyPatch, call: int, operation: int) -> list[str]:
+    """Make checkpoint save number ``call`` of the run die before its file operation number
+    ``operation`` (a rename or a removal); returns the names of the saves done."""
+    saves: list[str] = []
+    original = trainer_module.save_checkpoint
+    replace, unlink = os.replace, Path.unlink
+
+    def save(directory: Path, name: str, **kwargs: Any) -> Path:
+        saves.append(name)
+        if len(saves) - 1 != call:
+            return original(directory, name, **kwargs)
+        done = [0]
+
+        def step() -> None:
+            if done[0] == operation:
+                raise _KilledError
+            done[0] += 1
+
+        def counted_replace(source: Any, target: Any) -> None:
+            step()
+            replace(source, target)
+
+        def counted_unlink(path: Path, missing_ok: bool = False) -> None:
+            if not path.name.endswith(".tmp"):
+                step()
+            unlink(path, missing_ok=missing_ok)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "replace", counted_replace)
+            patch.setattr(Path, "unlink", counted_unlink)
+            return original(directory, name, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save)
+    return saves
+
+
+def test_a_kill_at_every_file_operation_of_a_checkpoint_write_resumes_bit_identically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FisherTune's tiny run writes ``last`` after steps 2 and 3 (the warm-up's end), the
+    sensitivity, ``best`` and ``last`` after step 4, ... Killed before each rename and removal
+    of each of its first five checkpoint writes, ``--resume`` ends with the uninterrupted
+    run's weights (a run killed before its first checkpoint completes starts afresh)."""
+    whole = Trainer(tiny_config(tmp_path / "whole"), progress=False)
+    with monkeypatch.context() as patch:
+        names = _kill_inside_save(patch, -1, 0)
+        whole.run()
+    assert names[:5] == ["last", "last", "sensitivity", "best", "last"], names
+    expected = _weights(whole)
+    for call in range(5):
+        first = names.index(names[call]) == call  # a name's first write removes nothing
+        for operation in range(2 if first else 3):
+            config = tiny_config(tmp_path / f"kill{call}_{operation}")
+            with monkeypatch.context() as patch:
+                _kill_inside_save(patch, call, operation)
+                with pytest.raises(_KilledError):
+                    Trainer(config, progress=False).run()
+            resumed = Trainer(config, progress=False)
+            resumed.run(resume=True)
+            actual = _weights(resumed)
+            for key, value in expected.items():
+                assert torch.equal(actual[key], value), (call, operation, key)
+
+
+def test_resume_refuses_a_changed_configuration_but_not_a_moved_run(tmp_path: Path) -> None:
     Trainer(tiny_config(tmp_path / "run", "full"), progress=False).run()
     changed = tiny_config(tmp_path / "run", "full", ["schedule.lr=2e-4"])
     with pytest.raises(ValueError, match=r"configuration differs in \['schedule.lr'\]"):
         Trainer(changed, progress=False).run(resume=True)
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    moved = Trainer(tiny_config(tmp_path / "moved", "full"), progress=False)
+    assert moved.run(resume=True).steps == tiny_config(tmp_path, "full").total_steps
+
+
+def test_resume_without_a_complete_checkpoint_starts_afresh(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tiny_config(tmp_path / "run", "full")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.0.safetensors").write_bytes(b"partial")
+    result = Trainer(config, progress=False).run(resume=True)
+    assert result.steps == config.total_steps
+    assert "holds no complete checkpoint; starting the run from the beginning" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
@@ -248,3 +335,15 @@ def test_the_methods_draws_follow_the_run_seed(tmp_path: Path) -> None:
         tmp_path / "b", "random", ["schedule.seed=3", "method.options={seed: 9}"]
     )
     assert build_model(explicit)[1].config.seed == 9  # type: ignore[attr-defined]
+
+
+def test_a_batch_of_one_with_the_feature_perturbation_fails_when_the_run_starts(
+    tmp_path: Path,
+) -> None:
+    for method, extra in (("fishertune", []), ("full", ["method.options.train_perturbation=true"])):
+        config = tiny_config(tmp_path / method, method, ["data.batch_size=1", *extra])
+        with pytest.raises(ValueError, match=r"data\.batch_size: 1, but method .* needs at least"):
+            Trainer(config, progress=False)
+        assert not (tmp_path / method).exists()
+    variant_f = "method.options={estimator: diagonal, variant: F}"
+    Trainer(tiny_config(tmp_path / "f", "fishertune", ["data.batch_size=1", variant_f]))

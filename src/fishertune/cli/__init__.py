@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from fishertune import __version__
 from fishertune.cli.data import add_data_commands
+from fishertune.cli.guard import run_guarded
 from fishertune.cli.runs import add_run_commands
 
 
@@ -40,6 +41,14 @@ def _cmd_params(args: argparse.Namespace) -> int:
 
     from fishertune.models import build_segmentor
     from fishertune.tuners import available_tuners, build_tuner
+
+    for option, value, lowest in (
+        ("--img-size", args.img_size, 1),
+        ("--patch-size", args.patch_size, 0),
+        ("--num-classes", args.num_classes, 1),
+    ):
+        if value < lowest:
+            raise ValueError(f"{option}: expected an integer ≥ {lowest}, got {value}")
 
     with torch.device("meta"):
         template = build_segmentor(
@@ -114,8 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
-    result: int = args.func(args)
-    return result
+    command = " ".join(
+        part for part in (args.command, getattr(args, "data_command", None)) if part is not None
+    )
+    return run_guarded(command, args.func, args)
 
 
 if __name__ == "__main__":

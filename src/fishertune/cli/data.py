@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
-
-def _usage_error(command: str, message: str) -> int:
-    """Print a one-line usage error for ``fishertune data COMMAND`` and return exit status 2."""
-    print(f"fishertune data {command}: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _cmd_data_help(args: argparse.Namespace) -> int:
@@ -23,10 +16,9 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     """Validate a dataset tree: exit 0 when clean, 1 with problems, 2 for usage errors."""
     from fishertune.data.tools import UsageError, check_dataset
 
-    try:
-        report = check_dataset(args.name, args.root, args.split)
-    except UsageError as error:
-        return _usage_error("check", str(error))
+    if args.max_problems < 0:
+        raise UsageError(f"--max-problems: expected a count ≥ 0, got {args.max_problems}")
+    report = check_dataset(args.name, args.root, args.split)
     print(f"{report.name} at {report.root}")
     for split, count in report.counts.items():
         print(f"  {split}: {count} images")
@@ -44,12 +36,9 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 def _cmd_data_convert(args: argparse.Namespace) -> int:
     """Write train-id label PNGs: exit 0 when done, 1 when files failed, 2 for usage errors."""
-    from fishertune.data.tools import UsageError, convert_dataset
+    from fishertune.data.tools import convert_dataset
 
-    try:
-        report = convert_dataset(args.name, args.root, workers=args.workers)
-    except UsageError as error:
-        return _usage_error("convert", str(error))
+    report = convert_dataset(args.name, args.root, workers=args.workers)
     print(f"{args.name}: {report.written} written, {report.skipped} skipped (already complete)")
     if not report.failed:
         return 0

@@ -8,8 +8,6 @@ configuration or file), printed as one line naming the command.
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,32 +15,6 @@ if TYPE_CHECKING:
     from fishertune.engine.config import RunConfig
 
 __all__ = ["add_run_commands"]
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _guarded(command: str, handler: Handler) -> Handler:
-    """Run ``handler``; turn configuration and file errors into a one-line usage error."""
-
-    def run(args: argparse.Namespace) -> int:
-        from fishertune.engine.trainer import NonFiniteLossError
-        from fishertune.models import PretrainedWeightsUnavailableError
-
-        try:
-            return handler(args)
-        except NonFiniteLossError as error:
-            print(f"fishertune {command}: {error}", file=sys.stderr)
-            return 1
-        except (
-            ValueError,
-            FileNotFoundError,
-            FileExistsError,
-            PretrainedWeightsUnavailableError,
-        ) as error:
-            print(f"fishertune {command}: error: {error}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
@@ -69,6 +41,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from fishertune.engine.checkpoint import tensors_file
     from fishertune.workflows.runs import sensitivity_map
 
     config = _config(args)
@@ -79,7 +52,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         total = sum(int(s.isfinite().sum()) for s in scores.values())
         run = Path(config.output.run_dir)
         print(f"scored {total:,} candidate elements of {len(scores)} tensors")
-        print(f"scores: {run / 'checkpoints' / 'sensitivity.safetensors'}")
+        print(f"scores: {tensors_file(run / 'checkpoints', 'sensitivity')}")
         print(f"heatmap: {figure}")
         for line in quality.describe() if quality is not None else []:
             print(f"estimate quality: {line}")
@@ -203,6 +176,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "training time per method: "
         + ", ".join(f"{m} {s:.0f} s" for m, s in comparison.seconds.items())
     )
+    if len(comparison.seeds) == 1:
+        print(
+            "one seed per method: the demo keeps to 10 minutes on 2 CPU cores. For mean ± 95% CI "
+            "over seeds and paired differences run: fishertune compare configs/demo.yaml "
+            f"--methods {','.join(methods)} --seeds 3"
+        )
     _say_done(comparison.report)
     return 0
 
@@ -267,7 +246,7 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo")
     _seed_arguments(demo)
     _common(demo)
-    demo.set_defaults(func=_guarded("demo", _cmd_demo))
+    demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser(
         "train",
@@ -281,20 +260,20 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     _config_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue from checkpoints/last")
     _common(train)
-    train.set_defaults(func=_guarded("train", _cmd_train))
+    train.set_defaults(func=_cmd_train)
 
     sensitivity = sub.add_parser(
         "sensitivity",
         help="estimate and save the DR-FIM and draw its per-block heatmap (paper Fig. 6)",
         description=(
             "Runs the warm-up and estimation stages of CONFIG (method fishertune or "
-            "childtune_d), saves the scores to checkpoints/sensitivity.safetensors and draws "
+            "childtune_d), saves the scores as checkpoints/sensitivity and draws "
             "figures/sensitivity.png: blocks × {Q, K, V, FFN}."
         ),
     )
     _config_arguments(sensitivity)
     _common(sensitivity)
-    sensitivity.set_defaults(func=_guarded("sensitivity", _cmd_sensitivity))
+    sensitivity.set_defaults(func=_cmd_sensitivity)
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -319,7 +298,7 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     evaluate.add_argument("--workers", type=int, default=0, metavar="N")
     evaluate.add_argument("--json", default=None, metavar="PATH", help="also write JSON here")
     _common(evaluate)
-    evaluate.set_defaults(func=_guarded("evaluate", _cmd_evaluate))
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     predict = sub.add_parser(
         "predict",
@@ -332,7 +311,7 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     predict.add_argument("--mode", default=None, choices=["slide", "whole"])
     _common(predict)
-    predict.set_defaults(func=_guarded("predict", _cmd_predict))
+    predict.set_defaults(func=_cmd_predict)
 
     comparison = sub.add_parser(
         "compare",
@@ -358,7 +337,7 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="check the benchmark's validity criteria V1-V3 on the baselines (full, freeze)",
     )
     _common(comparison)
-    comparison.set_defaults(func=_guarded("compare", _cmd_compare))
+    comparison.set_defaults(func=_cmd_compare)
 
     pretrain = sub.add_parser(
         "pretrain-demo-backbone",
@@ -375,4 +354,4 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     pretrain.add_argument("--batch-size", type=int, default=None)
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    pretrain.set_defaults(func=_guarded("pretrain-demo-backbone", _cmd_pretrain))
+    pretrain.set_defaults(func=_cmd_pretrain)

@@ -64,14 +64,31 @@ def _open(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
+    except Image.DecompressionBombError as error:
+        raise DatasetError(
+            f"cannot read image file {path}: it has more pixels than Pillow's limit of "
+            f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} ({error})"
+        ) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"cannot read image file {path}: {error}") from error
     return image
 
 
+_WIDE_GREY = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+"""Pillow modes of 16-bit (and 32-bit integer) single-channel images."""
+
+
 def read_rgb(path: Path) -> NDArray[np.uint8]:
-    """Read an image file as a writable ``(H, W, 3)`` uint8 RGB array."""
+    """Read an image file as a writable ``(H, W, 3)`` uint8 RGB array.
+
+    A 16-bit grey image is scaled to 8 bits (value / 257, so 65535 → 255) rather than clipped
+    at 255, which would turn it white.
+    """
     with _open(path) as image:
+        if image.mode in _WIDE_GREY:
+            wide = np.asarray(image, dtype=np.float64)
+            grey = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=2)
         return np.array(image.convert("RGB"), dtype=np.uint8)
 
 

@@ -76,16 +76,19 @@ MAPILLARY_NAME_TO_TRAIN_ID: Mapping[str, int] = {
     "construction--flat--sidewalk": 1,
     "construction--flat--pedestrian-area": 1,
     "construction--barrier--curb": 1,
+    "construction--flat--curb-cut": 1,
     "construction--structure--building": 2,
     "construction--barrier--wall": 3,
     "construction--barrier--fence": 4,
     # pole
     "object--support--pole": 5,
+    "object--support--utility-pole": 5,
     "object--street-light": 5,
     "object--traffic-light": 6,
     # traffic sign
     "object--traffic-sign--front": 7,
     "object--traffic-sign--back": 7,
+    "object--support--traffic-sign-frame": 7,
     "nature--vegetation": 8,
     "nature--terrain": 9,
     "nature--sky": 10,
@@ -101,7 +104,11 @@ MAPILLARY_NAME_TO_TRAIN_ID: Mapping[str, int] = {
     "object--vehicle--motorcycle": 17,
     "object--vehicle--bicycle": 18,
 }
-"""Mapillary Vistas class name → Cityscapes train id; every other class maps to 255."""
+"""Mapillary Vistas class name → Cityscapes train id; every other class maps to 255.
+
+This is Rein's conversion (its Mapillary → Cityscapes label script), including its choices for
+curb cuts (sidewalk), traffic-sign frames (traffic sign) and utility poles (pole), so that the
+``rein`` protocol reproduces Rein's numbers."""
 
 TRAIN_IDS: Mapping[int, int] = {**{i: i for i in range(NUM_CLASSES)}, IGNORE_INDEX: IGNORE_INDEX}
 """Identity table for labels already stored as train ids."""

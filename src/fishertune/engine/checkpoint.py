@@ -2,17 +2,23 @@
 
 A checkpoint ``name`` in a directory is two files:
 
-- ``name.safetensors``: the tuner's :meth:`~fishertune.tuners.Tuner.saved_state` (only what the
-  method changed), the optimiser's state tensors (:func:`flatten_optimizer_state`) and the
-  torch RNG states (:func:`capture_rng_state`), under caller-chosen keys;
+- ``name.<generation>.safetensors``: the tuner's :meth:`~fishertune.tuners.Tuner.saved_state`
+  (only what the method changed), the optimiser's state tensors
+  (:func:`flatten_optimizer_state`) and the torch RNG states (:func:`capture_rng_state`), under
+  caller-chosen keys; ``<generation>`` is the save time in nanoseconds (hexadecimal), so every
+  save writes a new file;
 - ``name.json``: everything else, JSON-serialisable (step, stage, schedule, configuration, RNG
   states of Python and NumPy, optimiser hyper-parameters and parameter-group layout, the
-  base-weights reference of :func:`weights_reference`), plus the size of the tensors file.
+  base-weights reference of :func:`weights_reference`), plus the name, size and SHA-256 of
+  its tensors file.
 
 Each file is written to a temporary file in the same directory, flushed to disk and renamed
-over the final name (``os.replace``), the JSON last: a JSON file therefore implies complete
-tensors, and :func:`latest_checkpoint` considers only checkpoints whose JSON exists. Reading
-uses ``safetensors`` and ``json`` only, never pickle.
+over the final name (``os.replace``), the new tensors first, then the JSON, and only then is
+the previous generation's tensors file removed. Whatever moment a process dies at, ``name``
+is therefore the previous complete checkpoint or the new complete one, never neither: the JSON
+always names a tensors file that is complete. Loading checks the tensors file's size and
+SHA-256 against the JSON (a same-size corruption is refused). Reading uses ``safetensors`` and
+``json`` only, never pickle.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +43,13 @@ from fishertune.atomic import atomic_write
 
 __all__ = [
     "capture_rng_state",
+    "checkpoint_name",
     "flatten_optimizer_state",
     "latest_checkpoint",
     "load_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
+    "tensors_file",
     "unflatten_optimizer_state",
     "weights_reference",
 ]
@@ -50,6 +58,13 @@ FORMAT = "fishertune-checkpoint"
 VERSION = 1
 TENSORS_SUFFIX = ".safetensors"
 JSON_SUFFIX = ".json"
+_DOCUMENT_KEYS: dict[str, type] = {
+    "saved_at_ns": int,
+    "tensors_file": str,
+    "tensors_bytes": int,
+    "state": dict,
+}
+"""What every checkpoint JSON holds besides format and version, and of which type."""
 
 
 # ---------------------------------------------------------------------------- files
@@ -91,6 +106,26 @@ def _write_json(target: Path, document: Mapping[str, Any]) -> None:
     atomic_write(target, lambda path: path.write_text(text, encoding="utf-8"))
 
 
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for piece in iter(lambda: file.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _generations(folder: Path, name: str) -> list[Path]:
+    """Every tensors file of checkpoint ``name`` in ``folder``, of any generation."""
+    found = []
+    for path in folder.glob(f"{name}.*{TENSORS_SUFFIX}"):
+        generation = path.name[len(name) + 1 : -len(TENSORS_SUFFIX)]
+        if generation and all(c in "0123456789abcdef" for c in generation):
+            found.append(path)
+    legacy = folder / f"{name}{TENSORS_SUFFIX}"
+    return [*found, legacy] if legacy.is_file() else found
+
+
 def save_checkpoint(
     directory: str | Path,
     name: str,
@@ -100,29 +135,37 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``name`` into ``directory`` (created if needed); return the JSON path.
 
-    ``tensors`` go to ``name.safetensors`` and ``state`` (JSON-serialisable) to ``name.json``,
-    each atomically and the JSON last. An existing checkpoint of that name is replaced: its
-    JSON is removed first, so a crash midway leaves it incomplete rather than inconsistent.
+    ``tensors`` go to a new ``name.<generation>.safetensors`` and ``state`` (JSON-serialisable)
+    to ``name.json``, each atomically, the JSON after the tensors; the previous generation's
+    tensors are removed last. An existing checkpoint of that name stays loadable until the new
+    one is complete.
     """
     if not name or "/" in name or os.sep in name:
         raise ValueError(f"checkpoint name must be a plain file name, got {name!r}")
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors_path = folder / f"{name}{TENSORS_SUFFIX}"
     json_path = folder / f"{name}{JSON_SUFFIX}"
     prepared = _prepare_tensors(tensors)
     _dumps(state, json_path)  # fail before touching files
-    json_path.unlink(missing_ok=True)
+    saved_at = time.time_ns()
+    tensors_path = folder / f"{name}.{saved_at:x}{TENSORS_SUFFIX}"
+    while tensors_path.exists():  # a clock that did not move since the last save
+        saved_at += 1
+        tensors_path = folder / f"{name}.{saved_at:x}{TENSORS_SUFFIX}"
     _write_tensors(tensors_path, prepared)
     document = {
         "format": FORMAT,
         "version": VERSION,
-        "saved_at_ns": time.time_ns(),
+        "saved_at_ns": saved_at,
         "tensors_file": tensors_path.name,
         "tensors_bytes": tensors_path.stat().st_size,
+        "tensors_sha256": _sha256(tensors_path),
         "state": dict(state),
     }
     _write_json(json_path, document)
+    for stale in _generations(folder, name):
+        if stale != tensors_path:
+            stale.unlink(missing_ok=True)
     return json_path
 
 
@@ -143,13 +186,19 @@ def _read_document(path: Path) -> dict[str, Any]:
             f"checkpoint file {path} has format version {document.get('version')!r}; "
             f"this code reads version {VERSION}"
         )
+    for key, kind in _DOCUMENT_KEYS.items():
+        if not isinstance(document.get(key), kind):
+            raise ValueError(
+                f"checkpoint file {path} is corrupt: key {key!r} missing or not a {kind.__name__}"
+            )
     return document
 
 
 def load_checkpoint(directory: str | Path, name: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read checkpoint ``name`` from ``directory``: ``(tensors on CPU, state)``.
 
-    Raises ``FileNotFoundError`` or ``ValueError`` naming the missing or corrupt file.
+    Raises ``FileNotFoundError`` or ``ValueError`` naming the missing or corrupt file (a
+    tensors file whose size or SHA-256 differs from the JSON's record is corrupt).
     """
     folder = Path(directory)
     document = _read_document(folder / f"{name}{JSON_SUFFIX}")
@@ -163,6 +212,12 @@ def load_checkpoint(directory: str | Path, name: str) -> tuple[dict[str, Tensor]
             f"checkpoint file {tensors_path} is corrupt: {size} bytes, "
             f"{document['tensors_bytes']} expected"
         )
+    expected = document.get("tensors_sha256")
+    if expected is not None and _sha256(tensors_path) != expected:
+        raise ValueError(
+            f"checkpoint file {tensors_path} is corrupt: its SHA-256 differs from the one "
+            f"recorded in {name}{JSON_SUFFIX}"
+        )
     try:
         tensors = load_file(str(tensors_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
@@ -171,17 +226,44 @@ def load_checkpoint(directory: str | Path, name: str) -> tuple[dict[str, Tensor]
     return tensors, state
 
 
-def latest_checkpoint(directory: str | Path) -> str | None:
+def checkpoint_name(path: str | Path) -> tuple[Path, str]:
+    """``(directory, name)`` of the checkpoint a file belongs to: its ``name.json`` or one of
+    its ``name[.<generation>].safetensors`` files."""
+    file = Path(path)
+    if file.suffix == JSON_SUFFIX:
+        return file.parent, file.name[: -len(JSON_SUFFIX)]
+    if file.suffix == TENSORS_SUFFIX:
+        stem = file.name[: -len(TENSORS_SUFFIX)]
+        name, _, generation = stem.rpartition(".")
+        if name and generation and all(c in "0123456789abcdef" for c in generation):
+            return file.parent, name
+        return file.parent, stem
+    raise ValueError(f"{file} is not a checkpoint file (.json or .safetensors)")
+
+
+def tensors_file(directory: str | Path, name: str) -> Path:
+    """The tensors file that checkpoint ``name``'s JSON names (its current generation)."""
+    folder = Path(directory)
+    return folder / str(_read_document(folder / f"{name}{JSON_SUFFIX}")["tensors_file"])
+
+
+def latest_checkpoint(directory: str | Path, names: Sequence[str] | None = None) -> str | None:
     """Name of the most recently saved complete checkpoint in ``directory`` (``None``: none).
 
-    Complete means its JSON exists and is readable (the tensors are written before it);
-    recency is the save time recorded in the JSON, ties broken by name.
+    Complete means its JSON exists and is readable and names an existing tensors file;
+    recency is the save time recorded in the JSON, ties broken by name. ``names`` limits the
+    search to those checkpoints.
     """
     folder = Path(directory)
     if not folder.is_dir():
         return None
     best: tuple[int, str] | None = None
-    for path in folder.glob(f"*{JSON_SUFFIX}"):
+    paths = (
+        folder.glob(f"*{JSON_SUFFIX}")
+        if names is None
+        else (folder / f"{name}{JSON_SUFFIX}" for name in names)
+    )
+    for path in paths:
         try:
             document = _read_document(path)
         except (OSError, ValueError):

@@ -15,6 +15,7 @@ YAML 1.1 would make of it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -27,8 +28,9 @@ import yaml
 
 from fishertune.data.registry import DATASETS
 from fishertune.data.synthetic import TARGET_STYLES
+from fishertune.evaluation.classes import CITYSCAPES_CLASSES
 from fishertune.evaluation.protocols import PROTOCOLS
-from fishertune.tuners import available_tuners
+from fishertune.tuners import available_tuners, tuner_class
 
 SYNTHETIC = "synthetic"
 """``data.source`` of the embedded benchmark (its targets are the styles)."""
@@ -210,7 +212,24 @@ class RunConfig:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML's safe loader that also reads ``1e-4`` (exponent without a dot) as a float."""
+    """YAML's safe loader that also reads ``1e-4`` (exponent without a dot) as a float and
+    refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+
+def _unique_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A mapping whose keys are all distinct; a repeated key names itself and its line."""
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 _FLOAT = re.compile(
@@ -224,7 +243,6 @@ def _check_ranges(config: RunConfig) -> None:
     """Range checks that types cannot express."""
     checks: list[tuple[str, Any, bool]] = [
         ("model.img_size", config.model.img_size, _is_size(config.model.img_size)),
-        ("model.num_classes", config.model.num_classes, config.model.num_classes > 0),
         ("data.crop", config.data.crop, _is_size(config.data.crop)),
         ("data.synthetic_size", config.data.synthetic_size, _is_size(config.data.synthetic_size)),
         ("data.synthetic_seed", config.data.synthetic_seed, config.data.synthetic_seed >= 0),
@@ -232,6 +250,7 @@ def _check_ranges(config: RunConfig) -> None:
         ("data.workers", config.data.workers, config.data.workers >= 0),
         ("schedule.lr", config.schedule.lr, config.schedule.lr > 0),
         ("schedule.weight_decay", config.schedule.weight_decay, config.schedule.weight_decay >= 0),
+        ("schedule.poly_power", config.schedule.poly_power, config.schedule.poly_power >= 0),
         (
             "schedule.grad_accumulation",
             config.schedule.grad_accumulation,
@@ -255,20 +274,72 @@ def _check_ranges(config: RunConfig) -> None:
     checks.append(("schedule.ema", ema, ema is None or 0.0 < ema < 1.0))
     clip = config.schedule.grad_clip
     checks.append(("schedule.grad_clip", clip, clip is None or clip > 0))
+    for section in dataclasses.fields(config):
+        part = getattr(config, section.name)
+        for item in dataclasses.fields(part):
+            _check_finite(f"{section.name}.{item.name}", getattr(part, item.name))
     for key, value, ok in checks:
         if not ok:
             raise ValueError(f"{key}: invalid value {value!r} (out of range)")
+    labels = len(CITYSCAPES_CLASSES)
+    if config.model.num_classes < labels:
+        raise ValueError(
+            f"model.num_classes: {config.model.num_classes} is fewer than the {labels} classes "
+            f"of data.source {config.data.source!r}, whose labels are the Cityscapes train ids "
+            f"0–{labels - 1}"
+        )
+    if config.total_steps == 0:
+        raise ValueError(
+            "schedule.warmup_steps + schedule.tune_steps is 0: give at least one training step"
+        )
     _check_data_names(config.data)
     if config.method.name not in available_tuners():
         raise ValueError(
             f"method.name: {config.method.name!r} is not one of the allowed values "
             f"{available_tuners()}"
         )
+    _check_method_options(config.method)
     if config.evaluation.protocol not in PROTOCOLS:
         raise ValueError(
             f"evaluation.protocol: {config.evaluation.protocol!r} is not one of the allowed "
             f"values {sorted(PROTOCOLS)}"
         )
+
+
+def _check_finite(key: str, value: Any) -> None:
+    """Every float in ``value`` (nested lists and mappings too) must be finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key}: invalid value {value!r} (must be a finite number)")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(f"{key}[{i}]", item)
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_finite(f"{key}.{name}", item)
+
+
+def _check_method_options(method: MethodConfig) -> None:
+    """``method.options`` against the method's config class: known keys, the field types (where
+    this reader models them) and the class's own checks, when the configuration is loaded."""
+    cls = tuner_class(method.name).config_class
+    hints = typing.get_type_hints(cls)
+    allowed = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(method.options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"method.options: unknown option(s) {unknown} for method {method.name!r}; "
+            f"allowed: {allowed}"
+        )
+    values: dict[str, Any] = {}
+    for name, value in method.options.items():
+        try:
+            values[name] = _convert(f"method.options.{name}", hints[name], value)
+        except TypeError:  # a type this reader does not model (e.g. tuples): the class checks
+            values[name] = value
+    try:
+        cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"method.options ({method.name}): {error}") from None
 
 
 def _check_data_names(data: DataConfig) -> None:
@@ -425,6 +496,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     data: Any = {}
     if path is not None:
         file = Path(path)
+        if file.is_dir():
+            raise ValueError(f"config file {file} is a directory; expected a YAML file")
         try:
             data = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader)
         except FileNotFoundError:

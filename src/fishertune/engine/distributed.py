@@ -30,6 +30,7 @@ __all__ = [
     "broadcast_buffers",
     "init_distributed",
     "reduce_mean",
+    "resolve_device",
 ]
 
 BUCKET_BYTES = 32 << 20
@@ -55,15 +56,34 @@ class DistributedContext:
         return self.world_size > 1
 
 
+def resolve_device(device: str | None) -> torch.device:
+    """The device a command runs on: ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``), else
+    CUDA when available, else CPU. ValueError naming ``--device`` for any other text and for
+    CUDA on a machine without it."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind, sep, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (sep and (kind == "cpu" or not index.isdigit())):
+        raise ValueError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda or 'none'}); use --device cpu"
+        )
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return torch.device(device)
+
+
 def init_distributed(device: str | None = None) -> DistributedContext:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
 
     ``device``: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available). With CUDA each rank
     uses ``cuda:LOCAL_RANK`` and NCCL; on CPU, gloo.
     """
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for, but CUDA is not available")
+    use_cuda = resolve_device(device).type == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fishertune.engine.checkpoint import load_checkpoint, weights_reference
+from fishertune.engine.checkpoint import checkpoint_name, load_checkpoint, weights_reference
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.models import build_segmentor
 from fishertune.models.segmentor import Segmentor
@@ -96,7 +96,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
                 return folder, name
         raise FileNotFoundError(f"{target} holds no checkpoint (best.json or last.json)")
     if target.suffix in (".json", ".safetensors"):
-        return target.parent, target.stem
+        return checkpoint_name(target)
     return target.parent, target.name
 
 
@@ -106,6 +106,12 @@ def load_trained(
     """Rebuild the model a checkpoint was trained as and load the checkpoint into it."""
     folder, name = resolve_checkpoint(path)
     tensors, state = load_checkpoint(folder, name)
+    if "config" not in state or "method" not in state:
+        raise ValueError(
+            f"{folder / name}.json is not a trained model's checkpoint (it holds no run "
+            "configuration; sensitivity.json holds scores); give a run directory or its "
+            "checkpoints/best.json or last.json"
+        )
     config = config_from_dict(state["config"])
     reference = state.get("weights")
     if reference and reference.get("sha256") and config.model.checkpoint:
@@ -118,7 +124,10 @@ def load_trained(
             )
     segmentor, tuner = build_model(config, device)
     saved = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-    tuner.load_saved({k: v.to(device) for k, v in saved.items()})
+    try:
+        tuner.load_saved({k: v.to(device) for k, v in saved.items()})
+    except ValueError as error:
+        raise ValueError(f"{folder / name}.json: {error}") from None
     ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
     if use_ema and ema:
         params = dict(segmentor.named_parameters())

@@ -5,7 +5,7 @@ Methods that select by sensitivity (FisherTune, ChildTune-D) run three stages:
 1. ``warmup``: T1 = ``schedule.warmup_steps`` steps training the decoder, backbone frozen;
 2. ``estimate``: the tuner's :meth:`~fishertune.tuners.scoring.ScoredTuner.estimate` on
    T2 = ``schedule.estimate_steps`` source micro-batches (no weight update); the scores are
-   saved once as ``checkpoints/sensitivity.safetensors``;
+   saved once as the checkpoint ``checkpoints/sensitivity``;
 3. ``tune``: T3 = ``schedule.tune_steps`` steps of the decoder and the selected backbone
    elements; ``tuner.on_step(t, T3)`` grows the selection (§7).
 
@@ -50,6 +50,7 @@ from fishertune.data.base import SegmentationDataset
 from fishertune.engine.checkpoint import (
     capture_rng_state,
     flatten_optimizer_state,
+    latest_checkpoint,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -92,6 +93,13 @@ __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "lr_factor"]
 
 CHECKPOINTS = "checkpoints"
 SENSITIVITY = "sensitivity"
+RESUMABLE = ("last", "best")
+"""The training checkpoints ``--resume`` chooses from (the newest complete one)."""
+_TRAINING_STATE = ("step", "config", "best", "stage_seconds", "rng")
+"""Keys every training checkpoint's state holds (see :meth:`Trainer.save`)."""
+_LOCATION_KEYS = frozenset({"output.run_dir"})
+"""Configuration keys that say where a run lives, not what it is: a run directory that was
+moved resumes."""
 SCORE_PREFIX = "score."
 QUALITY = "quality"
 """Key of the estimate's :class:`~fishertune.sensitivity.EstimateQuality` in the sensitivity
@@ -171,6 +179,11 @@ class Trainer:
         self.run_dir = Path(config.output.run_dir)
         self.checkpoint_dir = self.run_dir / CHECKPOINTS
         self.segmentor, self.tuner = build_model(config, self.device)
+        if self.tuner.perturbs_batch_statistics and config.data.batch_size < 2:
+            raise ValueError(
+                f"data.batch_size: 1, but method {self.tuner.name!r} perturbs features by their "
+                "batch statistics (DSU), which needs at least 2 images per micro-batch"
+            )
         self.scored = isinstance(self.tuner, ScoredTuner)
         schedule = config.schedule
         self.warmup_steps = schedule.warmup_steps if self.scored else 0
@@ -271,21 +284,27 @@ class Trainer:
         state["rng"] = rng_state
         save_checkpoint(self.checkpoint_dir, name, tensors=tensors, state=state)
 
-    def _restore(self) -> None:
-        """Load ``checkpoints/last`` into this freshly built trainer."""
-        tensors, state = load_checkpoint(self.checkpoint_dir, "last")
+    def _restore(self) -> bool:
+        """Load the newest complete training checkpoint (``last`` or ``best``) into this freshly
+        built trainer; ``False`` (and nothing loaded) when the run has none."""
+        name = latest_checkpoint(self.checkpoint_dir, names=RESUMABLE)
+        if name is None:
+            return False
+        tensors, state = load_checkpoint(self.checkpoint_dir, name)
+        path = self.checkpoint_dir / f"{name}.json"
+        missing = sorted(set(_TRAINING_STATE) - set(state))
+        if missing:
+            raise ValueError(f"cannot resume {path}: its state lacks the keys {missing}")
         saved_config = state["config"]
-        if saved_config != self.config.to_dict():
-            changed = sorted(
-                f"{section}.{key}"
-                for section, values in self.config.to_dict().items()
-                for key, value in values.items()
-                if saved_config.get(section, {}).get(key) != value
-            )
-            raise ValueError(
-                f"cannot resume {self.checkpoint_dir / 'last.json'}: the configuration differs "
-                f"in {changed}"
-            )
+        changed = sorted(
+            f"{section}.{key}"
+            for section, values in self.config.to_dict().items()
+            for key, value in values.items()
+            if f"{section}.{key}" not in _LOCATION_KEYS
+            and saved_config.get(section, {}).get(key) != value
+        )
+        if changed:
+            raise ValueError(f"cannot resume {path}: the configuration differs in {changed}")
         self.step = int(state["step"])
         self.best = state["best"]
         self.stage_seconds = dict(state["stage_seconds"])
@@ -294,7 +313,10 @@ class Trainer:
             for k, v in tensors.items()
             if k.startswith(MODEL_PREFIX)
         }
-        self.tuner.load_saved(model_state)
+        try:
+            self.tuner.load_saved(model_state)
+        except ValueError as error:
+            raise ValueError(f"cannot resume {path}: {error}") from None
         if self.scored and (self.checkpoint_dir / f"{SENSITIVITY}.json").exists():
             self._load_scores()
         optimizer_record = state.get("optimizer")
@@ -308,6 +330,7 @@ class Trainer:
             ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
             self.ema.load(ema)
         restore_rng_state(tensors, state["rng"], self.tuner.generators())
+        return True
 
     def _save_scores(self, scores: Mapping[str, Tensor]) -> None:
         """The scores and their quality (``checkpoints/sensitivity``), written once."""
@@ -495,17 +518,23 @@ class Trainer:
         if last or (schedule.eval_every and self.step % schedule.eval_every == 0):
             self.results = self.evaluate()
             self._record_evaluation(self.results)
-        if last or (schedule.checkpoint_every and self.step % schedule.checkpoint_every == 0):
+        due = schedule.checkpoint_every and self.step % schedule.checkpoint_every == 0
+        # after the warm-up too: the estimation stage starts from there after a crash
+        if last or due or (self.step == self.warmup_steps and self.scored):
             self.save("last")
-        if self.step == self.warmup_steps and self.scored and not last:
-            self.save("last")  # the estimation stage starts from here after a crash
 
     def run(self, *, resume: bool = False, final_evaluation: bool = True) -> TrainResult:
         """Run (or, with ``resume``, continue) the stages; returns the final evaluation
         (``final_evaluation=False``: none, e.g. when stopping after estimation)."""
         if resume:
-            self._restore()
-        elif self.is_main and (self.checkpoint_dir / "last.json").exists():
+            resume = self._restore()
+            if not resume and self.is_main:
+                print(
+                    f"notice: {self.checkpoint_dir} holds no complete checkpoint; "
+                    "starting the run from the beginning",
+                    file=sys.stderr,
+                )
+        elif self.is_main and latest_checkpoint(self.checkpoint_dir, names=RESUMABLE):
             raise FileExistsError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it, or choose "
                 "another output.run_dir"

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import timm
 import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import try_to_load_from_cache
+from timm.models import get_pretrained_cfg
 from torch import Tensor, nn
 
 from fishertune.models.weights import LoadReport, load_weights
@@ -151,12 +156,55 @@ class ViTBackbone(nn.Module):
         return features
 
 
+HUB_PROBE_SECONDS = 3.0
+"""How long :func:`_hub_reachable` waits for a connection to the Hugging Face Hub."""
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+def _hub_weights_cached(model_name: str) -> bool:
+    """Whether timm's Hugging Face cache already holds the model's weights (``True`` also for
+    models whose weights do not come from the Hub, e.g. the demo ViT)."""
+    hub_id = getattr(get_pretrained_cfg(model_name), "hf_hub_id", None)
+    if not hub_id:
+        return True
+    return any(isinstance(try_to_load_from_cache(hub_id, name), str) for name in _HUB_FILES)
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face Hub answers within :data:`HUB_PROBE_SECONDS` (``False`` at once
+    in offline mode), so that a machine without network fails now instead of after timm's
+    retries."""
+    if hf_constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(hf_constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=HUB_PROBE_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
+def _weights_help(model_name: str) -> str:
+    return (
+        "On a machine with internet access, run once "
+        f"`python -c \"import timm; timm.create_model('{model_name}', pretrained=True)\"` "
+        "to fill timm's Hugging Face cache, or download the checkpoint and pass "
+        "checkpoint=PATH (.pth, .bin or .safetensors)."
+    )
+
+
 def _create(model_name: str, pretrained: bool, kwargs: dict[str, Any]) -> Any:
-    """``timm.create_model`` with a clear message when pretrained weights cannot be fetched."""
+    """``timm.create_model`` with a clear message when pretrained weights cannot be fetched
+    (at once when they are not cached and the Hub cannot be reached)."""
     if model_name.split(".")[0] not in timm.list_models():
         raise ValueError(
             f"unknown timm model {model_name!r}; ViT families served: "
             + "; ".join(f"{k}: {v}" for k, v in FAMILIES.items())
+        )
+    if pretrained and not _hub_weights_cached(model_name) and not _hub_reachable():
+        raise PretrainedWeightsUnavailableError(
+            f"the pretrained weights of {model_name!r} are not in timm's Hugging Face cache "
+            f"and {hf_constants.ENDPOINT} cannot be reached. {_weights_help(model_name)}"
         )
     try:
         model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
@@ -167,9 +215,6 @@ def _create(model_name: str, pretrained: bool, kwargs: dict[str, Any]) -> Any:
             raise
         raise PretrainedWeightsUnavailableError(
             f"could not fetch the pretrained weights of {model_name!r} through timm ({error}). "
-            "On a machine with internet access, run once "
-            f"`python -c \"import timm; timm.create_model('{model_name}', pretrained=True)\"` "
-            "to fill timm's Hugging Face cache, or download the checkpoint and pass "
-            "checkpoint=PATH (.pth, .bin or .safetensors)."
+            + _weights_help(model_name)
         ) from error
     return model

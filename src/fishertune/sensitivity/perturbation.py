@@ -22,24 +22,32 @@ class FeaturePerturbation:
     (method.md §4, paper Eq. 6)::
 
         μ_bc, σ_bc = mean and std of z over tokens / spatial positions (σ = sqrt(var + eps))
-        Σ_μ,c, Σ_σ,c = standard deviation over the batch of μ_·c and σ_·c
+        Σ_μ,c, Σ_σ,c = sqrt(variance over the batch of μ_·c and σ_·c + eps)
         α = μ + ε_μ ⊙ Σ_μ,   β = σ + ε_σ ⊙ Σ_σ,   ε ~ N(0, s²) per (b, c)
         z' = β ⊙ (z − μ) / σ + α
 
-    Token sequences ``(B, N, C)`` and feature maps ``(B, C, H, W)`` are supported. Choices made
-    where the paper is silent: the per-sample variance over tokens is the population variance,
-    the spread over the batch is the unbiased standard deviation (as DSU); Σ_μ, Σ_σ and the
-    noise are constants of the simulated domain (detached), so every sample's perturbed output
-    depends on its own features only and per-sample gradients are well defined. The first
-    ``num_prefix_tokens`` tokens of a sequence (class / register tokens) are left untouched and
-    excluded from the statistics.
+    Token sequences ``(B, N, C)`` and feature maps ``(B, C, H, W)`` are supported. As DSU's
+    module (Li et al., ICLR 2022): the spread over the batch is the unbiased variance with
+    ``eps`` added inside the square root, and, when used as a training augmentation
+    (``probability=0.5, training_only=True``, what ``train_perturbation`` does), each forward
+    call is perturbed with that probability and only while the module is in training mode.
+    Departures, where the paper is silent: the per-sample variance over tokens is the
+    population variance (DSU's is unbiased; with hundreds of tokens the two differ by under
+    1%); Σ_μ, Σ_σ and the noise are constants of the simulated domain (detached, DSU lets
+    gradients flow through them), so every sample's perturbed output depends on its own
+    features only and per-sample gradients are well defined. The estimation stage perturbs
+    every call (``probability=1``), in any mode: there it defines the simulated domain. The
+    first ``num_prefix_tokens`` tokens of a sequence (class / register tokens) are left
+    untouched and excluded from the statistics.
 
     Args:
         modules: one module or several; each one's output is perturbed.
         scale: s_μ, the "domain shift control factor" of the mean noise.
         generator: draws the noise ε; seed it for reproducible perturbations.
         scale_sigma: s_σ for the std noise (defaults to ``scale``).
-        eps: added to the variance before the square root.
+        eps: added to the variances (per sample and over the batch) before the square root.
+        probability: chance that one forward call is perturbed (drawn from ``generator``).
+        training_only: leave calls alone while the module is in evaluation mode.
         num_prefix_tokens: leading tokens of ``(B, N, C)`` outputs kept unchanged.
         channels_last: 4-D outputs are ``(B, H, W, C)`` maps (SAM's blocks), not ``(B, C, H, W)``.
     """
@@ -54,6 +62,8 @@ class FeaturePerturbation:
         eps: float = 1e-6,
         num_prefix_tokens: int = 0,
         channels_last: bool = False,
+        probability: float = 1.0,
+        training_only: bool = False,
     ) -> None:
         self.modules: list[nn.Module] = (
             [modules] if isinstance(modules, nn.Module) else list(modules)
@@ -65,12 +75,18 @@ class FeaturePerturbation:
                 raise ValueError(f"FeaturePerturbation: {name} must be >= 0, got {value}")
         if num_prefix_tokens < 0:
             raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(
+                f"FeaturePerturbation: probability must be in [0, 1], got {probability}"
+            )
         self.scale_mu = float(scale)
         self.scale_sigma = float(scale if scale_sigma is None else scale_sigma)
         self.generator = generator
         self.eps = eps
         self.num_prefix_tokens = num_prefix_tokens
         self.channels_last = channels_last
+        self.probability = probability
+        self.training_only = training_only
         self._handles: list[RemovableHandle] = []
         self._record: list[Offsets] | None = None
         self._replay: Sequence[Offsets] | None = None
@@ -127,8 +143,8 @@ class FeaturePerturbation:
                 "FeaturePerturbation needs a batch of at least 2 samples to estimate the "
                 f"spread of feature statistics, got batch size {batch}"
             )
-        spread_mu = mu.detach().std(dim=0)
-        spread_sigma = sigma.detach().std(dim=0)
+        spread_mu = (mu.detach().var(dim=0) + self.eps).sqrt()
+        spread_sigma = (sigma.detach().var(dim=0) + self.eps).sqrt()
         device = self.generator.device if self.generator is not None else mu.device
         noise = torch.randn((2, *mu.shape), generator=self.generator, device=device)
         noise = noise.to(device=mu.device, dtype=mu.dtype)
@@ -149,7 +165,19 @@ class FeaturePerturbation:
             self._record.append(offsets)
         return offsets
 
-    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Tensor:
+    def _skips(self, module: nn.Module) -> bool:
+        """Whether this call goes unperturbed (evaluation mode, or the probability draw)."""
+        if self.training_only and not module.training:
+            return True
+        if self.probability >= 1.0:
+            return False
+        device = self.generator.device if self.generator is not None else None
+        draw = torch.rand((), generator=self.generator, device=device)
+        return bool(draw >= self.probability)
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Tensor | None:
+        if self._skips(module):
+            return None  # a forward hook returning None keeps the output
         if not isinstance(output, Tensor) or output.dim() not in (3, 4):
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise TypeError(

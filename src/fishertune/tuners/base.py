@@ -104,7 +104,9 @@ class Tuner:
         segmentor.neck.requires_grad_(True)
         segmentor.head.requires_grad_(True)
         if self.config.train_perturbation:
-            self._perturbation = entry_perturbation(segmentor, self.config.perturbation_scale)
+            self._perturbation = entry_perturbation(
+                segmentor, self.config.perturbation_scale, training=True
+            )
         return self
 
     def attach(self, segmentor: Segmentor) -> None:
@@ -213,7 +215,23 @@ class Tuner:
         missing = sorted(expected - set(state))
         if missing:
             raise ValueError(f"saved state lacks keys of method {self.name!r}: {missing[:10]}")
+        misshapen = [
+            f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
+            for key, value in state.items()
+            if value.shape != own[key].shape
+        ]
+        if misshapen:
+            raise ValueError(
+                "saved tensors do not fit this model (saved vs model shape, another backbone?): "
+                + ", ".join(misshapen[:5])
+            )
         self.segmentor.load_state_dict(dict(state), strict=False)
+
+    @property
+    def perturbs_batch_statistics(self) -> bool:
+        """Whether the method perturbs features by their batch statistics (DSU, method.md §4),
+        which needs at least 2 images per micro-batch: here when ``train_perturbation``."""
+        return self.config.train_perturbation
 
     def merge(self) -> None:
         """Fold the method into plain backbone weights, where the method allows it."""
@@ -228,13 +246,24 @@ class _Nothing:
         return None
 
 
+DSU_TRAINING_PROBABILITY = 0.5
+"""DSU's chance of perturbing a training forward pass (its module's ``p``)."""
+
+
 def entry_perturbation(
-    segmentor: Segmentor, scale: float, generator: torch.Generator | None = None
+    segmentor: Segmentor,
+    scale: float,
+    generator: torch.Generator | None = None,
+    *,
+    training: bool = False,
 ) -> FeaturePerturbation:
     """The DSU perturbation (method.md §4) of the tokens entering the first block.
 
     It hooks the timm model's ``norm_pre`` (identity or the pre-norm applied right before
     the blocks), leaving class/register tokens untouched; SAM's entry is a (B, H, W, C) map.
+    ``training``: DSU's training augmentation (perturb a forward pass with probability
+    :data:`DSU_TRAINING_PROBABILITY`, only in training mode); otherwise every call is perturbed,
+    the simulated domain of the estimation stage.
     """
     model = getattr(segmentor.backbone, "model", None)
     entry = getattr(model, "norm_pre", None)
@@ -246,6 +275,8 @@ def entry_perturbation(
         generator=generator,
         num_prefix_tokens=int(getattr(segmentor.backbone, "num_prefix_tokens", 0)),
         channels_last=bool(getattr(segmentor.backbone, "maps_inside", False)),
+        probability=DSU_TRAINING_PROBABILITY if training else 1.0,
+        training_only=training,
     )
 
 

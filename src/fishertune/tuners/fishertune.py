@@ -135,6 +135,12 @@ class FisherTuneTuner(ScoredTuner):
     config_class = FisherTuneConfig
     config: FisherTuneConfig
 
+    @property
+    def perturbs_batch_statistics(self) -> bool:
+        """The estimation's shifted pass (every variant but ``"F"``) perturbs by batch
+        statistics, as ``train_perturbation`` does."""
+        return self.config.variant != "F" or self.config.train_perturbation
+
     def compute_scores(
         self, batches: Sequence[Any], params: Mapping[str, nn.Parameter], progress: bool = False
     ) -> tuple[dict[str, Tensor], EstimateQuality]:

@@ -34,6 +34,7 @@ from fishertune.engine.data import (
     source_val_set,
     target_datasets,
 )
+from fishertune.engine.distributed import resolve_device
 from fishertune.engine.model import TrainedModel, load_trained
 from fishertune.engine.precision import autocast
 from fishertune.evaluation.classes import CITYSCAPES_CLASSES
@@ -68,13 +69,6 @@ class Prediction:
     ids: Path
     size: tuple[int, int]
     class_share: dict[str, float]
-
-
-def _device(device: str | None) -> torch.device:
-    """``device``, else CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.no_grad()
@@ -213,7 +207,7 @@ def evaluate_checkpoint(
     """
     if eval_images is not None and eval_images < 1:
         raise ValueError(f"eval_images must be at least 1, got {eval_images}")
-    target = _device(device)
+    target = resolve_device(device)
     model = load_trained(checkpoint, device=target)
     config = model.config
     if eval_images is not None:
@@ -301,7 +295,7 @@ def predict_images(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     _check_readable(paths)
-    target = _device(device)
+    target = resolve_device(device)
     model = load_trained(checkpoint, device=target)
     config = model.config
     inference = _protocol(config, None, mode)

@@ -58,6 +58,8 @@ class Mask2FormerHead(nn.Module):
         ignore_pixels: ``"background"`` (default, the paper's setting): ignored pixels are a
             negative of every mask, as in Rein's mmseg head and transformers' semantic
             pipeline; ``"exclude"``: they count in no mask loss or matching cost.
+        target_sampling: how target masks are read at the sampled points, ``"bilinear"``
+            (default, as Mask2Former, mmdet and transformers) or ``"nearest"``.
 
     ``losses`` returns ``loss_cls``, ``loss_mask`` and ``loss_dice``, each summed over all
     decoder stages (auxiliary and final) with the weights applied; the objective is their sum.
@@ -92,6 +94,7 @@ class Mask2FormerHead(nn.Module):
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
         ignore_pixels: Literal["exclude", "background"] = "background",
+        target_sampling: Literal["bilinear", "nearest"] = "bilinear",
     ) -> None:
         super().__init__()
         if len(in_channels) != len(FEATURE_STRIDES):
@@ -138,6 +141,7 @@ class Mask2FormerHead(nn.Module):
             num_points=train_num_points,
             oversample_ratio=oversample_ratio,
             importance_sample_ratio=importance_sample_ratio,
+            target_sampling=target_sampling,
         )
         self._init_weights()
 

@@ -9,10 +9,12 @@ transformers' ``Mask2FormerHungarianMatcher`` and ``Mask2FormerLoss`` average ov
 point, so an ignored pixel could only enter as a negative of every mask (what Mask2Former, mmseg
 and transformers' image processor do: the class set leaves ``ignore_index`` out and each mask is
 its class region). Here every label map also yields a pixel weight map, 0 on ignored pixels when
-``exclude_ignored`` (the default of the head), and the matching costs, the importance sampling and
-the mask losses all use it: a point on an ignored pixel is never picked by importance sampling and
-adds nothing to the BCE or dice terms. With ``exclude_ignored=False`` the weights are all 1 and
-the loss is Mask2Former's. Target masks and weights are read at the nearest pixel of each point.
+``exclude_ignored`` (the head's ``ignore_pixels="exclude"``; its default, ``"background"``, is
+the paper's), and the matching costs, the importance sampling and the mask losses all use it: a
+point on an ignored pixel is never picked by importance sampling and adds nothing to the BCE or
+dice terms. With ``exclude_ignored=False`` the weights are all 1 and the loss is Mask2Former's.
+Target masks and weights are read at each point bilinearly (``target_sampling="bilinear"``,
+as Mask2Former, mmdet and transformers do), or at the nearest pixel (``"nearest"``).
 
 The mask count that normalises the mask losses is this process's (at least 1); it is not
 all-reduced across ranks, so the loss needs no collective and may be called any number of times.
@@ -27,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+
+TARGET_SAMPLING = ("bilinear", "nearest")
+"""How target masks and pixel weights are read at the sampled points."""
 
 Matches = list[tuple[Tensor, Tensor]]
 """Per image, (query indices, target indices) of the matched pairs."""
@@ -97,10 +102,16 @@ class MaskClassificationLoss(nn.Module):
         num_points: int = 12544,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
+        target_sampling: str = "bilinear",
     ) -> None:
         super().__init__()
         if not 0.0 <= importance_sample_ratio <= 1.0 or oversample_ratio < 1.0:
             raise ValueError("need 0 <= importance_sample_ratio <= 1 and oversample_ratio >= 1")
+        if target_sampling not in TARGET_SAMPLING:
+            raise ValueError(
+                f"target_sampling must be one of {TARGET_SAMPLING}, got {target_sampling!r}"
+            )
+        self.target_sampling = target_sampling
         self.num_classes = num_classes
         self.class_weight = class_weight
         self.mask_weight = mask_weight
@@ -145,8 +156,9 @@ class MaskClassificationLoss(nn.Module):
                 continue
             points = torch.rand(1, self.num_points, 2, device=mask_logits.device)
             logits = point_sample(mask_logits[b : b + 1].float(), points)[0]
-            target = point_sample(masks[None], points, mode="nearest")[0]
-            weight = point_sample(targets.weights[b : b + 1], points, mode="nearest")[0, 0]
+            target = point_sample(masks[None], points, mode=self.target_sampling)[0]
+            weights = point_sample(targets.weights[b : b + 1], points, mode=self.target_sampling)
+            weight = weights[0, 0]
             positive = F.softplus(-logits) * weight
             negative = F.softplus(logits) * weight
             cost_mask = (positive @ target.T + negative @ (1 - target).T) / weight.sum().clamp_min(
@@ -199,8 +211,8 @@ class MaskClassificationLoss(nn.Module):
         weight_maps = targets.weights[images]
         with torch.no_grad():
             points = self._importance_points(pred, weight_maps)
-            labels = point_sample(target, points, mode="nearest")[:, 0]
-            weights = point_sample(weight_maps, points, mode="nearest")[:, 0]
+            labels = point_sample(target, points, mode=self.target_sampling)[:, 0]
+            weights = point_sample(weight_maps, points, mode=self.target_sampling)[:, 0]
         logits = point_sample(pred, points)[:, 0]
         bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
         loss_mask = ((bce * weights).sum(-1) / weights.sum(-1).clamp_min(1)).sum() / num_masks
@@ -216,7 +228,7 @@ class MaskClassificationLoss(nn.Module):
             count, int(self.num_points * self.oversample_ratio), 2, device=pred.device
         )
         uncertainty = -point_sample(pred.float(), candidates)[:, 0].abs()
-        counted = point_sample(weight_maps, candidates, mode="nearest")[:, 0] > 0
+        counted = point_sample(weight_maps, candidates, mode=self.target_sampling)[:, 0] > 0
         uncertainty = uncertainty.masked_fill(~counted, float("-inf"))
         num_uncertain = int(self.importance_sample_ratio * self.num_points)
         chosen = uncertainty.topk(num_uncertain, dim=1).indices
