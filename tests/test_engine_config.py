@@ -187,6 +187,8 @@ def test_out_of_range_values_are_rejected(override: str) -> None:
         ("method.options.bogus=1", "method.options: unknown option(s) ['bogus'] for method"),
         ("schedule.tune_steps=0", "schedule.warmup_steps + schedule.tune_steps is 0"),
         ("model.num_classes=10", "model.num_classes: 10 is fewer than the 19 classes of data"),
+        ("data.scale_range=[2.0, 1.0]", "data.scale_range: invalid value [2.0, 1.0]"),
+        ("data.scale_range=[1.0]", "data.scale_range: invalid value [1.0]"),
     ],
 )
 def test_non_finite_numbers_zero_steps_and_method_options_fail_at_load(

@@ -164,6 +164,21 @@ def test_subpixel_head_predicts_each_block_of_pixels_from_one_feature_vector() -
             LinearHead((3,), NUM_CLASSES, subpixel=bad)  # type: ignore[arg-type]
 
 
+def test_the_head_can_work_at_a_coarser_level() -> None:
+    """``level=1``: every map resized to level 1's size (8 × 7 here) before the classifier."""
+    head = LinearHead((3, 4, 5, 6), NUM_CLASSES, norm="ln", subpixel=2, level=1)
+    features = pyramid()
+    size = tuple(features[1].shape[-2:])
+    up = [F.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in features]
+    x = torch.cat(up, dim=1).permute(0, 2, 3, 1)
+    normed = F.layer_norm(x, (18,), head.norm.weight, head.norm.bias, eps=1e-6)
+    logits = F.conv2d(normed.permute(0, 3, 1, 2), head.classifier.weight, head.classifier.bias)
+    torch.testing.assert_close(head(features), F.pixel_shuffle(logits, 2))
+    assert tuple(head(features).shape[-2:]) == (2 * size[0], 2 * size[1])
+    with pytest.raises(ValueError, match=r"level must be an int in \[0, 4\)"):
+        LinearHead((3, 4, 5, 6), NUM_CLASSES, level=4)
+
+
 def test_loss_is_masked_cross_entropy() -> None:
     head = LinearHead((3, 4, 5, 6), NUM_CLASSES).eval()
     features = pyramid()

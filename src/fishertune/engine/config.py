@@ -114,6 +114,8 @@ class DataConfig:
         eval_images: evaluate on the first this many images of each domain (``None``: all;
             for synthetic styles the number of scenes generated, 500 by default).
         synthetic_size: ``[H, W]`` of the embedded benchmark's images.
+        scale_range: the training pipeline's random rescale ratios ``[low, high]`` around the
+            crop's short side (Rein's ``[0.5, 2.0]``).
         synthetic_seed: which scenes the embedded benchmark generates (its training and
             evaluation sets). Fixed across ``schedule.seed``: like a real data set, the scenes
             stay while the run's seed varies the training's randomness.
@@ -130,6 +132,7 @@ class DataConfig:
     eval_images: int | None = None
     synthetic_size: list[int] = field(default_factory=lambda: [128, 256])
     synthetic_seed: int = 0
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
 
     @property
     def crop_size(self) -> tuple[int, int]:
@@ -246,6 +249,12 @@ def _check_ranges(config: RunConfig) -> None:
         ("data.crop", config.data.crop, _is_size(config.data.crop)),
         ("data.synthetic_size", config.data.synthetic_size, _is_size(config.data.synthetic_size)),
         ("data.synthetic_seed", config.data.synthetic_seed, config.data.synthetic_seed >= 0),
+        (
+            "data.scale_range",
+            config.data.scale_range,
+            len(config.data.scale_range) == 2
+            and 0 < config.data.scale_range[0] <= config.data.scale_range[1],
+        ),
         ("data.batch_size", config.data.batch_size, config.data.batch_size > 0),
         ("data.workers", config.data.workers, config.data.workers >= 0),
         ("schedule.lr", config.schedule.lr, config.schedule.lr > 0),

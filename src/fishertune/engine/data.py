@@ -259,7 +259,8 @@ def training_transform(
 ) -> Compose:
     """Rein's training pipeline at the configured crop (rescaled around the crop's short side)."""
     crop = config.data.crop_size
-    return train_transform(mean, std, crop=crop, scale=min(crop))
+    low, high = config.data.scale_range
+    return train_transform(mean, std, crop=crop, scale=min(crop), ratio_range=(low, high))
 
 
 def evaluation_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> Compose:

@@ -30,7 +30,8 @@ DEMO_SETTINGS: dict[str, Any] = {
         "img_size": [64, 128],
         "pretrained": True,
         "num_classes": 19,
-        "head_options": {"subpixel": 4},
+        "options": {"out_indices": [5]},
+        "head_options": {"subpixel": 8, "level": 1},
     },
     "method": {
         "name": "fishertune",
@@ -47,6 +48,7 @@ DEMO_SETTINGS: dict[str, Any] = {
         "targets": ["fog", "night", "rain", "snow", "palette"],
         "synthetic_size": [64, 128],
         "crop": [64, 128],
+        "scale_range": [1.0, 2.0],
         "batch_size": 8,
         "workers": 0,
         "train_images": 1000,

@@ -16,10 +16,11 @@ class LinearHead(nn.Module):
     """Upsample, concatenate, normalise, classify each pixel with a 1×1 convolution.
 
     As DINOv2's ``BNHead``: every level is bilinearly resized (``align_corners=False``) to the
-    size of the first (finest) level, the maps are concatenated along channels, normalised
+    size of level ``level`` (the first, finest, by default), the maps are concatenated along
+    channels, normalised
     (``"bn"``: ``BatchNorm2d``; ``"ln"``: ``LayerNorm`` over the channels of each pixel),
     passed through ``Dropout2d(dropout)`` and a 1×1 convolution gives ``num_classes`` logits
-    at the finest level's resolution. With ``subpixel = r > 1`` the convolution gives
+    at that level's resolution. With ``subpixel = r > 1`` the convolution gives
     ``num_classes · r²`` channels that a pixel shuffle rearranges into logits at ``r`` times
     that resolution (a sub-pixel convolution, Shi et al., CVPR 2016): each feature vector then
     predicts an ``r × r`` block of pixels, so detail finer than the feature grid (thin poles,
@@ -34,6 +35,9 @@ class LinearHead(nn.Module):
         dropout: channel dropout probability before the classifier (DINOv2 uses 0).
         subpixel: output upsampling factor ``r`` of the sub-pixel classifier (1: none, as
             DINOv2's probe).
+        level: the input level whose resolution the head works at; with a ViT's neck, the
+            level at the patch stride holds the tokens unresampled, so a sub-pixel classifier
+            with ``r`` = patch size predicts each patch's pixels from its own token.
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class LinearHead(nn.Module):
         ignore_index: int = 255,
         dropout: float = 0.0,
         subpixel: int = 1,
+        level: int = 0,
     ) -> None:
         super().__init__()
         channels = tuple(in_channels)
@@ -57,17 +62,20 @@ class LinearHead(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if isinstance(subpixel, bool) or not isinstance(subpixel, int) or subpixel < 1:
             raise ValueError(f"subpixel must be a positive int, got {subpixel!r}")
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < len(channels):
+            raise ValueError(f"level must be an int in [0, {len(channels)}), got {level!r}")
         self.in_channels = channels
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.subpixel = subpixel
+        self.level = level
         total = sum(channels)
         self.norm = nn.BatchNorm2d(total) if norm == "bn" else LayerNorm2d(total)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(total, num_classes * subpixel**2, kernel_size=1)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
-        """Logits ``(B, K, r·H_0, r·W_0)``: ``r = subpixel`` times the finest level's size."""
+        """Logits ``(B, K, r·H_l, r·W_l)``: ``r = subpixel`` times level ``l``'s size."""
         if len(features) != len(self.in_channels):
             raise ValueError(
                 f"LinearHead expects {len(self.in_channels)} feature maps, got {len(features)}"
@@ -77,7 +85,7 @@ class LinearHead(nn.Module):
                 raise ValueError(
                     f"feature map {i} must be (B, {channels}, h, w), got {tuple(x.shape)}"
                 )
-        size = features[0].shape[-2:]
+        size = features[self.level].shape[-2:]
         resized = [
             x
             if x.shape[-2:] == size
