@@ -61,6 +61,7 @@ DEMO_SETTINGS: dict[str, Any] = {
         "lr": 1.0e-3,
         "weight_decay": 0.05,
         "poly_power": 0.9,
+        "ema": 0.99,
         "eval_every": 200,
         "checkpoint_every": 100,
         "seed": 0,
