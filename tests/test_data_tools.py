@@ -240,3 +240,23 @@ def test_unreadable_source_fails_that_file_only(
     assert "00002.png" in out
     assert not (tmp_path / "labels" / f"00002{TRAIN_ID_SUFFIX}").exists()
     assert "Traceback" not in err
+
+
+def test_convert_on_a_read_only_file_system_is_one_line_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    build_gtav(tmp_path, ids=(7, 26))
+
+    def read_only(image: Image.Image, target: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(target))
+
+    monkeypatch.setattr(Image.Image, "save", read_only)
+    status = main(["data", "convert", "gtav", str(tmp_path), "--workers", "1"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert err.startswith("fishertune data convert: error: Read-only file system: ")
+    assert len(err.splitlines()) == 1
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob(f"*{TRAIN_ID_SUFFIX}"))

@@ -236,8 +236,8 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description=(
             "Fine-tunes the shipped demo backbone on the synthetic source style with each "
             "method, evaluates on the source and five unseen styles, prints the per-domain "
-            "table and writes report.md with figures. About 5 to 6.5 minutes on 2 CPU cores "
-            "(--quick: about 1.5)."
+            "table and writes report.md with figures. About 8 minutes on 2 CPU cores, one "
+            "seed per method (--quick: about 1.5)."
         ),
     )
     demo.add_argument("--quick", action="store_true", help="the smoke-test size")
