@@ -65,6 +65,8 @@ _DOCUMENT_KEYS: dict[str, type] = {
     "state": dict,
 }
 """What every checkpoint JSON holds besides format and version, and of which type."""
+_HEX_DIGITS = frozenset("0123456789abcdef")
+"""The characters of a tensors file's generation (the save time in hexadecimal)."""
 
 
 # ---------------------------------------------------------------------------- files
@@ -117,13 +119,8 @@ def _sha256(path: Path) -> str:
 
 def _generations(folder: Path, name: str) -> list[Path]:
     """Every tensors file of checkpoint ``name`` in ``folder``, of any generation."""
-    found = []
-    for path in folder.glob(f"{name}.*{TENSORS_SUFFIX}"):
-        generation = path.name[len(name) + 1 : -len(TENSORS_SUFFIX)]
-        if generation and all(c in "0123456789abcdef" for c in generation):
-            found.append(path)
-    legacy = folder / f"{name}{TENSORS_SUFFIX}"
-    return [*found, legacy] if legacy.is_file() else found
+    candidates = folder.glob(f"{name}*{TENSORS_SUFFIX}")
+    return [path for path in candidates if checkpoint_name(path)[1] == name]
 
 
 def save_checkpoint(
@@ -235,7 +232,7 @@ def checkpoint_name(path: str | Path) -> tuple[Path, str]:
     if file.suffix == TENSORS_SUFFIX:
         stem = file.name[: -len(TENSORS_SUFFIX)]
         name, _, generation = stem.rpartition(".")
-        if name and generation and all(c in "0123456789abcdef" for c in generation):
+        if name and generation and all(c in _HEX_DIGITS for c in generation):
             return file.parent, name
         return file.parent, stem
     raise ValueError(f"{file} is not a checkpoint file (.json or .safetensors)")
