@@ -51,7 +51,7 @@ DEMO_SETTINGS: dict[str, Any] = {
         "scale_range": [1.0, 2.0],
         "batch_size": 8,
         "workers": 0,
-        "train_images": 2000,
+        "train_images": 4000,
         "eval_images": 200,
     },
     "schedule": {
