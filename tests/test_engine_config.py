@@ -163,6 +163,7 @@ def test_enumerations_list_the_allowed_values(override: str, message: str) -> No
     [
         "data.batch_size=0",
         "schedule.lr=0",
+        "schedule.decoder_lr_mult=0",
         "schedule.tune_steps=-1",
         "schedule.ema=1.5",
         "schedule.grad_clip=0",

@@ -129,6 +129,21 @@ def test_other_methods_train_in_one_stage(tmp_path: Path) -> None:
     assert result.steps == 8
 
 
+def test_the_decoder_learning_rate_multiplier_scales_the_decoder_groups_only(
+    tmp_path: Path,
+) -> None:
+    extra = ["schedule.lr=1e-3", "schedule.decoder_lr_mult=3", "method.options={rank: 2}"]
+    trainer = Trainer(tiny_config(tmp_path / "run", "lora", extra), progress=False)
+    optimizer = trainer._make_optimizer("train")
+    rates = {g["name"]: g["initial_lr"] for g in optimizer.param_groups}
+    assert rates["decoder"] == pytest.approx(3e-3)
+    adapters = [rate for name, rate in rates.items() if name.startswith("adapter")]
+    assert adapters
+    assert adapters == pytest.approx([1e-3] * len(adapters))
+    assert {n for n in rates if n.startswith("decoder")} == {"decoder", "decoder_no_decay"}
+    assert rates["decoder_no_decay"] == pytest.approx(3e-3)
+
+
 class _CrashError(Exception):
     pass
 

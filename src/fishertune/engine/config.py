@@ -150,6 +150,8 @@ class ScheduleConfig:
         tune_steps: T3, steps training the decoder and the selected backbone elements;
             ``warmup_steps + tune_steps`` is the paper's 40k iterations.
         lr: AdamW base learning rate.
+        decoder_lr_mult: learning-rate multiplier of the decoder (neck and head) for every
+            method (1: as Rein); the methods' own multipliers scale the backbone side.
         weight_decay: AdamW decoupled weight decay.
         poly_power: power of the poly learning-rate decay.
         lr_warmup_iters: linear learning-rate warm-up iterations (0: none, as Rein).
@@ -166,6 +168,7 @@ class ScheduleConfig:
     estimate_steps: int = 100
     tune_steps: int = 38000
     lr: float = 1e-4
+    decoder_lr_mult: float = 1.0
     weight_decay: float = 0.05
     poly_power: float = 0.9
     lr_warmup_iters: int = 0
@@ -258,6 +261,11 @@ def _check_ranges(config: RunConfig) -> None:
         ("data.batch_size", config.data.batch_size, config.data.batch_size > 0),
         ("data.workers", config.data.workers, config.data.workers >= 0),
         ("schedule.lr", config.schedule.lr, config.schedule.lr > 0),
+        (
+            "schedule.decoder_lr_mult",
+            config.schedule.decoder_lr_mult,
+            config.schedule.decoder_lr_mult > 0,
+        ),
         ("schedule.weight_decay", config.schedule.weight_decay, config.schedule.weight_decay >= 0),
         ("schedule.poly_power", config.schedule.poly_power, config.schedule.poly_power >= 0),
         (

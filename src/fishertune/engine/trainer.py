@@ -86,7 +86,7 @@ from fishertune.evaluation.domains import DomainResults, evaluate_domains
 from fishertune.models import ViTBackbone
 from fishertune.progress import StepBar
 from fishertune.sensitivity import EstimateQuality
-from fishertune.tuners.base import TrainableCount
+from fishertune.tuners.base import DECODER_GROUP, TrainableCount
 from fishertune.tuners.scoring import ScoredTuner
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "lr_factor"]
@@ -238,6 +238,8 @@ class Trainer:
         else:
             optimizer = self.tuner.make_optimizer(schedule.lr, schedule.weight_decay)
         for group in optimizer.param_groups:
+            if str(group.get("name", "")).startswith(DECODER_GROUP):
+                group["lr"] *= schedule.decoder_lr_mult
             group.setdefault("initial_lr", group["lr"])
         self.optimizer_stage = stage
         return optimizer

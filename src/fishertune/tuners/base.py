@@ -20,6 +20,10 @@ from torch import Tensor, nn
 from fishertune.models.segmentor import Segmentor
 from fishertune.sensitivity import FeaturePerturbation
 
+DECODER_GROUP = "decoder"
+"""Name (prefix) of the optimiser groups of the decoder (neck and head) in
+:meth:`Tuner.param_groups`."""
+
 NO_DECAY_MODULES = ("norm", "query_embed", "query_feat", "queries_embedder", "queries_features")
 """No weight decay inside modules whose name contains one of these (Rein's optimiser setup)."""
 NO_DECAY_LEAVES = ("token", "scale", "pos_embed", "level_embed")
@@ -152,11 +156,11 @@ class Tuner:
             elif name.startswith("backbone."):
                 part = "backbone"
             else:
-                part = "decoder"
+                part = DECODER_GROUP
             decay = decays(name)
             buckets.setdefault((part, decay), []).append(param)
         mults = {
-            "decoder": 1.0,
+            DECODER_GROUP: 1.0,
             "backbone": self.config.backbone_lr_mult,
             "adapter": self.config.adapter_lr_mult,
         }

@@ -19,7 +19,14 @@ from typing import Any
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.workflows.runs import Comparison, compare
 
-__all__ = ["DEMO_METHODS", "DEMO_SETTINGS", "QUICK_SETTINGS", "demo_config", "run_demo"]
+__all__ = [
+    "DEMO_METHODS",
+    "DEMO_SETTINGS",
+    "QUICK_SETTINGS",
+    "demo_config",
+    "merge_settings",
+    "run_demo",
+]
 
 DEMO_METHODS = ("fishertune", "full", "freeze", "rein", "lora")
 
@@ -58,7 +65,8 @@ DEMO_SETTINGS: dict[str, Any] = {
         "warmup_steps": 80,
         "estimate_steps": 10,
         "tune_steps": 320,
-        "lr": 3.0e-3,
+        "lr": 1.0e-3,
+        "decoder_lr_mult": 3.0,
         "weight_decay": 0.05,
         "poly_power": 0.9,
         "ema": 0.99,
@@ -86,11 +94,12 @@ QUICK_SETTINGS: dict[str, dict[str, Any]] = {
 """``--quick``: the same pipeline at a tenth of the steps and images (a smoke test)."""
 
 
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def merge_settings(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``changes`` applied (nested mappings merged key by key)."""
     merged = copy.deepcopy(base)
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_settings(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -98,7 +107,9 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 def demo_config(*, quick: bool = False, out_dir: str | Path | None = None) -> RunConfig:
     """The demo's run configuration (``quick``: the smoke-test size)."""
-    settings = _merge(DEMO_SETTINGS, QUICK_SETTINGS) if quick else copy.deepcopy(DEMO_SETTINGS)
+    settings = (
+        merge_settings(DEMO_SETTINGS, QUICK_SETTINGS) if quick else copy.deepcopy(DEMO_SETTINGS)
+    )
     if out_dir is not None:
         settings["output"]["run_dir"] = str(out_dir)
     return config_from_dict(settings)
