@@ -94,6 +94,23 @@ def test_fishertune_runs_warmup_estimate_tune_and_writes_its_run(tmp_path: Path)
     assert all(k.endswith((":index", ":delta")) for k in backbone)
 
 
+def test_evaluating_during_training_changes_nothing_the_run_learns(tmp_path: Path) -> None:
+    """Evaluations (every 4 steps or only at the end) draw no random number the training
+    uses: the final weights and results are the same."""
+    runs = {}
+    for every in (4, 0):
+        extra = [f"schedule.eval_every={every}", "schedule.ema=0.9"]
+        config = tiny_config(tmp_path / f"every{every}", extra=extra)
+        trainer = Trainer(config, progress=False)
+        result = trainer.run()
+        assert result.results is not None
+        runs[every] = (_weights(trainer), result.results.to_dict())
+    (weights, results), (other_weights, other_results) = runs[4], runs[0]
+    assert results == other_results
+    assert weights.keys() == other_weights.keys()
+    assert all(torch.equal(weights[k], other_weights[k]) for k in weights)
+
+
 def test_estimation_stage_records_its_quality_and_warns_near_chance(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

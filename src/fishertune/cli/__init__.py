@@ -1,6 +1,7 @@
 """The ``fishertune`` command line: ``info``, ``params`` here; ``data check|convert`` in
 :mod:`fishertune.cli.data`; the run commands (``demo``, ``train``, ``sensitivity``,
-``evaluate``, ``predict``, ``compare``, ``pretrain-demo-backbone``) in :mod:`fishertune.cli.runs`.
+``evaluate``, ``predict``, ``compare``, ``study``, ``pretrain-demo-backbone``) in
+:mod:`fishertune.cli.runs`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The run commands: ``demo``, ``train``, ``sensitivity``, ``evaluate``, ``predict``,
-``compare`` and ``pretrain-demo-backbone``.
+``compare``, ``study`` and ``pretrain-demo-backbone``.
 
 Exit status: 0 done, 1 the run failed (a non-finite loss), 2 a usage error (bad option,
 configuration or file), printed as one line naming the command.
@@ -8,6 +8,7 @@ configuration or file), printed as one line naming the command.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -186,6 +187,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from fishertune.workflows.study import run_study
+
+    only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
+    seeds = parse_seeds(args.seeds, 0) or [0, 1, 2]
+    started = time.perf_counter()
+    study = run_study(
+        only=only,
+        seeds=seeds,
+        out_dir=args.out,
+        resume=args.resume,
+        quick=args.quick,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    print()
+    for name, part in study.record["parts"].items():
+        print(f"{name:13s} {part['verdict']:13s} {part['claim']}")
+    print()
+    print(f"study finished in {(time.perf_counter() - started) / 60:.1f} min")
+    _say_done(study.markdown)
+    return 0
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from fishertune.data.synthetic.pretrain import pretrain_demo_backbone
     from fishertune.models.demo_vit import demo_vit_weights_path
@@ -338,6 +363,30 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     _common(comparison)
     comparison.set_defaults(func=_cmd_compare)
+
+    study = sub.add_parser(
+        "study",
+        help="the paper's experiments on the embedded benchmark, with seeds and verdicts",
+        description=(
+            "Runs the parts of the study (table1, scores, estimator, perturbation, budget, "
+            "capacity: the paper's Table 1, Table 4, Fig. 5, Table 5, Appendix C and Rein's "
+            "Fig. 5) with the demo's settings and the same seeds for every arm, and writes "
+            "study.md, study.json and the figures. Each claim's verdict comes from the 95%% "
+            "interval of its paired difference. Arms shared by parts run once; --resume "
+            "continues a killed study. Prints the remaining time as it goes."
+        ),
+    )
+    study.add_argument(
+        "--only", default="", metavar="PARTS", help="comma-separated parts (default: all)"
+    )
+    study.add_argument(
+        "--seeds", default=None, metavar="N|LIST", help="N seeds from 0, or a list (default 3)"
+    )
+    study.add_argument("--out", default=None, help="output folder (default runs/study[_quick])")
+    study.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    study.add_argument("--quick", action="store_true", help="every part at the smoke-test size")
+    _common(study)
+    study.set_defaults(func=_cmd_study)
 
     pretrain = sub.add_parser(
         "pretrain-demo-backbone",

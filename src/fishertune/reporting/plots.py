@@ -110,7 +110,7 @@ def selected_share_by_block(
     return _per_block(masks, groups, kinds, _selected)
 
 
-def _save(figure: Figure, path: str | Path) -> Path:
+def save_figure(figure: Figure, path: str | Path) -> Path:
     """Render ``figure`` with the Agg canvas (never pyplot) to the PNG ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -119,12 +119,12 @@ def _save(figure: Figure, path: str | Path) -> Path:
     return target
 
 
-def _colormap(name: str) -> Colormap:
+def grey_nan_colormap(name: str) -> Colormap:
     """A copy of the registered colormap ``name`` that paints NaN (masked) cells grey."""
     return matplotlib.colormaps[name].with_extremes(bad="lightgrey")
 
 
-def _heat_panel(
+def heat_panel(
     figure: Figure,
     ax: Axes,
     values: NDArray[np.float64],
@@ -187,20 +187,22 @@ def sensitivity_heatmap(
     )
     axes = figure.subplots(1, panels, squeeze=False)[0]
     label = "log10 mean sensitivity" if log else "mean sensitivity"
-    _heat_panel(figure, axes[0], values, kinds, title=title, label=label, cmap=_colormap("viridis"))
+    heat_panel(
+        figure, axes[0], values, kinds, title=title, label=label, cmap=grey_nan_colormap("viridis")
+    )
     if selected_share is not None:
         share = np.asarray(selected_share, dtype=np.float64)
-        _heat_panel(
+        heat_panel(
             figure,
             axes[1],
             share,
             kinds,
             title="Selected share",
             label="fraction selected",
-            cmap=_colormap("magma"),
+            cmap=grey_nan_colormap("magma"),
             limits=(0.0, 1.0),
         )
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _parse_cell(text: str) -> float | str:
@@ -352,7 +354,7 @@ def training_curves(
             step, 1.0, f" {stage}", transform=axes[0].get_xaxis_transform(), fontsize=7, va="bottom"
         )
     axes[-1].set_xlabel("step")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def qualitative_grid(
@@ -415,7 +417,7 @@ def qualitative_grid(
         fontsize=7,
         frameon=False,
     )
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def domain_bars(
@@ -458,4 +460,4 @@ def domain_bars(
     ax.margins(y=0.1)
     ax.grid(axis="y", alpha=0.3)
     figure.legend(loc="outside lower center", ncol=min(len(results), 5), fontsize=7, frameon=False)
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -1,0 +1,110 @@
+"""Figures of ``fishertune study``: curves with error bars and Fig. 6 side by side.
+
+:func:`interval_curves` draws the budget curve (Appendix C) and the capacity curves (Rein's
+Fig. 5: training loss and target mIoU as the trainable parameters grow), each point a mean over
+seeds with its 95% half-width; :func:`sensitivity_panels` draws the paper's Fig. 6 (F, ΔF and
+DRF per block and kind) side by side on one colour scale. Bars use
+:func:`~fishertune.reporting.plots.domain_bars`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from numpy.typing import NDArray
+
+from fishertune.reporting.plots import DEFAULT_KINDS, grey_nan_colormap, heat_panel, save_figure
+
+__all__ = ["CurvePanel", "interval_curves", "sensitivity_panels"]
+
+
+@dataclass(frozen=True)
+class CurvePanel:
+    """One panel: a curve of means with error bars over ``ticks`` (one point each).
+
+    Attributes:
+        ticks: the x labels, in curve order.
+        means: the y values (NaN: no point).
+        errors: the half-widths (NaN: no bar).
+        ylabel: the y axis label.
+        xlabel: the x axis label.
+    """
+
+    ticks: tuple[str, ...]
+    means: tuple[float, ...]
+    errors: tuple[float, ...]
+    ylabel: str
+    xlabel: str
+
+    def __post_init__(self) -> None:
+        if not len(self.ticks) == len(self.means) == len(self.errors) > 0:
+            raise ValueError(
+                f"a curve panel needs as many ticks, means and errors (≥ 1), got "
+                f"{len(self.ticks)}, {len(self.means)}, {len(self.errors)}"
+            )
+
+
+def interval_curves(panels: Sequence[CurvePanel], path: str | Path, *, title: str) -> Path:
+    """Panels side by side, each a line through its means with 95% error bars."""
+    if not panels:
+        raise ValueError("interval_curves needs at least one panel")
+    figure = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels, strict=True):
+        xs = np.arange(len(panel.ticks), dtype=np.float64)
+        errors = [0.0 if math.isnan(e) else e for e in panel.errors]
+        ax.errorbar(xs, panel.means, yerr=errors, marker="o", capsize=3)
+        for x, mean in zip(xs, panel.means, strict=True):
+            if not math.isnan(mean):
+                ax.annotate(
+                    f"{mean:.2f}", (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7
+                )
+        ax.set_xticks(xs, labels=list(panel.ticks), fontsize=7)
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel(panel.ylabel)
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.1, y=0.15)
+    figure.suptitle(title)
+    return save_figure(figure, path)
+
+
+def sensitivity_panels(
+    tables: Mapping[str, NDArray[np.float64]],
+    path: str | Path,
+    *,
+    kinds: Sequence[str] = DEFAULT_KINDS,
+    title: str = "Mean sensitivity per block (log10)",
+) -> Path:
+    """Fig. 6: one block × kind heatmap per score (e.g. F, ΔF, DRF), log10 of the means.
+
+    Each panel has its own colour scale (the scores differ by orders of magnitude); blank
+    (grey) cells have no positive mean.
+    """
+    if not tables:
+        raise ValueError("sensitivity_panels needs at least one table")
+    shapes = {np.shape(t) for t in tables.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"the tables must share one (blocks, kinds) shape, got {sorted(shapes)}")
+    figure = Figure(figsize=(3.0 * len(tables) + 0.8, 4.0), layout="constrained")
+    axes = figure.subplots(1, len(tables), squeeze=False)[0]
+    for ax, (name, table) in zip(axes, tables.items(), strict=True):
+        values = np.asarray(table, dtype=np.float64)
+        if values.shape[1] != len(kinds):
+            raise ValueError(f"table {name!r} has {values.shape[1]} columns for kinds {kinds}")
+        logged = np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), math.nan)
+        heat_panel(
+            figure,
+            ax,
+            logged,
+            kinds,
+            title=name,
+            label="log10 mean",
+            cmap=grey_nan_colormap("viridis"),
+        )
+    figure.suptitle(title)
+    return save_figure(figure, path)

@@ -1,0 +1,698 @@
+"""``fishertune study``: the paper's experiments in miniature on the embedded benchmark.
+
+Every part of :data:`~fishertune.workflows.study_parts.PARTS` runs its arms with the same
+settings (the demo's, :data:`~fishertune.workflows.demo.DEMO_SETTINGS`) and the same seeds.
+An arm × seed is one run in ``OUT/runs/<arm key>/seed<k>``; arms that several parts share run
+once. When a run finishes, its numbers are written to ``study_run.json`` beside it (the
+per-domain mIoU, the final source training loss, the trainable backbone parameters, the
+estimate's quality and the Fig. 6 table of its scores); ``--resume`` reads those back, continues
+an interrupted run from its last checkpoint and starts the others, so a kill costs at most the
+work since the last checkpoint. The study then writes ``study.json`` (every seed's numbers, the
+intervals, the paired differences and the verdicts, all computed from the runs), ``study.md``
+(rendered from ``study.json`` by :func:`render_markdown`) and the figures.
+
+Per arm and column, the mean over seeds ± the 95% Student-t half-width; per pair, the mean
+per-seed difference ± its half-width; a claim is *supported* when its difference's interval
+excludes 0 in the paper's direction, *contradicted* when it excludes 0 the other way, *not
+resolved* otherwise; a part is supported when all its claims are, contradicted when any is
+(method.md §11).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fishertune.atomic import atomic_write
+from fishertune.engine.checkpoint import latest_checkpoint, load_checkpoint
+from fishertune.engine.config import RunConfig, config_from_dict
+from fishertune.engine.data import SOURCE_DOMAIN
+from fishertune.engine.trainer import CHECKPOINTS, RESUMABLE, SCORE_PREFIX, SENSITIVITY, Trainer
+from fishertune.evaluation.intervals import Interval, paired_interval, t_interval
+from fishertune.models import parameter_groups
+from fishertune.reporting import AVERAGE_HEADER, domain_bars, read_metrics_csv
+from fishertune.reporting.plots import sensitivity_by_block
+from fishertune.reporting.study_figures import CurvePanel, interval_curves, sensitivity_panels
+from fishertune.tuners.scoring import ScoredTuner
+from fishertune.workflows.demo import DEMO_SETTINGS, merge_settings
+from fishertune.workflows.study_parts import PARTS, TARGET, Arm, Claim, Part, part_names
+
+__all__ = [
+    "QUICK_STUDY_SETTINGS",
+    "RECORD",
+    "STUDY_SETTINGS",
+    "Study",
+    "render_markdown",
+    "run_study",
+    "study_config",
+]
+
+RECORD = "study_run.json"
+"""A finished run's numbers, beside its checkpoints."""
+
+LOSS_COLUMN = "train loss"
+"""Column of the final source training loss (mean over the last tenth of the updates)."""
+
+STUDY_SETTINGS: dict[str, Any] = {"schedule": {"eval_every": 0}}
+"""What the study changes in the demo's settings: each run is evaluated once, at its end (an
+evaluation during training changes nothing the run learns; tested), which saves 12 s a run."""
+
+QUICK_STUDY_SETTINGS: dict[str, Any] = {
+    "model": {
+        "backbone": "vit_small_patch16_224",
+        "pretrained": False,
+        "img_size": [32, 64],
+        "patch_size": 8,
+        "options": {"depth": 2, "embed_dim": 32, "num_heads": 2, "out_indices": [1]},
+    },
+    "method": {"options": {"variational_steps": 3, "refresh_every": 2}},
+    "data": {
+        "synthetic_size": [32, 64],
+        "crop": [32, 64],
+        "train_images": 16,
+        "eval_images": 4,
+        "batch_size": 4,
+    },
+    "schedule": {
+        "warmup_steps": 2,
+        "estimate_steps": 2,
+        "tune_steps": 4,
+        "checkpoint_every": 2,
+    },
+}
+"""``--quick``: every part and arm at a smoke-test size (tests run it): a randomly
+initialised 2-block, 32-wide ViT of the same family on 32 × 64 scenes, 6 updates."""
+
+SUPPORTED = "supported"
+CONTRADICTED = "contradicted"
+NOT_RESOLVED = "not resolved"
+
+_SENSITIVITY_ARMS = ("F", "ΔF", "DRF")
+"""The ``scores`` arms whose estimates draw the paper's Fig. 6."""
+
+
+def study_config(*, quick: bool = False, out_dir: str | Path | None = None) -> RunConfig:
+    """The study's settings: the demo's with :data:`STUDY_SETTINGS` (``quick``: at the
+    smoke-test size)."""
+    settings = merge_settings(DEMO_SETTINGS, STUDY_SETTINGS)
+    if quick:
+        settings = merge_settings(settings, QUICK_STUDY_SETTINGS)
+    settings["output"]["run_dir"] = (
+        str(out_dir) if out_dir is not None else "runs/study" + ("_quick" if quick else "")
+    )
+    return config_from_dict(settings)
+
+
+def _run_config(config: RunConfig, arm: Arm, run_dir: Path, seed: int) -> RunConfig:
+    data = config.to_dict()
+    options = arm.resolved(config.method.name, config.method.options)
+    data["method"] = {"name": arm.method, "options": options}
+    data["output"] = {"run_dir": str(run_dir)}
+    data["schedule"]["seed"] = seed
+    return config_from_dict(data)
+
+
+def _identity(config: RunConfig) -> dict[str, Any]:
+    """What makes two runs the same run (the configuration less its location)."""
+    data = config.to_dict()
+    data.pop("output", None)
+    return data
+
+
+def _final_loss(run_dir: Path, updates: int) -> float:
+    """Mean training loss over the last tenth of the weight updates (at least one)."""
+    rows = read_metrics_csv(run_dir / "metrics.csv")
+    losses = [float(r["loss"]) for r in rows if isinstance(r.get("loss"), float)]
+    if not losses:
+        return math.nan
+    window = max(1, updates // 10)
+    return math.fsum(losses[-window:]) / len(losses[-window:])
+
+
+def _write_text(target: Path, text: str) -> None:
+    """``text`` into ``target`` atomically (UTF-8)."""
+    atomic_write(target, lambda path: path.write_text(text, encoding="utf-8"))
+
+
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _sensitivity_table(trainer: Trainer) -> list[list[float | None]] | None:
+    """The Fig. 6 table (block × Q/K/V/FFN means) of the run's saved scores, if any."""
+    folder = trainer.run_dir / CHECKPOINTS
+    if not (folder / f"{SENSITIVITY}.json").is_file():
+        return None
+    tensors, _ = load_checkpoint(folder, SENSITIVITY)
+    scores = {k[len(SCORE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SCORE_PREFIX)}
+    table = sensitivity_by_block(scores, parameter_groups(trainer.segmentor.backbone))
+    return [[_json_number(float(v)) for v in row] for row in table]
+
+
+def _train(
+    config: RunConfig, *, resume: bool, progress: bool, device: str | None
+) -> dict[str, Any]:
+    """Train one arm × seed (continuing it with ``resume``) and return its record."""
+    trainer = Trainer(config, progress=progress, device=device)
+    result = trainer.run(resume=resume)
+    if result.results is None:
+        raise ValueError(f"{config.output.run_dir}: the run evaluated no domain")
+    quality = trainer.tuner.quality if isinstance(trainer.tuner, ScoredTuner) else None
+    return {
+        "identity": _identity(config),
+        "miou": {name: _json_number(m.miou) for name, m in result.results.domains.items()},
+        "train_loss": _json_number(_final_loss(result.run_dir, config.total_steps)),
+        "trainable": result.trainable.backbone,
+        "quality": None if quality is None else quality.to_dict(),
+        "sensitivity": _sensitivity_table(trainer),
+        "seconds": sum(result.stage_seconds.values()),
+    }
+
+
+def _read_record(path: Path, config: RunConfig) -> dict[str, Any] | None:
+    """The record at ``path`` when it exists; refuses one made with other settings."""
+    if not path.is_file():
+        return None
+    try:
+        record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable study record ({error})") from None
+    if not isinstance(record, dict) or record.get("identity") != _identity(config):
+        raise ValueError(
+            f"{path}: this run was made with other settings than the study's now; use another "
+            "--out, or remove the folder to redo it"
+        )
+    return record
+
+
+@dataclass(frozen=True)
+class _Job:
+    key: str
+    arm: Arm
+    seed: int
+
+
+def _jobs(parts: Sequence[Part], config: RunConfig, seeds: Sequence[int]) -> list[_Job]:
+    """Every distinct arm × seed of ``parts``, in study order (shared arms once)."""
+    keys: dict[str, Arm] = {}
+    for part in parts:
+        for arm in part.arms:
+            keys.setdefault(arm.key(config.method.name, config.method.options), arm)
+    return [_Job(key, arm, seed) for key, arm in keys.items() for seed in seeds]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+class _Clock:
+    """The remaining time of the study from the runs measured so far (per method, else all)."""
+
+    def __init__(self) -> None:
+        self.measured: dict[str, list[float]] = {}
+
+    def add(self, method: str, seconds: float) -> None:
+        self.measured.setdefault(method, []).append(seconds)
+
+    def remaining(self, jobs: Sequence[_Job]) -> float | None:
+        everything = [s for values in self.measured.values() for s in values]
+        if not everything:
+            return None
+        overall = math.fsum(everything) / len(everything)
+        total = 0.0
+        for job in jobs:
+            values = self.measured.get(job.arm.method)
+            total += math.fsum(values) / len(values) if values else overall
+        return total
+
+
+def _collect(
+    jobs: Sequence[_Job],
+    config: RunConfig,
+    out: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    device: str | None,
+) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, float]]:
+    """Run (or read back) every job; returns the records and the wall seconds per arm key."""
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    wall: dict[str, float] = {}
+    pending: list[_Job] = []
+    for job in jobs:
+        run_dir = out / "runs" / job.key / f"seed{job.seed}"
+        run_config = _run_config(config, job.arm, run_dir, job.seed)
+        record = _read_record(run_dir / RECORD, run_config) if resume else None
+        if record is not None:
+            records[(job.key, job.seed)] = record
+        else:
+            pending.append(job)
+    clock = _Clock()
+    done = len(jobs) - len(pending)
+    for index, job in enumerate(pending):
+        run_dir = out / "runs" / job.key / f"seed{job.seed}"
+        run_config = _run_config(config, job.arm, run_dir, job.seed)
+        started = time.perf_counter()
+        interrupted = latest_checkpoint(run_dir / CHECKPOINTS, names=RESUMABLE) is not None
+        record = _train(run_config, resume=resume and interrupted, progress=progress, device=device)
+        seconds = time.perf_counter() - started
+        _write_text(run_dir / RECORD, json.dumps(record, indent=1, ensure_ascii=False))
+        records[(job.key, job.seed)] = record
+        wall[job.key] = wall.get(job.key, 0.0) + seconds
+        clock.add(job.arm.method, seconds)
+        left = clock.remaining(pending[index + 1 :])
+        estimate = (
+            "" if left is None or index + 1 == len(pending) else f"; about {_duration(left)} left"
+        )
+        print(
+            f"study: {done + index + 1}/{len(jobs)} runs done ({job.key}, seed {job.seed}, "
+            f"{seconds:.0f} s){estimate}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return records, wall
+
+
+def _columns(record: Mapping[str, Any]) -> list[str]:
+    """The table's columns: the source, the targets, their average, the training loss."""
+    domains = list(record["miou"])
+    source = [SOURCE_DOMAIN] if SOURCE_DOMAIN in domains else []
+    return [*source, *(d for d in domains if d != SOURCE_DOMAIN), AVERAGE_HEADER, LOSS_COLUMN]
+
+
+def _values(record: Mapping[str, Any]) -> dict[str, float]:
+    """A run's numbers per column (mIoU as fractions)."""
+    miou = {name: _number(value) for name, value in record["miou"].items()}
+    targets = [v for name, v in miou.items() if name != SOURCE_DOMAIN]
+    average = math.fsum(targets) / len(targets) if targets else math.nan
+    return {**miou, AVERAGE_HEADER: average, LOSS_COLUMN: _number(record["train_loss"])}
+
+
+def _quality_values(record: Mapping[str, Any]) -> dict[str, float]:
+    """The estimate's reliability (Spearman ρ of the two halves per score) and agreement."""
+    quality = record.get("quality")
+    if not quality:
+        return {}
+    values = {
+        f"split-half ρ {name}": float(v["spearman"]) for name, v in quality["reliability"].items()
+    }
+    if quality.get("agreement"):
+        values["stable F vs diagonal ρ"] = float(quality["agreement"]["spearman"])
+        values["stable F vs diagonal top-k overlap"] = float(quality["agreement"]["overlap"])
+    return values
+
+
+def _interval_dict(interval: Interval) -> dict[str, Any]:
+    return {
+        "mean": _json_number(interval.mean),
+        "half_width": _json_number(interval.half_width),
+        "count": interval.count,
+    }
+
+
+def _interval(data: Mapping[str, Any]) -> Interval:
+    return Interval(_number(data["mean"]), _number(data["half_width"]), int(data["count"]))
+
+
+def _verdict(difference: Interval, higher: bool) -> str:
+    if not difference.excludes_zero:
+        return NOT_RESOLVED
+    return SUPPORTED if (difference.mean > 0) == higher else CONTRADICTED
+
+
+def _part_verdict(verdicts: Sequence[str]) -> str:
+    if verdicts and all(v == SUPPORTED for v in verdicts):
+        return SUPPORTED
+    return CONTRADICTED if CONTRADICTED in verdicts else NOT_RESOLVED
+
+
+def _claim_column(claim: Claim) -> str:
+    return AVERAGE_HEADER if claim.metric == TARGET else LOSS_COLUMN
+
+
+def _part_record(
+    part: Part,
+    config: RunConfig,
+    seeds: Sequence[int],
+    records: Mapping[tuple[str, int], Mapping[str, Any]],
+) -> dict[str, Any]:
+    """Everything the part's table, figure and verdict need, from the runs' records."""
+    per_arm: dict[str, list[dict[str, float]]] = {}
+    arms: dict[str, Any] = {}
+    for arm in part.arms:
+        key = arm.key(config.method.name, config.method.options)
+        runs = [records[(key, seed)] for seed in seeds]
+        per_arm[arm.label] = [_values(r) for r in runs]
+        quality = [_quality_values(r) for r in runs]
+        columns = list(per_arm[arm.label][0])
+        arms[arm.label] = {
+            "key": key,
+            "method": arm.method,
+            "options": dict(arm.options),
+            "trainable": runs[0]["trainable"],
+            "seeds": {
+                str(seed): {c: _json_number(v) for c, v in values.items()}
+                for seed, values in zip(seeds, per_arm[arm.label], strict=True)
+            },
+            "mean": {
+                c: _interval_dict(t_interval([v[c] for v in per_arm[arm.label]])) for c in columns
+            },
+            "quality": {
+                name: _interval_dict(t_interval([q[name] for q in quality]))
+                for name in quality[0]
+                if all(name in q for q in quality)
+            },
+        }
+    pairs = []
+    for label, reference in part.pairs:
+        columns = list(per_arm[label][0])
+        pairs.append(
+            {
+                "arm": label,
+                "reference": reference,
+                "difference": {
+                    c: _interval_dict(
+                        paired_interval(
+                            [v[c] for v in per_arm[label]], [v[c] for v in per_arm[reference]]
+                        )
+                    )
+                    for c in columns
+                },
+            }
+        )
+    claims: list[dict[str, Any]] = []
+    for claim in part.claims:
+        column = _claim_column(claim)
+        difference = paired_interval(
+            [v[column] for v in per_arm[claim.arm]], [v[column] for v in per_arm[claim.reference]]
+        )
+        claims.append(
+            {
+                "claim": claim.describe(),
+                "column": column,
+                "higher": claim.higher,
+                "difference": _interval_dict(difference),
+                "verdict": _verdict(difference, claim.higher),
+            }
+        )
+    return {
+        "paper": part.paper,
+        "claim": part.claim,
+        "verdict": _part_verdict([c["verdict"] for c in claims]),
+        "figure": part.figure,
+        "groups": [[group, [list(s) for s in series]] for group, series in part.groups],
+        "arms": arms,
+        "pairs": pairs,
+        "claims": claims,
+    }
+
+
+def _sensitivity_record(
+    config: RunConfig, seeds: Sequence[int], records: Mapping[tuple[str, int], Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """Fig. 6's tables (F, ΔF, DRF) from the ``scores`` part's runs at the first seed."""
+    scores = next((p for p in PARTS if p.name == "scores"), None)
+    if scores is None:
+        return None
+    tables = {}
+    for label in _SENSITIVITY_ARMS:
+        key = scores.arm(label).key(config.method.name, config.method.options)
+        record = records.get((key, seeds[0]))
+        if record is None or record.get("sensitivity") is None:
+            return None
+        tables[label] = record["sensitivity"]
+    return {"seed": seeds[0], "tables": tables}
+
+
+# ---------------------------------------------------------------------------------------------
+# study.md, rendered from study.json
+
+
+def _cell(interval: Interval, column: str, *, mark: bool = False) -> str:
+    scale, digits = (1.0, 3) if column == LOSS_COLUMN else (100.0, 2)
+    text = interval.format(scale=scale, digits=digits)
+    return f"{text} *" if mark and interval.excludes_zero else text
+
+
+def arm_table(part: Mapping[str, Any], seeds: int) -> str:
+    """The part's table: per arm, the trainable backbone parameters and mean ± 95% CI of each
+    column (mIoU %, the training loss)."""
+    arms = part["arms"]
+    columns = list(next(iter(arms.values()))["mean"])
+    header = [f"Arm (mean ± 95% CI, {seeds} seeds)", "trainable", *columns]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    for label, arm in arms.items():
+        cells = [_cell(_interval(arm["mean"][c]), c) for c in columns]
+        lines.append("| " + " | ".join([label, f"{arm['trainable']:,}", *cells]) + " |")
+    return "\n".join(lines)
+
+
+def pair_table(part: Mapping[str, Any]) -> str:
+    """The part's paired differences (mIoU points, loss), ``*`` where the interval excludes 0."""
+    pairs = part["pairs"]
+    columns = list(pairs[0]["difference"])
+    lines = [
+        "| " + " | ".join(["Paired difference", *columns]) + " |",
+        "| --- |" + " ---: |" * len(columns),
+    ]
+    for pair in pairs:
+        cells = [_cell(_interval(pair["difference"][c]), c, mark=True) for c in columns]
+        lines.append("| " + " | ".join([f"{pair['arm']} − {pair['reference']}", *cells]) + " |")
+    return "\n".join(lines)
+
+
+def quality_table(part: Mapping[str, Any]) -> str | None:
+    """Per arm, its estimate's reliability and agreement figures (mean ± 95% CI), if any."""
+    arms = {label: arm["quality"] for label, arm in part["arms"].items() if arm["quality"]}
+    if not arms:
+        return None
+    names = list(dict.fromkeys(name for quality in arms.values() for name in quality))
+    lines = ["| " + " | ".join(["Estimate", *names]) + " |", "| --- |" + " ---: |" * len(names)]
+    for label, quality in arms.items():
+        cells = [
+            _interval(quality[n]).format(scale=1.0, digits=3) if n in quality else "-"
+            for n in names
+        ]
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def claim_lines(part: Mapping[str, Any]) -> list[str]:
+    """One line per claim: the comparison, its paired difference and its verdict."""
+    lines = []
+    for claim in part["claims"]:
+        difference = _interval(claim["difference"])
+        value = _cell(difference, claim["column"])
+        lines.append(f"- {claim['claim']}: difference {value} → {claim['verdict']}")
+    return lines
+
+
+def render_markdown(study: Mapping[str, Any], figures: Mapping[str, str] | None = None) -> str:
+    """``study.md`` from the ``study.json`` record (``figures``: per part, its image path)."""
+    seeds = len(study["seeds"])
+    out = [
+        "# FisherTune study on the embedded benchmark",
+        "",
+        f"Seeds {', '.join(map(str, study['seeds']))}; every arm with the same settings "
+        "(`configs/demo.yaml` less the method, evaluated once at the end). mIoU in %, mean "
+        "± 95% Student-t half-width over seeds; paired differences per seed (* the interval "
+        "excludes 0); train loss: the mean source training loss over the last tenth of the "
+        "updates. Verdicts come from the intervals: supported / contradicted when the "
+        "claim's interval excludes 0 in / against the paper's direction, not resolved "
+        "otherwise.",
+        "",
+        "| Part | Paper | Claim | Verdict |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {name} | {part['paper']} | {part['claim']} | {part['verdict']} |"
+            for name, part in study["parts"].items()
+        ),
+    ]
+    for name, part in study["parts"].items():
+        out += [
+            "",
+            f"## {name}: {part['paper']}",
+            "",
+            f"Claim: {part['claim']}. **Verdict: {part['verdict']}.**",
+            "",
+            *claim_lines(part),
+            "",
+            arm_table(part, seeds),
+            "",
+            pair_table(part),
+        ]
+        quality = quality_table(part)
+        if quality is not None:
+            out += [
+                "",
+                "Estimates' reliability and agreement (Spearman ρ, top-k overlap):",
+                "",
+                quality,
+            ]
+        if figures and name in figures:
+            out += ["", f"![{name}]({figures[name]})"]
+    if study.get("sensitivity") and figures and "sensitivity" in figures:
+        out += [
+            "",
+            "## Fig. 6: sensitivity per block of F, ΔF and DRF",
+            "",
+            f"From the `scores` part's estimates at seed {study['sensitivity']['seed']}.",
+            "",
+            f"![sensitivity]({figures['sensitivity']})",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def _figures(study: Mapping[str, Any], folder: Path) -> dict[str, str]:
+    """Each part's figure and Fig. 6 under ``folder``; returns paths relative to its parent."""
+    paths: dict[str, str] = {}
+    for name, part in study["parts"].items():
+        arms = part["arms"]
+        means = {
+            label: {c: _interval(v) for c, v in arm["mean"].items()} for label, arm in arms.items()
+        }
+        path = folder / f"{name}.png"
+        title = f"{name} ({part['paper']}): 95% CI over {len(study['seeds'])} seeds"
+        if part["figure"] == "domains":
+            domains = [c for c in next(iter(means.values())) if c != LOSS_COLUMN]
+            domain_bars(
+                {label: {c: m[c].mean for c in domains} for label, m in means.items()},
+                path,
+                title=title,
+                errors={label: {c: m[c].half_width for c in domains} for label, m in means.items()},
+            )
+        elif part["figure"] == "grouped":
+            series: dict[str, dict[str, float]] = {}
+            errors: dict[str, dict[str, float]] = {}
+            for group, members in part["groups"]:
+                for name_, label in members:
+                    series.setdefault(name_, {})[group] = means[label][AVERAGE_HEADER].mean
+                    errors.setdefault(name_, {})[group] = means[label][AVERAGE_HEADER].half_width
+            domain_bars(series, path, title=f"{title}; target average", errors=errors)
+        elif part["figure"] in ("budget", "capacity"):
+            order = list(arms)
+            if part["figure"] == "capacity":
+                order.sort(key=lambda label: arms[label]["trainable"])
+            ticks = tuple(
+                label if part["figure"] == "budget" else f"{label}\n{arms[label]['trainable']:,}"
+                for label in order
+            )
+            xlabel = (
+                "δ_max (share of backbone parameters)"
+                if part["figure"] == "budget"
+                else ("trainable backbone parameters")
+            )
+            panels = [
+                CurvePanel(
+                    ticks,
+                    tuple(100 * means[label][AVERAGE_HEADER].mean for label in order),
+                    tuple(100 * means[label][AVERAGE_HEADER].half_width for label in order),
+                    "target average mIoU (%)",
+                    xlabel,
+                )
+            ]
+            if part["figure"] == "capacity":
+                panels.insert(
+                    0,
+                    CurvePanel(
+                        ticks,
+                        tuple(means[label][LOSS_COLUMN].mean for label in order),
+                        tuple(means[label][LOSS_COLUMN].half_width for label in order),
+                        "source training loss (last tenth)",
+                        xlabel,
+                    ),
+                )
+            interval_curves(panels, path, title=title)
+        else:
+            domain_bars(
+                {"target average": {label: m[AVERAGE_HEADER].mean for label, m in means.items()}},
+                path,
+                title=title,
+                errors={
+                    "target average": {
+                        label: m[AVERAGE_HEADER].half_width for label, m in means.items()
+                    }
+                },
+            )
+        paths[name] = f"{folder.name}/{path.name}"
+    sensitivity = study.get("sensitivity")
+    if sensitivity:
+        tables = {
+            label: np.array([[_number(v) for v in row] for row in table], dtype=np.float64)
+            for label, table in sensitivity["tables"].items()
+        }
+        sensitivity_panels(
+            tables,
+            folder / "fig6_sensitivity.png",
+            title=f"Mean sensitivity per block (log10), seed {sensitivity['seed']}",
+        )
+        paths["sensitivity"] = f"{folder.name}/fig6_sensitivity.png"
+    return paths
+
+
+@dataclass(frozen=True)
+class Study:
+    """What :func:`run_study` wrote: the record, ``study.md`` and the wall time per arm key."""
+
+    record: dict[str, Any]
+    markdown: Path
+    seconds: dict[str, float]
+
+
+def run_study(
+    *,
+    only: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    quick: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+) -> Study:
+    """Run the study's parts (``only``: those named) with ``seeds`` and write its outputs."""
+    names = list(only) if only else part_names()
+    unknown = sorted(set(names) - set(part_names()))
+    if unknown:
+        raise ValueError(f"--only: unknown part(s) {unknown}; choose from {part_names()}")
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: the study needs at least two distinct seeds, got {list(seeds)}")
+    config = study_config(quick=quick, out_dir=out_dir)
+    out = Path(config.output.run_dir)
+    if not resume and (out / "runs").exists():
+        raise FileExistsError(
+            f"{out} already holds a study; pass --resume to continue it, or choose another --out"
+        )
+    parts = [p for p in PARTS if p.name in names]
+    records, wall = _collect(
+        _jobs(parts, config, seeds), config, out, resume=resume, progress=progress, device=device
+    )
+    seed_list = list(seeds)
+    study: dict[str, Any] = {
+        "settings": _identity(config),
+        "seeds": seed_list,
+        "parts": {p.name: _part_record(p, config, seed_list, records) for p in parts},
+    }
+    sensitivity = _sensitivity_record(config, seed_list, records) if "scores" in names else None
+    if sensitivity is not None:
+        study["sensitivity"] = sensitivity
+    _write_text(out / "study.json", json.dumps(study, indent=1, ensure_ascii=False))
+    figures = _figures(study, out / "figures")
+    markdown = render_markdown(study, figures)
+    _write_text(out / "study.md", markdown)
+    return Study(copy.deepcopy(study), out / "study.md", wall)
