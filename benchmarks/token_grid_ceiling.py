@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from fishertune.data.synthetic.dataset import render_sample, scene_seed
-from fishertune.evaluation.classes import CITYSCAPES_CLASSES
 from fishertune.evaluation.metric import SegmentationMetric
+from fishertune.label_space import CITYSCAPES_CLASSES
 
 SETTINGS = (((64, 128), 8), ((64, 128), 4), ((96, 192), 8), ((128, 256), 8), ((128, 256), 4))
 WATCHED = ("person", "pole", "traffic sign", "car")

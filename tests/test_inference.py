@@ -18,8 +18,8 @@ from fishertune.data.synthetic import SyntheticStreets
 from fishertune.engine.data import evaluation_transform
 from fishertune.engine.model import load_trained
 from fishertune.engine.trainer import Trainer
-from fishertune.evaluation.classes import CITYSCAPES_CLASSES
 from fishertune.evaluation.domains import evaluate_domains
+from fishertune.label_space import CITYSCAPES_CLASSES
 from fishertune.models import ViTBackbone
 from fishertune.reporting.palette import colorize, overlay
 from fishertune.workflows.inference import evaluate_checkpoint, predict_images

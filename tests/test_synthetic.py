@@ -18,7 +18,7 @@ from fishertune.data.synthetic import (
     scene_seed,
     style_grid,
 )
-from fishertune.evaluation.classes import CITYSCAPES_CLASSES
+from fishertune.label_space import CITYSCAPES_CLASSES
 
 ROAD, CAR = 0, 13
 SEEDS = range(6)
@@ -205,3 +205,13 @@ def test_prepare_renders_every_item_into_the_cache() -> None:
         module._cache.pop(key, None)
     data.prepare()
     assert all(key in module._cache for key in keys)
+
+
+def test_the_scene_class_constants_are_the_label_spaces_train_ids() -> None:
+    from fishertune.data.synthetic import scenes
+
+    for train_id, name in enumerate(CITYSCAPES_CLASSES):
+        constant = name.upper().replace(" ", "_")
+        if hasattr(scenes, constant):
+            assert getattr(scenes, constant) == train_id, name
+    assert len(CITYSCAPES_CLASSES) - 1 == scenes.BICYCLE

@@ -8,11 +8,12 @@ from fishertune.data.bdd100k import BDD100K
 from fishertune.data.cityscapes import Cityscapes
 from fishertune.data.foggy import FoggyDriving, FoggyZurich
 from fishertune.data.gtav import GTAV
-from fishertune.data.labels import IGNORE_INDEX, NUM_CLASSES, LabelMap, LabelValueError
+from fishertune.data.labels import LabelMap, LabelValueError
 from fishertune.data.mapillary import MapillaryVistas
 from fishertune.data.night import DarkZurich, NighttimeDriving
 from fishertune.data.registry import DATASETS, build_dataset
 from fishertune.data.synthia import Synthia
+from fishertune.label_space import IGNORE_INDEX, NUM_CLASSES
 
 __all__ = [
     "ACDC",

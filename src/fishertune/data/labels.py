@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fishertune.label_space import IGNORE_INDEX, NUM_CLASSES
+
 __all__ = [
-    "IGNORE_INDEX",
     "MAPILLARY_NAME_TO_TRAIN_ID",
-    "NUM_CLASSES",
     "SYNTHIA_TO_TRAIN_ID",
     "TRAIN_IDS",
     "TRAIN_ID_MAP",
@@ -33,11 +33,6 @@ __all__ = [
     "synthia_label_map",
 ]
 
-NUM_CLASSES = 19
-"""Cityscapes evaluation classes (train ids 0–18)."""
-
-IGNORE_INDEX = 255
-"""Train id of pixels excluded from the loss and the metrics."""
 
 SYNTHIA_NUM_IDS = 23
 """Synthia RAND-CITYSCAPES class ids are 0 (void) … 22 (lane marking)."""

@@ -32,7 +32,7 @@ import torch.nn.functional as nnf
 from torch import Tensor
 from torchvision.transforms.v2 import functional as tvf
 
-from fishertune.data.labels import IGNORE_INDEX
+from fishertune.label_space import IGNORE_INDEX
 
 __all__ = [
     "Compose",

@@ -28,9 +28,10 @@ import yaml
 
 from fishertune.data.registry import DATASETS
 from fishertune.data.synthetic import TARGET_STYLES
-from fishertune.evaluation.classes import CITYSCAPES_CLASSES
 from fishertune.evaluation.protocols import PROTOCOLS
+from fishertune.label_space import CITYSCAPES_CLASSES
 from fishertune.tuners import available_tuners, tuner_class
+from fishertune.tuners.base import check_option_names
 
 SYNTHETIC = "synthetic"
 """``data.source`` of the embedded benchmark (its targets are the styles)."""
@@ -340,13 +341,10 @@ def _check_method_options(method: MethodConfig) -> None:
     this reader models them) and the class's own checks, when the configuration is loaded."""
     cls = tuner_class(method.name).config_class
     hints = typing.get_type_hints(cls)
-    allowed = sorted(f.name for f in dataclasses.fields(cls))
-    unknown = sorted(set(method.options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"method.options: unknown option(s) {unknown} for method {method.name!r}; "
-            f"allowed: {allowed}"
-        )
+    try:
+        check_option_names(cls, method.options, f"method {method.name!r}")
+    except ValueError as error:
+        raise ValueError(f"method.options: {error}") from None
     values: dict[str, Any] = {}
     for name, value in method.options.items():
         try:

@@ -81,15 +81,15 @@ from fishertune.engine.ema import WeightAverage
 from fishertune.engine.model import EMA_PREFIX, MODEL_PREFIX, build_model
 from fishertune.engine.precision import autocast
 from fishertune.engine.run_log import RunLog
-from fishertune.evaluation.classes import CITYSCAPES_CLASSES
 from fishertune.evaluation.domains import DomainResults, evaluate_domains
+from fishertune.label_space import CITYSCAPES_CLASSES
 from fishertune.models import ViTBackbone
 from fishertune.progress import StepBar
 from fishertune.sensitivity import EstimateQuality
 from fishertune.tuners.base import DECODER_GROUP, TrainableCount
 from fishertune.tuners.scoring import ScoredTuner
 
-__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "lr_factor"]
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "has_checkpoint", "lr_factor"]
 
 CHECKPOINTS = "checkpoints"
 SENSITIVITY = "sensitivity"
@@ -117,6 +117,11 @@ def saved_quality(state: Mapping[str, Any]) -> EstimateQuality | None:
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a complete checkpoint a run can resume from."""
+    return latest_checkpoint(Path(run_dir) / CHECKPOINTS, names=RESUMABLE) is not None
 
 
 def lr_factor(step: int, total: int, power: float, warmup_iters: int = 0) -> float:
@@ -536,7 +541,7 @@ class Trainer:
                     "starting the run from the beginning",
                     file=sys.stderr,
                 )
-        elif self.is_main and latest_checkpoint(self.checkpoint_dir, names=RESUMABLE):
+        elif self.is_main and has_checkpoint(self.run_dir):
             raise FileExistsError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it, or choose "
                 "another output.run_dir"

@@ -6,10 +6,10 @@ gives the paper's Table-1 (mIoU per domain + average) and Table-2 (IoU per class
 ``to_json(path)`` the full record, protocol included.
 """
 
-from fishertune.evaluation.classes import CITYSCAPES_CLASSES
 from fishertune.evaluation.domains import DomainMetrics, DomainResults, Predictor, evaluate_domains
 from fishertune.evaluation.metric import SegmentationMetric
 from fishertune.evaluation.protocols import MODES, PROTOCOLS, EvalProtocol, get_protocol
+from fishertune.label_space import CITYSCAPES_CLASSES
 
 __all__ = [
     "CITYSCAPES_CLASSES",

@@ -6,6 +6,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fishertune.label_space import IGNORE_INDEX
+
 
 class SegmentationMetric:
     """Accumulates a ``(K, K)`` int64 confusion matrix and reports IoU, mIoU and accuracy.
@@ -23,7 +25,10 @@ class SegmentationMetric:
     """
 
     def __init__(
-        self, num_classes: int, ignore_index: int = 255, device: torch.device | str | None = None
+        self,
+        num_classes: int,
+        ignore_index: int = IGNORE_INDEX,
+        device: torch.device | str | None = None,
     ) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")

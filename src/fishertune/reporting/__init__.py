@@ -8,15 +8,8 @@
 Plots render with matplotlib's Agg canvas and never touch pyplot's global state.
 """
 
-from fishertune.reporting.palette import (
-    CITYSCAPES_PALETTE,
-    IGNORE_COLOR,
-    IGNORE_INDEX,
-    colorize,
-    legend_handles,
-    overlay,
-    train_ids,
-)
+from fishertune.label_space import CITYSCAPES_PALETTE, IGNORE_COLOR, IGNORE_INDEX
+from fishertune.reporting.palette import colorize, legend_handles, overlay, train_ids
 from fishertune.reporting.plots import (
     DEFAULT_KINDS,
     domain_bars,

@@ -10,36 +10,12 @@ from matplotlib.patches import Patch
 from numpy.typing import ArrayLike, NDArray
 from torch import Tensor
 
-from fishertune.evaluation.classes import CITYSCAPES_CLASSES
-
-CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
-    (128, 64, 128),  # road
-    (244, 35, 232),  # sidewalk
-    (70, 70, 70),  # building
-    (102, 102, 156),  # wall
-    (190, 153, 153),  # fence
-    (153, 153, 153),  # pole
-    (250, 170, 30),  # traffic light
-    (220, 220, 0),  # traffic sign
-    (107, 142, 35),  # vegetation
-    (152, 251, 152),  # terrain
-    (70, 130, 180),  # sky
-    (220, 20, 60),  # person
-    (255, 0, 0),  # rider
-    (0, 0, 142),  # car
-    (0, 0, 70),  # truck
-    (0, 60, 100),  # bus
-    (0, 80, 100),  # train
-    (0, 0, 230),  # motorcycle
-    (119, 11, 32),  # bicycle
+from fishertune.label_space import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    IGNORE_COLOR,
+    IGNORE_INDEX,
 )
-"""The official RGB colour of the 19 Cityscapes train ids (entry ``i`` is train id ``i``)."""
-
-IGNORE_INDEX = 255
-"""Train id of unlabelled / ignored pixels."""
-
-IGNORE_COLOR: tuple[int, int, int] = (0, 0, 0)
-"""Colour of ignored pixels (black)."""
 
 # Row ``i < 19`` is train id ``i``; the extra last row is the ignore colour.
 _LOOKUP = np.array([*CITYSCAPES_PALETTE, IGNORE_COLOR], dtype=np.uint8)

@@ -22,9 +22,9 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 from torch import Tensor
 
-from fishertune.evaluation.classes import CITYSCAPES_CLASSES
+from fishertune.label_space import CITYSCAPES_CLASSES, IGNORE_INDEX
 from fishertune.models.parameter_groups import KINDS, ParameterGroup
-from fishertune.reporting.palette import IGNORE_INDEX, colorize, legend_handles, train_ids
+from fishertune.reporting.palette import colorize, legend_handles, train_ids
 
 DEFAULT_KINDS: tuple[str, ...] = ("Q", "K", "V", "FFN")
 """Columns of the paper's Fig. 6: Q, K, V and the FFN (FFN1 and FFN2 pooled)."""

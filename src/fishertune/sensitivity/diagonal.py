@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fishertune.label_space import IGNORE_INDEX
 from fishertune.progress import track
 from fishertune.sensitivity._common import (
     LossFn,
@@ -28,7 +29,7 @@ def diagonal_fisher(
     *,
     params: Mapping[str, Tensor] | None = None,
     labels: str = "sampled",
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     perturbation: FeaturePerturbation | None = None,
     generator: torch.Generator | None = None,
     num_label_samples: int = 1,

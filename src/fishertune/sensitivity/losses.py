@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fishertune.label_space import IGNORE_INDEX
 
-def per_image_loss(logits: Tensor, targets: Tensor, ignore_index: int = 255) -> Tensor:
+
+def per_image_loss(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Per-sample negative log-likelihood ℓ_i, the mean over the sample's valid pixels.
 
     ``logits`` is ``(B, K)`` or ``(B, K, *spatial)``; ``targets`` is ``(B,)`` or
@@ -39,7 +41,7 @@ def sample_labels(
     generator: torch.Generator | None = None,
     *,
     targets: Tensor | None = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
     """Draw one label per pixel from ``softmax(logits)`` along dim 1 (the true Fisher, Eq. 9).
 

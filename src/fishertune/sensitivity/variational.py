@@ -62,6 +62,7 @@ from typing import Any, ParamSpec
 import torch
 from torch import Tensor, nn
 
+from fishertune.label_space import IGNORE_INDEX
 from fishertune.progress import track
 from fishertune.sensitivity._common import (
     LossFn,
@@ -173,7 +174,7 @@ def fit_variational(
     tau_scale: float = TAU_SCALE,
     floor_quantile: float = FLOOR_QUANTILE,
     labels: str = "given",
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     perturbation: FeaturePerturbation | None = None,
     prior: Mapping[str, Tensor] | None = None,
     generator: torch.Generator | None = None,

@@ -284,14 +284,18 @@ def entry_perturbation(
     )
 
 
+def check_option_names(cls: type[TunerConfig], options: Mapping[str, Any], owner: str) -> None:
+    """Refuse options ``cls`` does not have, naming them, ``owner`` (e.g. ``"tuner 'lora'"``)
+    and the allowed ones; used when a tuner is built and when a run configuration loads."""
+    allowed = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {owner}; allowed: {allowed}")
+
+
 def _make_config(cls: type[TunerConfig], name: str, options: Mapping[str, Any]) -> TunerConfig:
     """Build ``cls`` from keyword options, naming unknown keys and the allowed ones."""
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for tuner {name!r}; allowed: {sorted(allowed)}"
-        )
+    check_option_names(cls, options, f"tuner {name!r}")
     return cls(**options)
 
 

@@ -22,7 +22,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fishertune.data.base import DatasetError, read_rgb
-from fishertune.data.labels import IGNORE_INDEX
 from fishertune.data.registry import DATASETS
 from fishertune.data.synthetic import STYLES
 from fishertune.engine.config import SYNTHETIC, RunConfig
@@ -37,9 +36,9 @@ from fishertune.engine.data import (
 from fishertune.engine.distributed import resolve_device
 from fishertune.engine.model import TrainedModel, load_trained
 from fishertune.engine.precision import autocast
-from fishertune.evaluation.classes import CITYSCAPES_CLASSES
 from fishertune.evaluation.domains import DomainResults, evaluate_domains
 from fishertune.evaluation.protocols import EvalProtocol
+from fishertune.label_space import CITYSCAPES_CLASSES, IGNORE_INDEX
 from fishertune.models import Segmentor, ViTBackbone
 from fishertune.progress import track
 from fishertune.reporting.palette import colorize, overlay

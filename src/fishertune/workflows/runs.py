@@ -24,7 +24,14 @@ from fishertune.atomic import atomic_write
 from fishertune.engine.checkpoint import load_checkpoint
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.engine.data import SOURCE_DOMAIN
-from fishertune.engine.trainer import CHECKPOINTS, SCORE_PREFIX, SENSITIVITY, Trainer, TrainResult
+from fishertune.engine.trainer import (
+    CHECKPOINTS,
+    SCORE_PREFIX,
+    SENSITIVITY,
+    Trainer,
+    TrainResult,
+    has_checkpoint,
+)
 from fishertune.evaluation.domains import DomainResults
 from fishertune.models import parameter_groups
 from fishertune.reporting import (
@@ -242,9 +249,11 @@ def compare(
         for seed in seed_list:
             run_dir = seed_run_dir(base, method, seed, seeded)
             run_config = method_config(config, method, run_dir, seed if seeded else None)
-            has_run = (run_dir / CHECKPOINTS / "last.json").is_file()
             result, _ = train_and_report(
-                run_config, resume=resume and has_run, progress=progress, device=device
+                run_config,
+                resume=resume and has_checkpoint(run_dir),
+                progress=progress,
+                device=device,
             )
             if result.results is not None:
                 runs.setdefault(method, []).append(result.results)

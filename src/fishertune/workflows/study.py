@@ -33,10 +33,16 @@ from typing import Any
 import numpy as np
 
 from fishertune.atomic import atomic_write
-from fishertune.engine.checkpoint import latest_checkpoint, load_checkpoint
+from fishertune.engine.checkpoint import load_checkpoint
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.engine.data import SOURCE_DOMAIN
-from fishertune.engine.trainer import CHECKPOINTS, RESUMABLE, SCORE_PREFIX, SENSITIVITY, Trainer
+from fishertune.engine.trainer import (
+    CHECKPOINTS,
+    SCORE_PREFIX,
+    SENSITIVITY,
+    Trainer,
+    has_checkpoint,
+)
 from fishertune.evaluation.intervals import Interval, paired_interval, t_interval
 from fishertune.models import parameter_groups
 from fishertune.reporting import AVERAGE_HEADER, domain_bars, read_metrics_csv
@@ -269,8 +275,8 @@ def _collect(
         run_dir = out / "runs" / job.key / f"seed{job.seed}"
         run_config = _run_config(config, job.arm, run_dir, job.seed)
         started = time.perf_counter()
-        interrupted = latest_checkpoint(run_dir / CHECKPOINTS, names=RESUMABLE) is not None
-        record = _train(run_config, resume=resume and interrupted, progress=progress, device=device)
+        resumable = resume and has_checkpoint(run_dir)
+        record = _train(run_config, resume=resumable, progress=progress, device=device)
         seconds = time.perf_counter() - started
         _write_text(run_dir / RECORD, json.dumps(record, indent=1, ensure_ascii=False))
         records[(job.key, job.seed)] = record

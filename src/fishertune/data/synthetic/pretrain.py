@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from fishertune.atomic import atomic_write
 from fishertune.data.synthetic.dataset import SyntheticStreets
 from fishertune.data.synthetic.styles import STYLES
+from fishertune.label_space import IGNORE_INDEX
 from fishertune.models.demo_vit import (
     DEMO_ARCHITECTURE,
     DEMO_IMAGE_SIZE,
@@ -87,7 +88,6 @@ CATEGORY_OF_TRAIN_ID: tuple[int, ...] = (0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5, 5, 
 PRETRAIN_SEED_OFFSET = 1000
 """Pretraining scenes come from ``SyntheticStreets(..., seed=PRETRAIN_SEED_OFFSET + seed)``."""
 
-IGNORE_INDEX = 255
 WEIGHT_DECAY = 0.05
 WARMUP_FRACTION = 0.05
 GRAD_CLIP = 1.0

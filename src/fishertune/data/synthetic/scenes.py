@@ -21,7 +21,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
-    "IGNORE",
     "SKY_DEPTH",
     "Light",
     "Scene",
@@ -33,8 +32,6 @@ __all__ = [
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN = range(8)
 VEGETATION, TERRAIN, SKY, PERSON, RIDER, CAR, TRUCK, BUS = range(8, 16)
 MOTORCYCLE, BICYCLE = 17, 18
-IGNORE = 255
-"""The ignore label (no pixel of a generated scene carries it)."""
 
 SKY_DEPTH = 1000.0
 """Depth (metres) assigned to sky pixels."""

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from timm.layers.norm import LayerNorm2d
 from torch import Tensor, nn
 
+from fishertune.label_space import IGNORE_INDEX
+
 NORMS = ("bn", "ln")
 
 
@@ -45,7 +47,7 @@ class LinearHead(nn.Module):
         in_channels: Sequence[int],
         num_classes: int,
         norm: str = "bn",
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         dropout: float = 0.0,
         subpixel: int = 1,
         level: int = 0,

@@ -30,6 +30,8 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerTransformerModule,
 )
 
+from fishertune.label_space import IGNORE_INDEX
+
 from .mask2former_loss import MaskClassificationLoss, semantic_to_mask_targets
 
 FEATURE_STRIDES = (4, 8, 16, 32)
@@ -78,7 +80,7 @@ class Mask2FormerHead(nn.Module):
         in_channels: Sequence[int],
         num_classes: int,
         *,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         hidden_dim: int = 256,
         num_queries: int = 100,
         pixel_decoder_layers: int = 6,
