@@ -14,12 +14,6 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
 from fishertune.data.synthetic import STYLES, SyntheticStreets
-from fishertune.data.synthetic.pretrain import (
-    PRETEXT_CATEGORIES,
-    coarse_labels,
-    pretrain_demo_backbone,
-    render_corpus,
-)
 from fishertune.models import (
     DEMO_VIT_NAME,
     PretrainedWeightsUnavailableError,
@@ -29,6 +23,12 @@ from fishertune.models import (
     demo_vit,
 )
 from fishertune.models.demo_vit import DEMO_IMAGE_SIZE, demo_vit_weights_path
+from fishertune.workflows.pretrain_demo import (
+    PRETEXT_CATEGORIES,
+    coarse_labels,
+    pretrain_demo_backbone,
+    render_corpus,
+)
 
 TINY = {"steps": 2, "corpus_size": 6, "batch_size": 2, "eval_scenes": 1, "progress": False}
 

@@ -212,8 +212,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from fishertune.data.synthetic.pretrain import pretrain_demo_backbone
     from fishertune.models.demo_vit import demo_vit_weights_path
+    from fishertune.workflows.pretrain_demo import pretrain_demo_backbone
 
     output = Path(args.out) if args.out else demo_vit_weights_path()
     options = {
@@ -261,8 +261,8 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description=(
             "Fine-tunes the shipped demo backbone on the synthetic source style with each "
             "method, evaluates on the source and five unseen styles, prints the per-domain "
-            "table and writes report.md with figures. About 8 minutes on 2 CPU cores, one "
-            "seed per method (--quick: about 1.5)."
+            "table and writes report.md with figures. About 9-10 minutes on 2 CPU cores, "
+            "one seed per method (--quick: about 1.5)."
         ),
     )
     demo.add_argument("--quick", action="store_true", help="the smoke-test size")

@@ -2,7 +2,7 @@
 
 Real VFM pretraining (DINOv2, EVA02, …) is out of reach of a CPU demo, so the demo uses a
 ViT-Tiny-sized model (patch 8, width 192, depth 6, 3 heads, ≈ 2.7 M parameters) pretrained by
-:func:`fishertune.data.synthetic.pretrain.pretrain_demo_backbone` on procedural street scenes
+:func:`fishertune.workflows.pretrain_demo.pretrain_demo_backbone` on procedural street scenes
 of *every* style with a coarse 7-category pretext. Its features are therefore style-robust
 but were never trained on the 19-class task, which is what the FisherTune demo needs: fine-tuning
 on the source style alone can keep or destroy that robustness.
