@@ -29,10 +29,15 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT, StateDict
 
-__all__ = ["SparseAdamW"]
+__all__ = ["SparseAdamW", "index_dtype"]
 
 _INT32_LIMIT = 2**31
-"""Parameters with fewer elements than this store their selected indices as int32."""
+
+
+def index_dtype(numel: int) -> torch.dtype:
+    """The dtype of a tensor's flat element indices: int32 below 2³¹ elements, else int64
+    (the optimiser's state and the sparse tuners' saved selections)."""
+    return torch.int32 if numel < _INT32_LIMIT else torch.int64
 
 
 def _describe(tensor: object) -> str:
@@ -291,7 +296,7 @@ class SparseAdamW(Optimizer):
     def _selected_indices(param: Tensor, flat_mask: Tensor) -> Tensor:
         """Sorted flat indices of the True elements, int32 when the parameter allows it."""
         indices = flat_mask.nonzero().view(-1)
-        return indices.to(torch.int32) if param.numel() < _INT32_LIMIT else indices
+        return indices.to(index_dtype(param.numel()))
 
     def _sync_requires_grad(self) -> None:
         """Let backward skip masked parameters with no selected element."""

@@ -38,7 +38,7 @@ from fishertune.models.parameter_groups import (
     parameter_groups,
 )
 from fishertune.models.segmentor import Segmentor
-from fishertune.optim import SparseAdamW
+from fishertune.optim import SparseAdamW, index_dtype
 from fishertune.selection import (
     GroupSlice,
     group_masks,
@@ -54,7 +54,6 @@ INDEX_SUFFIX = ":index"
 DELTA_SUFFIX = ":delta"
 """Saved-state key suffix of the float64 deltas from the pretrained values at those indices."""
 
-_INT32_LIMIT = 2**31
 _CANDIDATE = "candidate"
 
 
@@ -259,8 +258,7 @@ class SparseTuner(Tuner):
                 state[key] = param.detach().clone()
             elif index.numel() > 0:
                 tuned = param.detach().reshape(-1)[index].double()
-                dtype = torch.int32 if param.numel() < _INT32_LIMIT else torch.int64
-                state[key + INDEX_SUFFIX] = index.to(dtype)
+                state[key + INDEX_SUFFIX] = index.to(index_dtype(param.numel()))
                 state[key + DELTA_SUFFIX] = tuned - self._reference[name].double()
         return state
 
