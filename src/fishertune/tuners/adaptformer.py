@@ -105,6 +105,7 @@ class AdaptFormerTuner(Tuner):
     """A scaled bottleneck adapter in parallel with every FFN (3.17M on ViT-L)."""
 
     config_class = AdaptFormerConfig
+    added_modules = (ParallelAdapter,)
     config: AdaptFormerConfig
 
     def attach(self, segmentor: Segmentor) -> None:
@@ -125,12 +126,3 @@ class AdaptFormerTuner(Tuner):
             block.add_module("adaptformer", adapter)
             ffn.register_forward_pre_hook(adapter.read_ffn_input)
             branch_end.register_forward_hook(adapter.add_to_branch)
-
-    def added_parameter_names(self) -> set[str]:
-        """The adapters' down and up projections."""
-        return {
-            f"{prefix}.{name}"
-            for prefix, module in self.segmentor.named_modules()
-            if isinstance(module, ParallelAdapter)
-            for name, _ in module.named_parameters()
-        }

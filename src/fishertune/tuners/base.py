@@ -75,6 +75,8 @@ class Tuner:
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[TunerConfig]] = TunerConfig
+    added_modules: ClassVar[tuple[type[nn.Module], ...]] = ()
+    """Types of the modules the method adds to the segmentor (adapters, prompts, factors)."""
 
     def __init__(self, config: TunerConfig | None = None, **options: Any) -> None:
         if config is not None and options:
@@ -140,8 +142,14 @@ class Tuner:
 
     # ---------------------------------------------------------------- optimisation
     def added_parameter_names(self) -> set[str]:
-        """Segmentor-level names of the parameters the method added (adapters, prompts)."""
-        return set()
+        """Segmentor-level names of the parameters the method added (adapters, prompts): those
+        of its modules of the :attr:`added_modules` types."""
+        return {
+            f"{prefix}.{name}"
+            for prefix, module in self.segmentor.named_modules()
+            if isinstance(module, self.added_modules)
+            for name, _ in module.named_parameters()
+        }
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimiser groups: decoder, backbone weights, added modules, each with and without

@@ -148,6 +148,7 @@ class LoRATuner(Tuner):
     """Rank-r updates of the Q and V projections of every block (0.79M on ViT-L)."""
 
     config_class = LoRAConfig
+    added_modules = (LowRankUpdate,)
     config: LoRAConfig
 
     def attach(self, segmentor: Segmentor) -> None:
@@ -161,15 +162,6 @@ class LoRATuner(Tuner):
                     proj.weight, blocks, config.targets, config.rank, config.alpha / config.rank
                 )
                 parametrize.register_parametrization(proj, "weight", update)
-
-    def added_parameter_names(self) -> set[str]:
-        """The A and B factors (empty after :meth:`merge`)."""
-        return {
-            f"{prefix}.{name}"
-            for prefix, module in self.segmentor.named_modules()
-            if isinstance(module, LowRankUpdate)
-            for name, _ in module.named_parameters()
-        }
 
     def merge(self) -> None:
         """Replace every LoRA-parametrized weight by W + ΔW; the factors are removed."""

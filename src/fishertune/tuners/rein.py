@@ -203,6 +203,7 @@ class ReinTuner(Tuner):
     with the Mask2Former head, 2.53M without a query link)."""
 
     config_class = ReinConfig
+    added_modules = (ReinAdapter,)
     config: ReinConfig
 
     def __init__(self, config: TunerConfig | None = None, **options: Any) -> None:
@@ -256,8 +257,3 @@ class ReinTuner(Tuner):
             linked.add_module(QUERY_FEAT_NAME, querys2feat)
             linked.register_forward_pre_hook(_LinkQueries(adapter, querys2feat), with_kwargs=True)
             self._linked_head = linked
-
-    def added_parameter_names(self) -> set[str]:
-        """The adapter's tokens, MLPs, scale and link linears (``backbone.rein.*``)."""
-        prefix = f"backbone.{ADAPTER_NAME}."
-        return {name for name, _ in self.segmentor.named_parameters() if name.startswith(prefix)}

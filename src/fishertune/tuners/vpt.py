@@ -92,6 +92,7 @@ class VPTTuner(Tuner):
     """P learnable prompt tokens before every block (3.69M on ViT-L with P = 150)."""
 
     config_class = VPTConfig
+    added_modules = (DeepPrompt,)
     config: VPTConfig
 
     def attach(self, segmentor: Segmentor) -> None:
@@ -115,12 +116,3 @@ class VPTTuner(Tuner):
             attn = getattr(block, "attn", None)
             if isinstance(attn, EvaAttention | AttentionRope):
                 attn.num_prefix_tokens += config.num_tokens
-
-    def added_parameter_names(self) -> set[str]:
-        """The prompt tokens of every block."""
-        return {
-            f"{prefix}.{name}"
-            for prefix, module in self.segmentor.named_modules()
-            if isinstance(module, DeepPrompt)
-            for name, _ in module.named_parameters()
-        }

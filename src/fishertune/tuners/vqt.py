@@ -204,6 +204,7 @@ class VQTTuner(Tuner):
     ViT-L)."""
 
     config_class = VQTConfig
+    added_modules = (VQTAdapter,)
     config: VQTConfig
 
     def attach(self, segmentor: Segmentor) -> None:
@@ -241,8 +242,3 @@ class VQTTuner(Tuner):
             attn.qkv.register_forward_hook(_QueryPass(adapter, index, block, attn))
         backbone.register_forward_pre_hook(adapter.clear)
         backbone.register_forward_hook(adapter.add_read_out)
-
-    def added_parameter_names(self) -> set[str]:
-        """The query tokens and the value projection (``backbone.vqt.*``)."""
-        prefix = f"backbone.{ADAPTER_NAME}."
-        return {name for name, _ in self.segmentor.named_parameters() if name.startswith(prefix)}
