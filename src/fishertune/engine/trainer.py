@@ -86,7 +86,7 @@ from fishertune.label_space import CITYSCAPES_CLASSES
 from fishertune.models import ViTBackbone
 from fishertune.progress import StepBar
 from fishertune.sensitivity import EstimateQuality
-from fishertune.tuners.base import DECODER_GROUP, TrainableCount
+from fishertune.tuners.base import TrainableCount
 from fishertune.tuners.scoring import ScoredTuner
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "has_checkpoint", "lr_factor"]
@@ -238,13 +238,15 @@ class Trainer:
     def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
         schedule = self.config.schedule
         if stage == "warmup":
-            groups = self.tuner.param_groups(schedule.lr, schedule.weight_decay)
+            groups = self.tuner.param_groups(
+                schedule.lr, schedule.weight_decay, schedule.decoder_lr_mult
+            )
             optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=schedule.lr)
         else:
-            optimizer = self.tuner.make_optimizer(schedule.lr, schedule.weight_decay)
+            optimizer = self.tuner.make_optimizer(
+                schedule.lr, schedule.weight_decay, decoder_lr_mult=schedule.decoder_lr_mult
+            )
         for group in optimizer.param_groups:
-            if str(group.get("name", "")).startswith(DECODER_GROUP):
-                group["lr"] *= schedule.decoder_lr_mult
             group.setdefault("initial_lr", group["lr"])
         self.optimizer_stage = stage
         return optimizer

@@ -124,6 +124,14 @@ def grey_nan_colormap(name: str) -> Colormap:
     return matplotlib.colormaps[name].with_extremes(bad="lightgrey")
 
 
+def log10_positive(values: NDArray[np.float64]) -> NDArray[np.float64]:
+    """log10 of ``values`` where positive, NaN (a blank cell) elsewhere."""
+    logged: NDArray[np.float64] = np.where(
+        values > 0, np.log10(np.where(values > 0, values, 1.0)), math.nan
+    )
+    return logged
+
+
 def heat_panel(
     figure: Figure,
     ax: Axes,
@@ -179,7 +187,7 @@ def sensitivity_heatmap(
             f"selected_share shape {np.shape(selected_share)} differs from table {values.shape}"
         )
     if log:
-        values = np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), math.nan)
+        values = log10_positive(values)
     panels = 1 if selected_share is None else 2
     height = min(12.0, 1.8 + 0.28 * max(values.shape[0], 1))
     figure = Figure(

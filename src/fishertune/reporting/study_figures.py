@@ -3,7 +3,7 @@
 :func:`interval_curves` draws the budget curve (Appendix C) and the capacity curves (Rein's
 Fig. 5: training loss and target mIoU as the trainable parameters grow), each point a mean over
 seeds with its 95% half-width; :func:`sensitivity_panels` draws the paper's Fig. 6 (F, ΔF and
-DRF per block and kind) side by side on one colour scale. Bars use
+DRF per block and kind) side by side, each on its own colour scale. Bars use
 :func:`~fishertune.reporting.plots.domain_bars`.
 """
 
@@ -18,7 +18,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
-from fishertune.reporting.plots import DEFAULT_KINDS, grey_nan_colormap, heat_panel, save_figure
+from fishertune.reporting.plots import (
+    DEFAULT_KINDS,
+    grey_nan_colormap,
+    heat_panel,
+    log10_positive,
+    save_figure,
+)
 
 __all__ = ["CurvePanel", "interval_curves", "sensitivity_panels"]
 
@@ -96,11 +102,10 @@ def sensitivity_panels(
         values = np.asarray(table, dtype=np.float64)
         if values.shape[1] != len(kinds):
             raise ValueError(f"table {name!r} has {values.shape[1]} columns for kinds {kinds}")
-        logged = np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), math.nan)
         heat_panel(
             figure,
             ax,
-            logged,
+            log10_positive(values),
             kinds,
             title=name,
             label="log10 mean",

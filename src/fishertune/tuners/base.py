@@ -20,10 +20,6 @@ from torch import Tensor, nn
 from fishertune.models.segmentor import Segmentor
 from fishertune.sensitivity import FeaturePerturbation
 
-DECODER_GROUP = "decoder"
-"""Name (prefix) of the optimiser groups of the decoder (neck and head) in
-:meth:`Tuner.param_groups`."""
-
 NO_DECAY_MODULES = ("norm", "query_embed", "query_feat", "queries_embedder", "queries_features")
 """No weight decay inside modules whose name contains one of these (Rein's optimiser setup)."""
 NO_DECAY_LEAVES = ("token", "scale", "pos_embed", "level_embed")
@@ -151,9 +147,13 @@ class Tuner:
             for name, _ in module.named_parameters()
         }
 
-    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    def param_groups(
+        self, lr: float, weight_decay: float, decoder_lr_mult: float = 1.0
+    ) -> list[dict[str, Any]]:
         """Optimiser groups: decoder, backbone weights, added modules, each with and without
-        weight decay (none on norms, tokens, embeddings and scales, as Rein)."""
+        weight decay (none on norms, tokens, embeddings and scales, as Rein). The decoder's
+        rate is ``lr × decoder_lr_mult`` (the run's ``schedule.decoder_lr_mult``), the backbone
+        side's ``lr`` times the method's own multipliers."""
         added = self.added_parameter_names()
         buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
         for name, param in self.segmentor.named_parameters():
@@ -164,11 +164,11 @@ class Tuner:
             elif name.startswith("backbone."):
                 part = "backbone"
             else:
-                part = DECODER_GROUP
+                part = "decoder"
             decay = decays(name)
             buckets.setdefault((part, decay), []).append(param)
         mults = {
-            DECODER_GROUP: 1.0,
+            "decoder": decoder_lr_mult,
             "backbone": self.config.backbone_lr_mult,
             "adapter": self.config.adapter_lr_mult,
         }
@@ -187,9 +187,11 @@ class Tuner:
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
+        decoder_lr_mult: float = 1.0,
     ) -> torch.optim.Optimizer:
         """AdamW over :meth:`param_groups` (Rein's defaults: lr 1e-4, weight decay 0.05)."""
-        return torch.optim.AdamW(self.param_groups(lr, weight_decay), lr=lr, betas=betas)
+        groups = self.param_groups(lr, weight_decay, decoder_lr_mult)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
     def after_backward(self) -> None:
         """Called between backward and the optimiser step (gradient masking hooks)."""

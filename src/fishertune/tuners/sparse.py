@@ -215,6 +215,7 @@ class SparseTuner(Tuner):
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
+        decoder_lr_mult: float = 1.0,
     ) -> SparseAdamW:
         """:class:`~fishertune.optim.SparseAdamW` over :meth:`param_groups` with the masks.
 
@@ -228,7 +229,7 @@ class SparseTuner(Tuner):
             params[name].requires_grad_(True)
         self._sparse_names = {n for n, m in masks.items() if not bool(m.all())}
         self._optimizer = SparseAdamW(
-            self.param_groups(lr, weight_decay),
+            self.param_groups(lr, weight_decay, decoder_lr_mult),
             {params[n]: masks[n] for n in self._sparse_names},
             lr=lr,
             betas=betas,

@@ -92,8 +92,10 @@ WEIGHT_DECAY = 0.05
 WARMUP_FRACTION = 0.05
 GRAD_CLIP = 1.0
 LOSS_WINDOW = 20
-_NO_DECAY = frozenset({"backbone.pos_embed", "backbone.cls_token"})
 """The final pretext loss is the mean over the last ``LOSS_WINDOW`` steps."""
+_NO_DECAY = frozenset({"backbone.pos_embed", "backbone.cls_token"})
+"""Parameters of ndim ≥ 2 trained without weight decay (the position embedding and the class
+token)."""
 
 _LOOKUP = torch.full((256,), IGNORE_INDEX, dtype=torch.uint8)
 _LOOKUP[: len(CATEGORY_OF_TRAIN_ID)] = torch.tensor(CATEGORY_OF_TRAIN_ID, dtype=torch.uint8)

@@ -260,7 +260,7 @@ def _collect(
     """Run (or read back) every job; returns the records and the wall seconds per arm key."""
     records: dict[tuple[str, int], dict[str, Any]] = {}
     wall: dict[str, float] = {}
-    pending: list[_Job] = []
+    pending: list[tuple[_Job, Path, RunConfig]] = []
     for job in jobs:
         run_dir = out / "runs" / job.key / f"seed{job.seed}"
         run_config = _run_config(config, job.arm, run_dir, job.seed)
@@ -268,12 +268,10 @@ def _collect(
         if record is not None:
             records[(job.key, job.seed)] = record
         else:
-            pending.append(job)
+            pending.append((job, run_dir, run_config))
     clock = _Clock()
     done = len(jobs) - len(pending)
-    for index, job in enumerate(pending):
-        run_dir = out / "runs" / job.key / f"seed{job.seed}"
-        run_config = _run_config(config, job.arm, run_dir, job.seed)
+    for index, (job, run_dir, run_config) in enumerate(pending):
         started = time.perf_counter()
         resumable = resume and has_checkpoint(run_dir)
         record = _train(run_config, resume=resumable, progress=progress, device=device)
@@ -282,7 +280,7 @@ def _collect(
         records[(job.key, job.seed)] = record
         wall[job.key] = wall.get(job.key, 0.0) + seconds
         clock.add(job.arm.method, seconds)
-        left = clock.remaining(pending[index + 1 :])
+        left = clock.remaining([job for job, _, _ in pending[index + 1 :]])
         estimate = (
             "" if left is None or index + 1 == len(pending) else f"; about {_duration(left)} left"
         )
@@ -293,13 +291,6 @@ def _collect(
             flush=True,
         )
     return records, wall
-
-
-def _columns(record: Mapping[str, Any]) -> list[str]:
-    """The table's columns: the source, the targets, their average, the training loss."""
-    domains = list(record["miou"])
-    source = [SOURCE_DOMAIN] if SOURCE_DOMAIN in domains else []
-    return [*source, *(d for d in domains if d != SOURCE_DOMAIN), AVERAGE_HEADER, LOSS_COLUMN]
 
 
 def _values(record: Mapping[str, Any]) -> dict[str, float]:
@@ -602,7 +593,7 @@ def _figures(study: Mapping[str, Any], folder: Path) -> dict[str, str]:
             xlabel = (
                 "δ_max (share of backbone parameters)"
                 if part["figure"] == "budget"
-                else ("trainable backbone parameters")
+                else "trainable backbone parameters"
             )
             panels = [
                 CurvePanel(
