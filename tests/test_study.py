@@ -21,6 +21,7 @@ from fishertune.cli import main
 from fishertune.evaluation.intervals import Interval, paired_interval
 from fishertune.tuners import available_tuners
 from fishertune.tuners.registry import tuner_class
+from fishertune.workflows.runs import method_config
 from fishertune.workflows.study import (
     CONTRADICTED,
     NOT_RESOLVED,
@@ -40,7 +41,8 @@ def test_every_arm_is_a_registered_method_with_valid_options() -> None:
     for part in PARTS:
         for arm in part.arms:
             assert arm.method in available_tuners(), (part.name, arm)
-            options = arm.resolved(config.method.name, config.method.options)
+            run = method_config(config, arm.method, Path("run"), 0, dict(arm.options))
+            options = run.method.options
             names = {f.name for f in dataclasses.fields(tuner_class(arm.method).config_class)}
             assert set(options) <= names, (part.name, arm.label, set(options) - names)
             tuner_class(arm.method).config_class(**options)  # raises on a bad value

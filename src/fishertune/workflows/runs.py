@@ -11,7 +11,7 @@ only the warm-up and estimation stages and draws the heatmap.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,13 +170,18 @@ def train_and_report(
 
 
 def method_config(
-    config: RunConfig, method: str, run_dir: Path, seed: int | None = None
+    config: RunConfig,
+    method: str,
+    run_dir: Path,
+    seed: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """``config`` for ``method`` in ``run_dir``: the configured options when ``method`` is the
-    configured one, the method's defaults otherwise; ``seed`` replaces ``schedule.seed``."""
+    configured one, the method's defaults otherwise, with ``overrides`` on top; ``seed``
+    replaces ``schedule.seed``."""
     data = config.to_dict()
     options = data["method"]["options"] if method == config.method.name else {}
-    data["method"] = {"name": method, "options": options}
+    data["method"] = {"name": method, "options": {**options, **(overrides or {})}}
     data["output"] = {"run_dir": str(run_dir)}
     if seed is not None:
         data["schedule"]["seed"] = seed

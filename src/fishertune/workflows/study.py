@@ -50,6 +50,7 @@ from fishertune.reporting.plots import sensitivity_by_block
 from fishertune.reporting.study_figures import CurvePanel, interval_curves, sensitivity_panels
 from fishertune.tuners.scoring import ScoredTuner
 from fishertune.workflows.demo import DEMO_SETTINGS, merge_settings
+from fishertune.workflows.runs import method_config
 from fishertune.workflows.study_parts import PARTS, TARGET, Arm, Claim, Part, part_names
 
 __all__ = [
@@ -119,12 +120,7 @@ def study_config(*, quick: bool = False, out_dir: str | Path | None = None) -> R
 
 
 def _run_config(config: RunConfig, arm: Arm, run_dir: Path, seed: int) -> RunConfig:
-    data = config.to_dict()
-    options = arm.resolved(config.method.name, config.method.options)
-    data["method"] = {"name": arm.method, "options": options}
-    data["output"] = {"run_dir": str(run_dir)}
-    data["schedule"]["seed"] = seed
-    return config_from_dict(data)
+    return method_config(config, arm.method, run_dir, seed, dict(arm.options))
 
 
 def _identity(config: RunConfig) -> dict[str, Any]:
@@ -184,7 +180,6 @@ def _train(
         "trainable": result.trainable.backbone,
         "quality": None if quality is None else quality.to_dict(),
         "sensitivity": _sensitivity_table(trainer),
-        "seconds": sum(result.stage_seconds.values()),
     }
 
 
@@ -256,10 +251,9 @@ def _collect(
     resume: bool,
     progress: bool,
     device: str | None,
-) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, float]]:
-    """Run (or read back) every job; returns the records and the wall seconds per arm key."""
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Run (or read back) every job; returns the records per (arm key, seed)."""
     records: dict[tuple[str, int], dict[str, Any]] = {}
-    wall: dict[str, float] = {}
     pending: list[tuple[_Job, Path, RunConfig]] = []
     for job in jobs:
         run_dir = out / "runs" / job.key / f"seed{job.seed}"
@@ -278,7 +272,6 @@ def _collect(
         seconds = time.perf_counter() - started
         _write_text(run_dir / RECORD, json.dumps(record, indent=1, ensure_ascii=False))
         records[(job.key, job.seed)] = record
-        wall[job.key] = wall.get(job.key, 0.0) + seconds
         clock.add(job.arm.method, seconds)
         left = clock.remaining([job for job, _, _ in pending[index + 1 :]])
         estimate = (
@@ -290,7 +283,7 @@ def _collect(
             file=sys.stderr,
             flush=True,
         )
-    return records, wall
+    return records
 
 
 def _values(record: Mapping[str, Any]) -> dict[str, float]:
@@ -645,11 +638,10 @@ def _figures(study: Mapping[str, Any], folder: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Study:
-    """What :func:`run_study` wrote: the record, ``study.md`` and the wall time per arm key."""
+    """What :func:`run_study` wrote: the record and ``study.md``."""
 
     record: dict[str, Any]
     markdown: Path
-    seconds: dict[str, float]
 
 
 def run_study(
@@ -676,7 +668,7 @@ def run_study(
             f"{out} already holds a study; pass --resume to continue it, or choose another --out"
         )
     parts = [p for p in PARTS if p.name in names]
-    records, wall = _collect(
+    records = _collect(
         _jobs(parts, config, seeds), config, out, resume=resume, progress=progress, device=device
     )
     seed_list = list(seeds)
@@ -692,4 +684,4 @@ def run_study(
     figures = _figures(study, out / "figures")
     markdown = render_markdown(study, figures)
     _write_text(out / "study.md", markdown)
-    return Study(copy.deepcopy(study), out / "study.md", wall)
+    return Study(copy.deepcopy(study), out / "study.md")

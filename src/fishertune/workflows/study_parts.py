@@ -41,27 +41,22 @@ class Arm:
     Attributes:
         label: how the part's table names the arm (e.g. ``"Random Q"``).
         method: a registered method name.
-        options: option overrides, as (name, value) pairs; the base options are the study
-            configuration's ``method.options`` when ``method`` is its method, the method's
-            defaults otherwise.
+        options: option overrides, as (name, value) pairs, on top of the study configuration's
+            ``method.options`` when ``method`` is its method, the method's defaults otherwise
+            (:func:`~fishertune.workflows.runs.method_config`).
     """
 
     label: str
     method: str
     options: tuple[tuple[str, Any], ...] = ()
 
-    def resolved(self, base_method: str, base_options: Mapping[str, Any]) -> dict[str, Any]:
-        """The arm's full options given the study configuration's method and options."""
-        options = dict(base_options) if self.method == base_method else {}
-        options.update(self.options)
-        return options
-
     def key(self, base_method: str, base_options: Mapping[str, Any]) -> str:
-        """The run folder of this arm: the method, then each option that differs from the
-        base, sorted (``fishertune-schedule=constant-variant=F``); equal for equal runs."""
+        """The run folder of this arm: the method, then each overridden option whose value
+        differs from the base, sorted (``fishertune-schedule=constant-variant=F``); equal for
+        equal runs. The base options are ``base_options`` when ``method`` is ``base_method``
+        (the study configuration's), the method's defaults otherwise."""
         base = dict(base_options) if self.method == base_method else {}
-        resolved = self.resolved(base_method, base_options)
-        parts = [f"{k}={_text(v)}" for k, v in sorted(resolved.items()) if base.get(k) != v]
+        parts = [f"{k}={_text(v)}" for k, v in sorted(self.options) if base.get(k) != v]
         return "-".join([self.method, *parts])
 
 
