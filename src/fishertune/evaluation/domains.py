@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Parameter
 
+from fishertune.evaluation.intervals import json_number
 from fishertune.evaluation.metric import SegmentationMetric
 from fishertune.evaluation.protocols import EvalProtocol, get_protocol
 from fishertune.progress import track
@@ -56,10 +57,6 @@ class DomainMetrics:
 
 def _percent(value: float) -> str:
     return "-" if math.isnan(value) else f"{100 * value:.2f}"
-
-
-def _json_number(value: float) -> float | None:
-    return None if math.isnan(value) else value
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -122,16 +119,16 @@ class DomainResults:
             "class_names": list(self.class_names),
             "domains": {
                 name: {
-                    "miou": _json_number(m.miou),
-                    "pixel_acc": _json_number(m.pixel_acc),
+                    "miou": json_number(m.miou),
+                    "pixel_acc": json_number(m.pixel_acc),
                     "iou": {
-                        c: _json_number(v) for c, v in zip(self.class_names, m.iou, strict=True)
+                        c: json_number(v) for c, v in zip(self.class_names, m.iou, strict=True)
                     },
                     "test_size": list(m.test_size),
                 }
                 for name, m in self.domains.items()
             },
-            "average_miou": _json_number(self.average_miou),
+            "average_miou": json_number(self.average_miou),
         }
 
     def to_json(self, path: str | Path) -> None:

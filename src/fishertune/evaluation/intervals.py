@@ -11,12 +11,20 @@ A difference is *resolved* when its interval excludes 0.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from scipy.stats import t as student_t
 
-__all__ = ["CONFIDENCE", "Interval", "paired_interval", "t_interval"]
+__all__ = [
+    "CONFIDENCE",
+    "Interval",
+    "json_number",
+    "number",
+    "paired_interval",
+    "t_interval",
+]
 
 CONFIDENCE = 0.95
 
@@ -60,12 +68,27 @@ class Interval:
         return f"{mean} ± {self.half_width * scale:.{digits}f}"
 
     def to_dict(self) -> dict[str, float | int | None]:
-        """JSON-ready fields (NaN half-width as None)."""
+        """JSON-ready fields (NaN as None; :meth:`from_dict` reads them back)."""
         return {
-            "mean": self.mean,
-            "half_width": None if math.isnan(self.half_width) else self.half_width,
+            "mean": json_number(self.mean),
+            "half_width": json_number(self.half_width),
             "count": self.count,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Interval:
+        """Inverse of :meth:`to_dict`."""
+        return cls(number(data["mean"]), number(data["half_width"]), int(data["count"]))
+
+
+def json_number(value: float) -> float | None:
+    """``value`` for JSON: None for NaN (JSON has no NaN)."""
+    return None if math.isnan(value) else float(value)
+
+
+def number(value: float | None) -> float:
+    """A :func:`json_number` read back: NaN for None."""
+    return math.nan if value is None else float(value)
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:

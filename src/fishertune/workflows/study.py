@@ -43,7 +43,13 @@ from fishertune.engine.trainer import (
     Trainer,
     has_checkpoint,
 )
-from fishertune.evaluation.intervals import Interval, paired_interval, t_interval
+from fishertune.evaluation.intervals import (
+    Interval,
+    json_number,
+    number,
+    paired_interval,
+    t_interval,
+)
 from fishertune.models import parameter_groups
 from fishertune.reporting import AVERAGE_HEADER, domain_bars, read_metrics_csv
 from fishertune.reporting.plots import sensitivity_by_block
@@ -145,14 +151,6 @@ def _write_text(target: Path, text: str) -> None:
     atomic_write(target, lambda path: path.write_text(text, encoding="utf-8"))
 
 
-def _json_number(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
-def _number(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
 def _sensitivity_table(trainer: Trainer) -> list[list[float | None]] | None:
     """The Fig. 6 table (block × Q/K/V/FFN means) of the run's saved scores, if any."""
     folder = trainer.run_dir / CHECKPOINTS
@@ -161,7 +159,7 @@ def _sensitivity_table(trainer: Trainer) -> list[list[float | None]] | None:
     tensors, _ = load_checkpoint(folder, SENSITIVITY)
     scores = {k[len(SCORE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SCORE_PREFIX)}
     table = sensitivity_by_block(scores, parameter_groups(trainer.segmentor.backbone))
-    return [[_json_number(float(v)) for v in row] for row in table]
+    return [[json_number(float(v)) for v in row] for row in table]
 
 
 def _train(
@@ -175,8 +173,8 @@ def _train(
     quality = trainer.tuner.quality if isinstance(trainer.tuner, ScoredTuner) else None
     return {
         "identity": _identity(config),
-        "miou": {name: _json_number(m.miou) for name, m in result.results.domains.items()},
-        "train_loss": _json_number(_final_loss(result.run_dir, config.total_steps)),
+        "miou": {name: json_number(m.miou) for name, m in result.results.domains.items()},
+        "train_loss": json_number(_final_loss(result.run_dir, config.total_steps)),
         "trainable": result.trainable.backbone,
         "quality": None if quality is None else quality.to_dict(),
         "sensitivity": _sensitivity_table(trainer),
@@ -288,10 +286,10 @@ def _collect(
 
 def _values(record: Mapping[str, Any]) -> dict[str, float]:
     """A run's numbers per column (mIoU as fractions)."""
-    miou = {name: _number(value) for name, value in record["miou"].items()}
+    miou = {name: number(value) for name, value in record["miou"].items()}
     targets = [v for name, v in miou.items() if name != SOURCE_DOMAIN]
     average = math.fsum(targets) / len(targets) if targets else math.nan
-    return {**miou, AVERAGE_HEADER: average, LOSS_COLUMN: _number(record["train_loss"])}
+    return {**miou, AVERAGE_HEADER: average, LOSS_COLUMN: number(record["train_loss"])}
 
 
 def _quality_values(record: Mapping[str, Any]) -> dict[str, float]:
@@ -306,18 +304,6 @@ def _quality_values(record: Mapping[str, Any]) -> dict[str, float]:
         values["stable F vs diagonal ρ"] = float(quality["agreement"]["spearman"])
         values["stable F vs diagonal top-k overlap"] = float(quality["agreement"]["overlap"])
     return values
-
-
-def _interval_dict(interval: Interval) -> dict[str, Any]:
-    return {
-        "mean": _json_number(interval.mean),
-        "half_width": _json_number(interval.half_width),
-        "count": interval.count,
-    }
-
-
-def _interval(data: Mapping[str, Any]) -> Interval:
-    return Interval(_number(data["mean"]), _number(data["half_width"]), int(data["count"]))
 
 
 def _verdict(difference: Interval, higher: bool) -> str:
@@ -357,14 +343,12 @@ def _part_record(
             "options": dict(arm.options),
             "trainable": runs[0]["trainable"],
             "seeds": {
-                str(seed): {c: _json_number(v) for c, v in values.items()}
+                str(seed): {c: json_number(v) for c, v in values.items()}
                 for seed, values in zip(seeds, per_arm[arm.label], strict=True)
             },
-            "mean": {
-                c: _interval_dict(t_interval([v[c] for v in per_arm[arm.label]])) for c in columns
-            },
+            "mean": {c: t_interval([v[c] for v in per_arm[arm.label]]).to_dict() for c in columns},
             "quality": {
-                name: _interval_dict(t_interval([q[name] for q in quality]))
+                name: t_interval([q[name] for q in quality]).to_dict()
                 for name in quality[0]
                 if all(name in q for q in quality)
             },
@@ -377,11 +361,9 @@ def _part_record(
                 "arm": label,
                 "reference": reference,
                 "difference": {
-                    c: _interval_dict(
-                        paired_interval(
-                            [v[c] for v in per_arm[label]], [v[c] for v in per_arm[reference]]
-                        )
-                    )
+                    c: paired_interval(
+                        [v[c] for v in per_arm[label]], [v[c] for v in per_arm[reference]]
+                    ).to_dict()
                     for c in columns
                 },
             }
@@ -397,7 +379,7 @@ def _part_record(
                 "claim": claim.describe(),
                 "column": column,
                 "higher": claim.higher,
-                "difference": _interval_dict(difference),
+                "difference": difference.to_dict(),
                 "verdict": _verdict(difference, claim.higher),
             }
         )
@@ -448,7 +430,7 @@ def arm_table(part: Mapping[str, Any], seeds: int) -> str:
     header = [f"Arm (mean ± 95% CI, {seeds} seeds)", "trainable", *columns]
     lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
     for label, arm in arms.items():
-        cells = [_cell(_interval(arm["mean"][c]), c) for c in columns]
+        cells = [_cell(Interval.from_dict(arm["mean"][c]), c) for c in columns]
         lines.append("| " + " | ".join([label, f"{arm['trainable']:,}", *cells]) + " |")
     return "\n".join(lines)
 
@@ -462,7 +444,7 @@ def pair_table(part: Mapping[str, Any]) -> str:
         "| --- |" + " ---: |" * len(columns),
     ]
     for pair in pairs:
-        cells = [_cell(_interval(pair["difference"][c]), c, mark=True) for c in columns]
+        cells = [_cell(Interval.from_dict(pair["difference"][c]), c, mark=True) for c in columns]
         lines.append("| " + " | ".join([f"{pair['arm']} − {pair['reference']}", *cells]) + " |")
     return "\n".join(lines)
 
@@ -476,7 +458,7 @@ def quality_table(part: Mapping[str, Any]) -> str | None:
     lines = ["| " + " | ".join(["Estimate", *names]) + " |", "| --- |" + " ---: |" * len(names)]
     for label, quality in arms.items():
         cells = [
-            _interval(quality[n]).format(scale=1.0, digits=3) if n in quality else "-"
+            Interval.from_dict(quality[n]).format(scale=1.0, digits=3) if n in quality else "-"
             for n in names
         ]
         lines.append("| " + " | ".join([label, *cells]) + " |")
@@ -487,7 +469,7 @@ def claim_lines(part: Mapping[str, Any]) -> list[str]:
     """One line per claim: the comparison, its paired difference and its verdict."""
     lines = []
     for claim in part["claims"]:
-        difference = _interval(claim["difference"])
+        difference = Interval.from_dict(claim["difference"])
         value = _cell(difference, claim["column"])
         lines.append(f"- {claim['claim']}: difference {value} → {claim['verdict']}")
     return lines
@@ -555,7 +537,8 @@ def _figures(study: Mapping[str, Any], folder: Path) -> dict[str, str]:
     for name, part in study["parts"].items():
         arms = part["arms"]
         means = {
-            label: {c: _interval(v) for c, v in arm["mean"].items()} for label, arm in arms.items()
+            label: {c: Interval.from_dict(v) for c, v in arm["mean"].items()}
+            for label, arm in arms.items()
         }
         path = folder / f"{name}.png"
         title = f"{name} ({part['paper']}): 95% CI over {len(study['seeds'])} seeds"
@@ -624,7 +607,7 @@ def _figures(study: Mapping[str, Any], folder: Path) -> dict[str, str]:
     sensitivity = study.get("sensitivity")
     if sensitivity:
         tables = {
-            label: np.array([[_number(v) for v in row] for row in table], dtype=np.float64)
+            label: np.array([[number(v) for v in row] for row in table], dtype=np.float64)
             for label, table in sensitivity["tables"].items()
         }
         sensitivity_panels(
