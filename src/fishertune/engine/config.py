@@ -33,10 +33,14 @@ from fishertune.label_space import CITYSCAPES_CLASSES
 from fishertune.tuners import available_tuners, tuner_class
 from fishertune.tuners.base import check_option_names
 
+LOCATION_KEYS = frozenset({"output.run_dir"})
+"""Configuration keys that say where a run lives, not what it is."""
+
 SYNTHETIC = "synthetic"
 """``data.source`` of the embedded benchmark (its targets are the styles)."""
 
 __all__ = [
+    "LOCATION_KEYS",
     "DataConfig",
     "EvaluationConfig",
     "MethodConfig",
@@ -216,6 +220,14 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain (JSON- and YAML-serialisable) data; :func:`config_from_dict` reads it back."""
         return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, dict[str, Any]]:
+        """What makes two runs the same run: :meth:`to_dict` less :data:`LOCATION_KEYS` (a
+        run directory that was moved resumes)."""
+        return {
+            section: {k: v for k, v in values.items() if f"{section}.{k}" not in LOCATION_KEYS}
+            for section, values in self.to_dict().items()
+        }
 
 
 class _Loader(yaml.SafeLoader):

@@ -97,9 +97,6 @@ RESUMABLE = ("last", "best")
 """The training checkpoints ``--resume`` chooses from (the newest complete one)."""
 _TRAINING_STATE = ("step", "config", "best", "stage_seconds", "rng")
 """Keys every training checkpoint's state holds (see :meth:`Trainer.save`)."""
-_LOCATION_KEYS = frozenset({"output.run_dir"})
-"""Configuration keys that say where a run lives, not what it is: a run directory that was
-moved resumes."""
 SCORE_PREFIX = "score."
 QUALITY = "quality"
 """Key of the estimate's :class:`~fishertune.sensitivity.EstimateQuality` in the sensitivity
@@ -307,10 +304,9 @@ class Trainer:
         saved_config = state["config"]
         changed = sorted(
             f"{section}.{key}"
-            for section, values in self.config.to_dict().items()
+            for section, values in self.config.identity().items()
             for key, value in values.items()
-            if f"{section}.{key}" not in _LOCATION_KEYS
-            and saved_config.get(section, {}).get(key) != value
+            if saved_config.get(section, {}).get(key) != value
         )
         if changed:
             raise ValueError(f"cannot resume {path}: the configuration differs in {changed}")

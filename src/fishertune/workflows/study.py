@@ -129,13 +129,6 @@ def _run_config(config: RunConfig, arm: Arm, run_dir: Path, seed: int) -> RunCon
     return method_config(config, arm.method, run_dir, seed, dict(arm.options))
 
 
-def _identity(config: RunConfig) -> dict[str, Any]:
-    """What makes two runs the same run (the configuration less its location)."""
-    data = config.to_dict()
-    data.pop("output", None)
-    return data
-
-
 def _final_loss(run_dir: Path, updates: int) -> float:
     """Mean training loss over the last tenth of the weight updates (at least one)."""
     rows = read_metrics_csv(run_dir / "metrics.csv")
@@ -172,7 +165,7 @@ def _train(
         raise ValueError(f"{config.output.run_dir}: the run evaluated no domain")
     quality = trainer.tuner.quality if isinstance(trainer.tuner, ScoredTuner) else None
     return {
-        "identity": _identity(config),
+        "identity": config.identity(),
         "miou": {name: json_number(m.miou) for name, m in result.results.domains.items()},
         "train_loss": json_number(_final_loss(result.run_dir, config.total_steps)),
         "trainable": result.trainable.backbone,
@@ -189,7 +182,7 @@ def _read_record(path: Path, config: RunConfig) -> dict[str, Any] | None:
         record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a readable study record ({error})") from None
-    if not isinstance(record, dict) or record.get("identity") != _identity(config):
+    if not isinstance(record, dict) or record.get("identity") != config.identity():
         raise ValueError(
             f"{path}: this run was made with other settings than the study's now; use another "
             "--out, or remove the folder to redo it"
@@ -656,7 +649,7 @@ def run_study(
     )
     seed_list = list(seeds)
     study: dict[str, Any] = {
-        "settings": _identity(config),
+        "settings": config.identity(),
         "seeds": seed_list,
         "parts": {p.name: _part_record(p, config, seed_list, records) for p in parts},
     }
