@@ -83,7 +83,7 @@ from fishertune.engine.precision import autocast
 from fishertune.engine.run_log import RunLog
 from fishertune.evaluation.domains import DomainResults, evaluate_domains
 from fishertune.label_space import CITYSCAPES_CLASSES
-from fishertune.models import ViTBackbone
+from fishertune.models import Backbone
 from fishertune.progress import StepBar
 from fishertune.sensitivity import EstimateQuality
 from fishertune.tuners.base import TrainableCount
@@ -198,7 +198,7 @@ class Trainer:
         self.eval_sets.update(target_datasets(config))
         self.protocol = eval_protocol(config)
         backbone = self.segmentor.backbone
-        if not isinstance(backbone, ViTBackbone):
+        if not isinstance(backbone, Backbone):
             raise TypeError("the trainer needs a segmentor with a ViTBackbone")
         mean, std = backbone.mean, backbone.std
         self.train_transform = training_transform(config, mean, std)

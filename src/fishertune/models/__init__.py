@@ -5,7 +5,12 @@
 :func:`parameter_groups` tells which backbone element is Q, K, V, O, FFN1, FFN2, norm or other.
 """
 
-from fishertune.models.backbone import FAMILIES, PretrainedWeightsUnavailableError, ViTBackbone
+from fishertune.models.backbone import (
+    FAMILIES,
+    Backbone,
+    PretrainedWeightsUnavailableError,
+    ViTBackbone,
+)
 from fishertune.models.build import HEADS, build_segmentor
 from fishertune.models.demo_vit import DEMO_VIT_NAME
 from fishertune.models.heads import LinearHead, Mask2FormerHead, SegmentationHead
@@ -27,6 +32,7 @@ __all__ = [
     "FAMILIES",
     "HEADS",
     "KINDS",
+    "Backbone",
     "CheckpointError",
     "LinearHead",
     "LoadReport",

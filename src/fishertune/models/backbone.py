@@ -6,7 +6,7 @@ import logging
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 import timm
@@ -44,6 +44,35 @@ def default_out_indices(depth: int) -> tuple[int, ...]:
     """
     picked = sorted({max(0, round(depth * (k + 1) / 24) - 1) for k in _REIN_INDICES_24})
     return tuple(picked)
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What the tuners and the trainer read of a segmentor's backbone (:class:`ViTBackbone`
+    has it all). ``isinstance(module, Backbone)`` checks that the attributes exist."""
+
+    model: Any
+    """The timm model (its ``norm_pre`` is the blocks' entry, where DSU perturbs)."""
+    embed_dim: int
+    patch_size: int
+    out_indices: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Class and register tokens ahead of the patch tokens."""
+        ...
+
+    @property
+    def maps_inside(self) -> bool:
+        """Whether the blocks carry ``(B, H, W, C)`` maps (SAM) instead of token sequences."""
+        ...
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        """The transformer blocks."""
+        ...
 
 
 class ViTBackbone(nn.Module):

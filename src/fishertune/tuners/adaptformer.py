@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fishertune.models.segmentor import Segmentor
-from fishertune.tuners.base import Tuner, TunerConfig, named_blocks
+from fishertune.tuners.base import Tuner, TunerConfig, backbone_of, named_blocks
 from fishertune.tuners.registry import register
 
 
@@ -110,9 +110,7 @@ class AdaptFormerTuner(Tuner):
 
     def attach(self, segmentor: Segmentor) -> None:
         config = self.config
-        dim = getattr(segmentor.backbone, "embed_dim", None)
-        if not isinstance(dim, int):
-            raise ValueError("adaptformer needs a backbone with an int `embed_dim`")
+        dim = backbone_of(segmentor, self.name).embed_dim
         for index, block in named_blocks(segmentor):
             ffn, branch_end = getattr(block, "mlp", None), getattr(block, "drop_path2", None)
             if not isinstance(ffn, nn.Module) or not isinstance(branch_end, nn.Module):
@@ -123,6 +121,6 @@ class AdaptFormerTuner(Tuner):
             adapter = ParallelAdapter(
                 dim, config.bottleneck, config.scale, config.dropout, next(ffn.parameters())
             )
-            block.add_module("adaptformer", adapter)
-            ffn.register_forward_pre_hook(adapter.read_ffn_input)
-            branch_end.register_forward_hook(adapter.add_to_branch)
+            self.add_module(block, "adaptformer", adapter)
+            self.keep(ffn.register_forward_pre_hook(adapter.read_ffn_input))
+            self.keep(branch_end.register_forward_hook(adapter.add_to_branch))

@@ -16,7 +16,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
+from fishertune.models.backbone import Backbone
 from fishertune.models.segmentor import Segmentor
 from fishertune.sensitivity import FeaturePerturbation
 
@@ -66,7 +68,9 @@ class Tuner:
 
     Subclasses implement :meth:`attach` (what trains in the backbone, what is added) and may
     override :meth:`backbone_trainable`, :meth:`make_optimizer`, :meth:`after_backward`,
-    :meth:`on_step`, :meth:`saved_state` / :meth:`load_saved` and :meth:`merge`.
+    :meth:`on_step`, :meth:`saved_state` / :meth:`load_saved`, :meth:`merge` and
+    :meth:`undo`. What :meth:`attach` adds goes through :meth:`add_module` and :meth:`keep`
+    (hook handles), so that :meth:`detach` can take every method off a model again.
     """
 
     name: ClassVar[str] = ""
@@ -87,6 +91,9 @@ class Tuner:
         )
         self._segmentor: Segmentor | None = None
         self._perturbation: FeaturePerturbation | None = None
+        self._handles: list[RemovableHandle] = []
+        self._added: list[tuple[nn.Module, str]] = []
+        self._grad_flags: dict[str, bool] = {}
 
     # ---------------------------------------------------------------- application
     @property
@@ -101,6 +108,7 @@ class Tuner:
         if self._segmentor is not None:
             raise RuntimeError(f"tuner {self.name!r} is already applied")
         self._segmentor = segmentor
+        self._grad_flags = {n: p.requires_grad for n, p in segmentor.named_parameters()}
         segmentor.backbone.requires_grad_(False)
         self.attach(segmentor)
         segmentor.neck.requires_grad_(True)
@@ -114,6 +122,46 @@ class Tuner:
     def attach(self, segmentor: Segmentor) -> None:
         """Decide what trains in the (frozen) backbone and add the method's modules."""
         raise NotImplementedError
+
+    def add_module(self, parent: nn.Module, name: str, module: nn.Module) -> None:
+        """Add ``module`` to ``parent`` as ``name`` (refused if the name is taken), to be
+        removed by :meth:`detach`."""
+        if hasattr(parent, name):
+            raise ValueError(
+                f"{self.name}: the {type(parent).__name__} already has a `{name}` attribute "
+                "(is the method applied twice?)"
+            )
+        parent.add_module(name, module)
+        self._added.append((parent, name))
+
+    def keep(self, handle: RemovableHandle) -> None:
+        """Keep a hook's handle, to be removed by :meth:`detach`."""
+        self._handles.append(handle)
+
+    def undo(self) -> None:
+        """Revert what :meth:`attach` changed besides added modules and hooks (subclasses with
+        such changes override this); called by :meth:`detach`."""
+
+    def detach(self) -> Segmentor:
+        """Take the method off its segmentor and return it: hooks removed, added modules
+        deleted, :meth:`undo` run, every parameter's ``requires_grad`` as before :meth:`apply`.
+
+        Changes the training made to the backbone's own tensors (full and sparse fine-tuning)
+        stay; what lived in added modules (adapters, prompts, LoRA factors not merged) goes.
+        The tuner cannot be used afterwards.
+        """
+        segmentor = self.segmentor
+        for handle in reversed(self._handles):
+            handle.remove()
+        self.undo()
+        for parent, name in reversed(self._added):
+            delattr(parent, name)
+        for name, param in segmentor.named_parameters():
+            param.requires_grad_(self._grad_flags.get(name, param.requires_grad))
+        self._handles, self._added, self._grad_flags = [], [], {}
+        self._perturbation = None
+        self._segmentor = None
+        return segmentor
 
     def train_context(self) -> Any:
         """Context for training steps: the DSU perturbation when ``train_perturbation``."""
@@ -279,16 +327,16 @@ def entry_perturbation(
     :data:`DSU_TRAINING_PROBABILITY`, only in training mode); otherwise every call is perturbed,
     the simulated domain of the estimation stage.
     """
-    model = getattr(segmentor.backbone, "model", None)
-    entry = getattr(model, "norm_pre", None)
+    backbone = backbone_of(segmentor, "the feature perturbation")
+    entry = getattr(backbone.model, "norm_pre", None)
     if not isinstance(entry, nn.Module):
-        raise ValueError("the feature perturbation needs a ViTBackbone (timm model with norm_pre)")
+        raise ValueError("the feature perturbation needs a timm model with `norm_pre`")
     return FeaturePerturbation(
         entry,
         scale=scale,
         generator=generator,
-        num_prefix_tokens=int(getattr(segmentor.backbone, "num_prefix_tokens", 0)),
-        channels_last=bool(getattr(segmentor.backbone, "maps_inside", False)),
+        num_prefix_tokens=backbone.num_prefix_tokens,
+        channels_last=backbone.maps_inside,
         probability=DSU_TRAINING_PROBABILITY if training else 1.0,
         training_only=training,
     )
@@ -309,9 +357,19 @@ def _make_config(cls: type[TunerConfig], name: str, options: Mapping[str, Any]) 
     return cls(**options)
 
 
+def backbone_of(segmentor: Segmentor, user: str) -> Backbone:
+    """The segmentor's backbone as a :class:`~fishertune.models.backbone.Backbone` (embedding
+    width, patch size, prefix tokens, blocks, ...); a ValueError naming ``user`` (a method) when
+    it lacks those attributes."""
+    backbone = segmentor.backbone
+    if not isinstance(backbone, Backbone):
+        raise ValueError(
+            f"{user} needs a ViT backbone (fishertune.models.ViTBackbone), "
+            f"got a {type(backbone).__name__}"
+        )
+    return backbone
+
+
 def named_blocks(segmentor: Segmentor) -> Iterator[tuple[int, nn.Module]]:
     """The backbone's transformer blocks with their indices."""
-    blocks = getattr(segmentor.backbone, "blocks", None)
-    if not isinstance(blocks, nn.Sequential | nn.ModuleList):
-        raise ValueError("the segmentor's backbone exposes no transformer blocks")
-    yield from enumerate(blocks)
+    yield from enumerate(backbone_of(segmentor, "a method that adapts blocks").blocks)

@@ -165,6 +165,13 @@ class LoRATuner(Tuner):
 
     def merge(self) -> None:
         """Replace every LoRA-parametrized weight by W + ΔW; the factors are removed."""
+        self._remove(merged=True)
+
+    def undo(self) -> None:
+        """Give every LoRA-parametrized layer its pretrained weight W back (ΔW discarded)."""
+        self._remove(merged=False)
+
+    def _remove(self, *, merged: bool) -> None:
         parametrized = [
             module
             for module in self.segmentor.modules()
@@ -172,7 +179,7 @@ class LoRATuner(Tuner):
             and any(isinstance(p, LowRankUpdate) for p in _weight_parametrizations(module))
         ]
         for module in parametrized:
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=merged)
 
 
 def _weight_parametrizations(module: nn.Module) -> nn.ModuleList:

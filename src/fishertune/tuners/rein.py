@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from fishertune.models.heads.mask2former import Mask2FormerHead
 from fishertune.models.segmentor import Segmentor
-from fishertune.tuners.base import Tuner, TunerConfig, named_blocks
+from fishertune.tuners.base import Tuner, TunerConfig, backbone_of, named_blocks
 from fishertune.tuners.registry import register
 
 ADAPTER_NAME = "rein"
@@ -221,9 +221,7 @@ class ReinTuner(Tuner):
     def attach(self, segmentor: Segmentor) -> None:
         config = self.config
         backbone = segmentor.backbone
-        dim = getattr(backbone, "embed_dim", None)
-        if not isinstance(dim, int):
-            raise ValueError("rein needs a backbone with an int `embed_dim`")
+        vit = backbone_of(segmentor, self.name)
         if hasattr(backbone, ADAPTER_NAME):
             raise ValueError(f"the backbone already has a `{ADAPTER_NAME}` module")
         blocks = [block for _, block in named_blocks(segmentor)]
@@ -237,7 +235,7 @@ class ReinTuner(Tuner):
             )
         adapter = ReinAdapter(
             len(blocks),
-            dim,
+            vit.embed_dim,
             config.num_tokens,
             config.rank,
             segmentor.patch_size,
@@ -245,15 +243,24 @@ class ReinTuner(Tuner):
             None if linked is None else linked.hidden_dim,
             next(backbone.parameters()),
         )
-        backbone.add_module(ADAPTER_NAME, adapter)
-        prefix = int(getattr(backbone, "num_prefix_tokens", 0))
+        self.add_module(backbone, ADAPTER_NAME, adapter)
+        prefix = vit.num_prefix_tokens
         for index, block in enumerate(blocks):
-            block.register_forward_hook(_RefineBlockOutput(adapter, index, prefix))
+            self.keep(block.register_forward_hook(_RefineBlockOutput(adapter, index, prefix)))
         if linked is not None:
             weight = linked.class_predictor.weight
             querys2feat = nn.Linear(
                 linked.hidden_dim, linked.hidden_dim, device=weight.device, dtype=weight.dtype
             )
-            linked.add_module(QUERY_FEAT_NAME, querys2feat)
-            linked.register_forward_pre_hook(_LinkQueries(adapter, querys2feat), with_kwargs=True)
+            self.add_module(linked, QUERY_FEAT_NAME, querys2feat)
+            self.keep(
+                linked.register_forward_pre_hook(
+                    _LinkQueries(adapter, querys2feat), with_kwargs=True
+                )
+            )
             self._linked_head = linked
+
+    def undo(self) -> None:
+        """Forget the linked head (its query embeddings train again: :meth:`detach` restores
+        every ``requires_grad``)."""
+        self._linked_head = None

@@ -32,7 +32,7 @@ from timm.models.vision_transformer_sam import VisionTransformerSAM
 from torch import Tensor, nn
 
 from fishertune.models.segmentor import Segmentor
-from fishertune.tuners.base import Tuner, TunerConfig, named_blocks
+from fishertune.tuners.base import Tuner, TunerConfig, backbone_of, named_blocks
 from fishertune.tuners.registry import register
 
 
@@ -95,24 +95,33 @@ class VPTTuner(Tuner):
     added_modules = (DeepPrompt,)
     config: VPTConfig
 
+    def __init__(self, config: VPTConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self._widened: list[EvaAttention | AttentionRope] = []
+        """Rotary attentions (EVA02) told to skip the prompts like prefix tokens."""
+
     def attach(self, segmentor: Segmentor) -> None:
         config = self.config
-        backbone = segmentor.backbone
-        if isinstance(getattr(backbone, "model", None), VisionTransformerSAM):
+        backbone = backbone_of(segmentor, self.name)
+        if isinstance(backbone.model, VisionTransformerSAM):
             raise ValueError(
                 "vpt cannot prompt the SAM family (samvit_*): its blocks run windowed attention "
                 "on (B, H, W, C) maps, not on token sequences; use lora or adaptformer instead"
             )
-        dim = getattr(backbone, "embed_dim", None)
-        if not isinstance(dim, int):
-            raise ValueError("vpt needs a backbone with an int `embed_dim`")
-        num_prefix = int(getattr(backbone, "num_prefix_tokens", 0))
+        dim, num_prefix = backbone.embed_dim, backbone.num_prefix_tokens
         bound = math.sqrt(6.0 / (3 * segmentor.patch_size**2 + dim))
         for _, block in named_blocks(segmentor):
             prompt = DeepPrompt(config.num_tokens, dim, num_prefix, bound, next(block.parameters()))
-            block.add_module("vpt", prompt)
-            block.register_forward_pre_hook(prompt.insert, with_kwargs=True)
-            block.register_forward_hook(prompt.remove)
+            self.add_module(block, "vpt", prompt)
+            self.keep(block.register_forward_pre_hook(prompt.insert, with_kwargs=True))
+            self.keep(block.register_forward_hook(prompt.remove))
             attn = getattr(block, "attn", None)
             if isinstance(attn, EvaAttention | AttentionRope):
                 attn.num_prefix_tokens += config.num_tokens
+                self._widened.append(attn)
+
+    def undo(self) -> None:
+        """The rotary attentions count the prompts as prefix tokens no more."""
+        for attn in self._widened:
+            attn.num_prefix_tokens -= self.config.num_tokens
+        self._widened = []

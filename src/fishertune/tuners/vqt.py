@@ -46,7 +46,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from fishertune.models.segmentor import Segmentor
-from fishertune.tuners.base import Tuner, TunerConfig, named_blocks
+from fishertune.tuners.base import Tuner, TunerConfig, backbone_of, named_blocks
 from fishertune.tuners.registry import register
 
 ADAPTER_NAME = "vqt"
@@ -210,12 +210,7 @@ class VQTTuner(Tuner):
     def attach(self, segmentor: Segmentor) -> None:
         config = self.config
         backbone = segmentor.backbone
-        dim = getattr(backbone, "embed_dim", None)
-        out_indices = getattr(backbone, "out_indices", None)
-        if not isinstance(dim, int) or not isinstance(out_indices, tuple):
-            raise ValueError(
-                "vqt needs a backbone with `embed_dim` and `out_indices` (ViTBackbone)"
-            )
+        vit = backbone_of(segmentor, self.name)
         if hasattr(backbone, ADAPTER_NAME):
             raise ValueError(f"the backbone already has a `{ADAPTER_NAME}` module")
         blocks: list[tuple[Block, Attention]] = []
@@ -231,14 +226,14 @@ class VQTTuner(Tuner):
             blocks.append((block, attn))
         adapter = VQTAdapter(
             len(blocks),
-            dim,
+            vit.embed_dim,
             config.num_tokens,
             segmentor.patch_size,
-            out_indices,
+            vit.out_indices,
             next(backbone.parameters()),
         )
-        backbone.add_module(ADAPTER_NAME, adapter)
+        self.add_module(backbone, ADAPTER_NAME, adapter)
         for index, (block, attn) in enumerate(blocks):
-            attn.qkv.register_forward_hook(_QueryPass(adapter, index, block, attn))
-        backbone.register_forward_pre_hook(adapter.clear)
-        backbone.register_forward_hook(adapter.add_read_out)
+            self.keep(attn.qkv.register_forward_hook(_QueryPass(adapter, index, block, attn)))
+        self.keep(backbone.register_forward_pre_hook(adapter.clear))
+        self.keep(backbone.register_forward_hook(adapter.add_read_out))

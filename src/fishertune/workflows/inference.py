@@ -39,7 +39,7 @@ from fishertune.engine.precision import autocast
 from fishertune.evaluation.domains import DomainResults, evaluate_domains
 from fishertune.evaluation.protocols import EvalProtocol
 from fishertune.label_space import CITYSCAPES_CLASSES, IGNORE_INDEX
-from fishertune.models import Segmentor, ViTBackbone
+from fishertune.models import Backbone, Segmentor
 from fishertune.progress import track
 from fishertune.reporting.palette import colorize, overlay
 
@@ -110,7 +110,7 @@ def _protocol(config: RunConfig, protocol: str | None, mode: str | None) -> Eval
 def _mean_std(model: TrainedModel) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The normalisation statistics of the model's backbone."""
     backbone = model.segmentor.backbone
-    if not isinstance(backbone, ViTBackbone):
+    if not isinstance(backbone, Backbone):
         raise TypeError(f"{model.path}: the segmentor's backbone is not a ViTBackbone")
     return backbone.mean, backbone.std
 
