@@ -35,6 +35,30 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert "info" in out
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["info"],
+        ["data", "check"],
+        ["demo"],
+        ["train"],
+        ["sensitivity"],
+        ["evaluate"],
+        ["predict"],
+        ["compare"],
+        ["study"],
+        ["pretrain-demo-backbone"],
+    ],
+)
+def test_help_texts_print_percent_signs_once(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--help"])
+    assert stop.value.code == 0
+    assert "%%" not in capsys.readouterr().out
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         main(["--version"])

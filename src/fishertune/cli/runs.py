@@ -371,7 +371,7 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "Runs the parts of the study (table1, scores, estimator, perturbation, budget, "
             "capacity: the paper's Table 1, Table 4, Fig. 5, Table 5, Appendix C and Rein's "
             "Fig. 5) with the demo's settings and the same seeds for every arm, and writes "
-            "study.md, study.json and the figures. Each claim's verdict comes from the 95%% "
+            "study.md, study.json and the figures. Each claim's verdict comes from the 95% "
             "interval of its paired difference. Arms shared by parts run once; --resume "
             "continues a killed study. Prints the remaining time as it goes."
         ),
