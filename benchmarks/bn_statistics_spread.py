@@ -69,7 +69,7 @@ def main() -> None:
         for run in sorted(folder.glob("*/seed*")):
             method, seed = run.parent.name, int(run.name.removeprefix("seed"))
             trainer = Trainer(load_config(run / "config.yaml"), progress=False)
-            if not trainer._restore():
+            if not trainer.restore():
                 continue
             before[method][seed] = target_average(trainer.evaluate())
             assert trainer.ema is not None, "the runs were made without an EMA"

@@ -28,8 +28,11 @@ from fishertune.workflows.study import (
     SUPPORTED,
     _part_verdict,
     _verdict,
+    fill_blocks,
+    part_block,
     render_markdown,
     study_config,
+    verdict_table,
 )
 from fishertune.workflows.study_parts import PARTS, Arm, Claim, Part, part_names
 
@@ -98,7 +101,8 @@ def _interval(mean: float, half: float | None) -> dict[str, Any]:
     return {"mean": mean, "half_width": half, "count": 3}
 
 
-def test_the_markdown_is_rendered_from_the_record_alone() -> None:
+def _record() -> dict[str, Any]:
+    """A hand-made study record with one part."""
     columns = ["source", "fog", "Avg. (targets)", "train loss"]
     arm = {
         "key": "full",
@@ -139,6 +143,11 @@ def test_the_markdown_is_rendered_from_the_record_alone() -> None:
             }
         },
     }
+    return record
+
+
+def test_the_markdown_is_rendered_from_the_record_alone() -> None:
+    record = _record()
     text = render_markdown(record, {"capacity": "figures/capacity.png"})
     assert "| capacity | Rein, Fig. 5 | less is more | supported |" in text
     assert "- Rein > Full (target average): difference 2.00 ± 1.00 → supported" in text
@@ -149,6 +158,24 @@ def test_the_markdown_is_rendered_from_the_record_alone() -> None:
         text
     )
     assert "![capacity](figures/capacity.png)" in text
+
+
+def test_document_blocks_are_refilled_from_the_record() -> None:
+    record = _record()
+    stale = (
+        "intro\n<!-- study:verdicts -->\nold\n<!-- /study:verdicts -->\nmiddle\n"
+        "<!-- study:capacity -->\nold table\n<!-- /study:capacity -->\nend\n"
+    )
+    filled = fill_blocks(stale, record)
+    assert filled == (
+        f"intro\n<!-- study:verdicts -->\n{verdict_table(record)}\n<!-- /study:verdicts -->\n"
+        f"middle\n<!-- study:capacity -->\n{part_block(record, 'capacity')}\n"
+        "<!-- /study:capacity -->\nend\n"
+    )
+    assert fill_blocks(filled, record) == filled
+    assert part_block(record, "capacity") in render_markdown(record)
+    with pytest.raises(ValueError, match="study block 'budget'"):
+        fill_blocks("<!-- study:budget -->\nx\n<!-- /study:budget -->", record)
 
 
 def test_bad_options_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,12 +13,14 @@ import pytest
 import torch
 
 from data_fixtures import build_cityscapes, build_gtav
-from fishertune.engine import trainer as trainer_module
+from fishertune.engine import estimate_file as estimate_file_module
+from fishertune.engine import run_checkpoints as run_checkpoints_module
 from fishertune.engine.checkpoint import load_checkpoint
 from fishertune.engine.data import StepSampler, sample_seed
+from fishertune.engine.estimate_file import saved_quality
 from fishertune.engine.model import build_model, load_trained
 from fishertune.engine.precision import autocast
-from fishertune.engine.trainer import NonFiniteLossError, Trainer, lr_factor, saved_quality
+from fishertune.engine.trainer import NonFiniteLossError, Trainer, lr_factor
 from fishertune.sensitivity import Agreement, EstimateQuality
 from fishertune.tuners.scoring import ScoredTuner
 from fishertune.workflows.inference import evaluate_checkpoint
@@ -210,7 +212,7 @@ def _kill_inside_save(monkeypatch: pytest.MonkeyPatch, call: int, operation: int
     """Make checkpoint save number ``call`` of the run die before its file operation number
     ``operation`` (a rename or a removal); returns the names of the saves done."""
     saves: list[str] = []
-    original = trainer_module.save_checkpoint
+    original = run_checkpoints_module.save_checkpoint
     replace, unlink = os.replace, Path.unlink
 
     def save(directory: Path, name: str, **kwargs: Any) -> Path:
@@ -238,7 +240,8 @@ def _kill_inside_save(monkeypatch: pytest.MonkeyPatch, call: int, operation: int
             patch.setattr(Path, "unlink", counted_unlink)
             return original(directory, name, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save)
+    monkeypatch.setattr(run_checkpoints_module, "save_checkpoint", save)
+    monkeypatch.setattr(estimate_file_module, "save_checkpoint", save)  # the scores' write
     return saves
 
 

@@ -101,10 +101,17 @@ def assert_frozen_unchanged(model: Segmentor, snapshot: dict[str, Tensor]) -> No
         assert torch.equal(params[name].detach(), before), f"{name} changed"
 
 
+def prepared(tuner: Tuner) -> Tuner:
+    """``tuner`` ready to train: a method with an estimation stage estimates on two batches."""
+    if tuner.estimates and not tuner.has_scores:
+        tuner.estimate([batch(seed=5), batch(seed=6)])
+    return tuner
+
+
 def check_trains_and_keeps_the_rest(name: str, head: str = "linear", **options: Any) -> Tuner:
     """A few steps lower the loss; every backbone tensor outside the trainable set is intact."""
     model = tiny_segmentor(head)
-    tuner = build_tuner(name, model, **options)
+    tuner = prepared(build_tuner(name, model, **options))
     snapshot = frozen_snapshot(model)
     losses = train_steps(tuner)
     assert sum(losses[-2:]) < sum(losses[:2]), losses
@@ -115,7 +122,7 @@ def check_trains_and_keeps_the_rest(name: str, head: str = "linear", **options: 
 def check_save_load(name: str, tmp_path: Path, head: str = "linear", **options: Any) -> Path:
     """Saving the tuned state and loading it into a fresh segmentor reproduces predictions."""
     model = tiny_segmentor(head)
-    tuner = build_tuner(name, model, **options)
+    tuner = prepared(build_tuner(name, model, **options))
     train_steps(tuner, steps=3)
     path = tmp_path / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in tuner.saved_state().items()}, str(path))

@@ -42,7 +42,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    from fishertune.engine.checkpoint import tensors_file
+    from fishertune.engine.estimate_file import estimate_path
+    from fishertune.engine.run_checkpoints import CHECKPOINTS
     from fishertune.workflows.runs import sensitivity_map
 
     config = _config(args)
@@ -53,7 +54,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         total = sum(int(s.isfinite().sum()) for s in scores.values())
         run = Path(config.output.run_dir)
         print(f"scored {total:,} candidate elements of {len(scores)} tensors")
-        print(f"scores: {tensors_file(run / 'checkpoints', 'sensitivity')}")
+        print(f"scores: {estimate_path(run / CHECKPOINTS)}")
         print(f"heatmap: {figure}")
         for line in quality.describe() if quality is not None else []:
             print(f"estimate quality: {line}")

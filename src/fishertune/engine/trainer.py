@@ -1,11 +1,13 @@
 """The staged trainer (method.md §8, paper Algorithm 1) for every method.
 
-Methods that select by sensitivity (FisherTune, ChildTune-D) run three stages:
+Methods with an estimation stage (``Tuner.estimates``: FisherTune, ChildTune-D) run three
+stages; the trainer asks the tuner, never which method it holds:
 
 1. ``warmup``: T1 = ``schedule.warmup_steps`` steps training the decoder, backbone frozen;
-2. ``estimate``: the tuner's :meth:`~fishertune.tuners.scoring.ScoredTuner.estimate` on
+2. ``estimate``: the tuner's :meth:`~fishertune.tuners.Tuner.estimate` on
    T2 = ``schedule.estimate_steps`` source micro-batches (no weight update); the scores are
-   saved once as the checkpoint ``checkpoints/sensitivity``;
+   saved once as the checkpoint ``checkpoints/sensitivity``
+   (:mod:`fishertune.engine.estimate_file`);
 3. ``tune``: T3 = ``schedule.tune_steps`` steps of the decoder and the selected backbone
    elements; ``tuner.on_step(t, T3)`` grows the selection (§7).
 
@@ -23,9 +25,9 @@ replaced by the tuner's at the start of tuning (fresh moments; the schedule cont
 Mixed precision: bf16 autocast on CUDA (``amp: auto`` or ``bf16``), fp32 on CPU. A non-finite
 loss stops the run (:class:`NonFiniteLossError`) without writing a checkpoint, so the last good
 one stays. Checkpoints (``checkpoints/last``, and ``checkpoints/best`` by source validation mIoU:
-selecting on the unseen targets would leak them) hold the tuner's saved state, the optimiser,
-the EMA, the RNG states and the step; ``resume=True`` continues from ``last`` and reaches the
-same final weights as an uninterrupted run on CPU.
+selecting on the unseen targets would leak them) are written and read by
+:class:`~fishertune.engine.run_checkpoints.RunCheckpoints`; ``resume=True`` continues from the
+newest and reaches the same final weights as an uninterrupted run on CPU.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,16 +49,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fishertune.data.base import SegmentationDataset
-from fishertune.engine.checkpoint import (
-    capture_rng_state,
-    flatten_optimizer_state,
-    latest_checkpoint,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-    unflatten_optimizer_state,
-    weights_reference,
-)
 from fishertune.engine.config import RunConfig
 from fishertune.engine.data import (
     SOURCE_DOMAIN,
@@ -78,47 +70,30 @@ from fishertune.engine.distributed import (
     reduce_mean,
 )
 from fishertune.engine.ema import WeightAverage
-from fishertune.engine.model import EMA_PREFIX, MODEL_PREFIX, build_model
+from fishertune.engine.estimate_file import read_estimate, save_estimate
+from fishertune.engine.model import build_model
 from fishertune.engine.precision import autocast
+from fishertune.engine.run_checkpoints import (
+    CHECKPOINTS,
+    LoopState,
+    RunCheckpoints,
+    has_checkpoint,
+)
 from fishertune.engine.run_log import RunLog
 from fishertune.evaluation.domains import DomainResults, evaluate_domains
 from fishertune.label_space import CITYSCAPES_CLASSES
 from fishertune.models import Backbone
 from fishertune.progress import StepBar
-from fishertune.sensitivity import EstimateQuality
-from fishertune.tuners.base import TrainableCount
-from fishertune.tuners.scoring import ScoredTuner
+from fishertune.tuners.base import TrainableCount, no_estimation_stage
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "has_checkpoint", "lr_factor"]
 
-CHECKPOINTS = "checkpoints"
-SENSITIVITY = "sensitivity"
-RESUMABLE = ("last", "best")
-"""The training checkpoints ``--resume`` chooses from (the newest complete one)."""
-_TRAINING_STATE = ("step", "config", "best", "stage_seconds", "rng")
-"""Keys every training checkpoint's state holds (see :meth:`Trainer.save`)."""
-SCORE_PREFIX = "score."
-QUALITY = "quality"
-"""Key of the estimate's :class:`~fishertune.sensitivity.EstimateQuality` in the sensitivity
-checkpoint's JSON."""
 ESTIMATE_SEED_OFFSET = 7919
 """The estimation stage draws its source batches from a stream seeded ``seed + this``."""
 
 
-def saved_quality(state: Mapping[str, Any]) -> EstimateQuality | None:
-    """The estimate's quality recorded in a sensitivity checkpoint's JSON (None in checkpoints
-    written before it was recorded)."""
-    raw = state.get(QUALITY)
-    return None if raw is None else EstimateQuality.from_dict(raw)
-
-
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def has_checkpoint(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a complete checkpoint a run can resume from."""
-    return latest_checkpoint(Path(run_dir) / CHECKPOINTS, names=RESUMABLE) is not None
 
 
 def lr_factor(step: int, total: int, power: float, warmup_iters: int = 0) -> float:
@@ -186,9 +161,8 @@ class Trainer:
                 f"data.batch_size: 1, but method {self.tuner.name!r} perturbs features by their "
                 "batch statistics (DSU), which needs at least 2 images per micro-batch"
             )
-        self.scored = isinstance(self.tuner, ScoredTuner)
         schedule = config.schedule
-        self.warmup_steps = schedule.warmup_steps if self.scored else 0
+        self.warmup_steps = schedule.warmup_steps if self.tuner.estimates else 0
         self.total_steps = config.total_steps
         self.train_set = source_train_set(config)
         source_val = source_val_set(config)
@@ -206,9 +180,10 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.optimizer_stage = ""
         self.ema = WeightAverage(self.segmentor, schedule.ema) if schedule.ema else None
-        self.step = 0
-        self.best: dict[str, Any] | None = None
-        self.stage_seconds: dict[str, float] = {}
+        self.loop = LoopState()
+        self.checkpoints = RunCheckpoints(
+            self.run_dir, config, self.tuner, self.ema, enabled=self.context.is_main
+        )
         self.peak_memory_mb: dict[str, float] = {}
         self.log: RunLog | None = None
         self.results: DomainResults | None = None
@@ -222,7 +197,7 @@ class Trainer:
 
     def stage_at(self, step: int) -> str:
         """The stage a training step belongs to."""
-        if not self.scored:
+        if not self.tuner.estimates:
             return "train"
         return "warmup" if step < self.warmup_steps else "tune"
 
@@ -255,114 +230,41 @@ class Trainer:
             group["lr"] = group["initial_lr"] * factor
         return schedule.lr * factor
 
-    def trainable_now(self) -> int:
-        """Backbone elements training now (a growing selection counts what is selected)."""
-        if isinstance(self.tuner, ScoredTuner):
-            return self.tuner.selected_count
-        return self.tuner.count().backbone
-
     # ---------------------------------------------------------------- checkpoints
     def save(self, name: str) -> None:
-        """Write checkpoint ``name`` (rank 0 only)."""
-        if not self.is_main:
-            return
-        tensors = {MODEL_PREFIX + k: v for k, v in self.tuner.saved_state().items()}
-        state: dict[str, Any] = {
-            "step": self.step,
-            "stage": self.stage_at(max(self.step - 1, 0)),
-            "config": self.config.to_dict(),
-            "method": self.tuner.name,
-            "weights": weights_reference(self.config.model.backbone, self.config.model.checkpoint),
-            "best": self.best,
-            "stage_seconds": self.stage_seconds,
-            "trainable": self.trainable_now(),
-        }
-        if self.optimizer is not None:
-            optimizer_tensors, optimizer_state = flatten_optimizer_state(
-                self.optimizer.state_dict()
-            )
-            tensors.update(optimizer_tensors)
-            state["optimizer"] = {"stage": self.optimizer_stage, "state": optimizer_state}
-        if self.ema is not None:
-            tensors.update({EMA_PREFIX + k: v for k, v in self.ema.state().items()})
-        rng_tensors, rng_state = capture_rng_state(self.tuner.generators())
-        tensors.update(rng_tensors)
-        state["rng"] = rng_state
-        save_checkpoint(self.checkpoint_dir, name, tensors=tensors, state=state)
-
-    def _restore(self) -> bool:
-        """Load the newest complete training checkpoint (``last`` or ``best``) into this freshly
-        built trainer; ``False`` (and nothing loaded) when the run has none."""
-        name = latest_checkpoint(self.checkpoint_dir, names=RESUMABLE)
-        if name is None:
-            return False
-        tensors, state = load_checkpoint(self.checkpoint_dir, name)
-        path = self.checkpoint_dir / f"{name}.json"
-        missing = sorted(set(_TRAINING_STATE) - set(state))
-        if missing:
-            raise ValueError(f"cannot resume {path}: its state lacks the keys {missing}")
-        saved_config = state["config"]
-        changed = sorted(
-            f"{section}.{key}"
-            for section, values in self.config.identity().items()
-            for key, value in values.items()
-            if saved_config.get(section, {}).get(key) != value
+        """Write checkpoint ``name`` (rank 0 only; :class:`RunCheckpoints`)."""
+        self.checkpoints.save(
+            name,
+            self.loop,
+            stage=self.stage_at(max(self.loop.step - 1, 0)),
+            optimizer=self.optimizer,
+            optimizer_stage=self.optimizer_stage,
         )
-        if changed:
-            raise ValueError(f"cannot resume {path}: the configuration differs in {changed}")
-        self.step = int(state["step"])
-        self.best = state["best"]
-        self.stage_seconds = dict(state["stage_seconds"])
-        model_state = {
-            k[len(MODEL_PREFIX) :]: v.to(self.device)
-            for k, v in tensors.items()
-            if k.startswith(MODEL_PREFIX)
-        }
-        try:
-            self.tuner.load_saved(model_state)
-        except ValueError as error:
-            raise ValueError(f"cannot resume {path}: {error}") from None
-        if self.scored and (self.checkpoint_dir / f"{SENSITIVITY}.json").exists():
+
+    def restore(self) -> bool:
+        """Continue from the newest complete training checkpoint (``last`` or ``best``) in
+        this freshly built trainer; ``False`` (and nothing loaded) when the run has none."""
+        restored = self.checkpoints.restore(self.device)
+        if restored is None:
+            return False
+        self.loop = restored.loop
+        if self.tuner.estimates:
             self._load_scores()
-        optimizer_record = state.get("optimizer")
-        stage = self.stage_at(self.step)
-        if optimizer_record is not None and optimizer_record["stage"] == stage:
+        stage = self.stage_at(self.loop.step)
+        if restored.optimizer_state is not None and restored.optimizer_stage == stage:
             self.optimizer = self._make_optimizer(stage)
-            self.optimizer.load_state_dict(
-                unflatten_optimizer_state(tensors, optimizer_record["state"])
-            )
-        if self.ema is not None:
-            ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
-            self.ema.load(ema)
-        restore_rng_state(tensors, state["rng"], self.tuner.generators())
+            self.optimizer.load_state_dict(restored.optimizer_state)
+        self.checkpoints.restore_rng(restored)
         return True
 
-    def _save_scores(self, scores: Mapping[str, Tensor]) -> None:
-        """The scores and their quality (``checkpoints/sensitivity``), written once."""
-        assert isinstance(self.tuner, ScoredTuner)
-        quality = self.tuner.quality
-        if self.is_main:
-            save_checkpoint(
-                self.checkpoint_dir,
-                SENSITIVITY,
-                tensors={SCORE_PREFIX + k: v for k, v in scores.items()},
-                state={
-                    "method": self.tuner.name,
-                    "options": self.config.method.options,
-                    QUALITY: None if quality is None else quality.to_dict(),
-                },
-            )
-
     def _load_scores(self) -> None:
-        """Adopt the saved scores (and their quality); select p(0) unless the checkpoint
-        brought a selection."""
-        tensors, state = load_checkpoint(self.checkpoint_dir, SENSITIVITY)
-        assert isinstance(self.tuner, ScoredTuner)
-        scores = {
-            k[len(SCORE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SCORE_PREFIX)
-        }
-        self.tuner.use_scores(scores, select=self.step == self.warmup_steps)
-        self.tuner.quality = saved_quality(state)
+        """Adopt the saved scores and their quality, if the estimation stage ran; select p(0)
+        unless the checkpoint brought a selection."""
+        saved = read_estimate(self.checkpoint_dir)
+        if saved is None:
+            return
+        self.tuner.use_scores(saved.scores, select=self.loop.step == self.warmup_steps)
+        self.tuner.quality = saved.quality
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self) -> DomainResults:
@@ -396,12 +298,11 @@ class Trainer:
         values: dict[str, Any] = {f"miou/{n}": m.miou for n, m in results.domains.items()}
         values["miou/targets"] = sum(targets) / len(targets) if targets else math.nan
         if self.log is not None:
-            self.log.write(self.step, values)
+            self.log.write(self.loop.step, values)
         source = results.domains.get(SOURCE_DOMAIN)
         if source is None or math.isnan(source.miou):
             return
-        if self.best is None or source.miou > self.best["source_miou"]:
-            self.best = {"step": self.step, "source_miou": source.miou}
+        if self.loop.improves(source.miou):
             self.save("best")
 
     # ---------------------------------------------------------------- stages
@@ -435,7 +336,6 @@ class Trainer:
             )
 
     def _estimate(self) -> None:
-        assert isinstance(self.tuner, ScoredTuner)
         schedule = self.config.schedule
         batches = list(
             self.source_batches(
@@ -447,15 +347,21 @@ class Trainer:
         self._begin_stage("estimate")
         start = time.perf_counter()
         scores = self.tuner.estimate(batches, progress=self.progress and self.is_main)
-        self.stage_seconds["estimate"] = time.perf_counter() - start
+        self.loop.stage_seconds["estimate"] = time.perf_counter() - start
         self._note_memory("estimate")
-        self._save_scores(scores)
+        if self.is_main:
+            save_estimate(
+                self.checkpoint_dir,
+                scores,
+                self.tuner.quality,
+                method=self.tuner.name,
+                options=self.config.method.options,
+            )
         self._record_quality()
 
     def _record_quality(self) -> None:
         """The estimate's quality into TensorBoard, and one warning line per figure near
         chance on stderr (rank 0)."""
-        assert isinstance(self.tuner, ScoredTuner)
         quality = self.tuner.quality
         if quality is None or not self.is_main:
             return
@@ -467,20 +373,20 @@ class Trainer:
             values["estimate/agreement_diagonal_spearman"] = quality.agreement.spearman
             values["estimate/agreement_diagonal_overlap"] = quality.agreement.overlap
         if self.log is not None:
-            self.log.scalars(self.step, values)
+            self.log.scalars(self.loop.step, values)
         for line in quality.warnings():
             print(f"warning: {line}", file=sys.stderr)
 
     def _train_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> dict[str, Any]:
         schedule = self.config.schedule
-        stage = self.stage_at(self.step)
+        stage = self.stage_at(self.loop.step)
         if self.optimizer is None or self.optimizer_stage != stage:
             self.optimizer = self._make_optimizer(stage)
         if stage == "tune":
-            self.tuner.on_step(self.step - self.warmup_steps, schedule.tune_steps)
+            self.tuner.on_step(self.loop.step - self.warmup_steps, schedule.tune_steps)
         elif stage == "train":
-            self.tuner.on_step(self.step, self.total_steps)
-        lr = self._set_lr(self.optimizer, self.step)
+            self.tuner.on_step(self.loop.step, self.total_steps)
+        lr = self._set_lr(self.optimizer, self.loop.step)
         total = torch.zeros((), device=self.device)
         for _ in range(schedule.grad_accumulation):
             images, labels = next(batches)
@@ -496,7 +402,7 @@ class Trainer:
         loss_value = float(reduce_mean(total))
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
-                f"the training loss is {loss_value} at step {self.step + 1} ({stage} stage); "
+                f"the training loss is {loss_value} at step {self.loop.step + 1} ({stage} stage); "
                 f"the run stopped and its last good checkpoint is kept in {self.checkpoint_dir}"
             )
         self.tuner.after_backward()
@@ -508,31 +414,31 @@ class Trainer:
         broadcast_buffers(self.segmentor)
         if self.ema is not None:
             self.ema.update()
-        self.step += 1
+        self.loop.step += 1
         return {
             "stage": stage,
             "loss": loss_value,
             "lr": lr,
-            "trainable": self.trainable_now(),
+            "trainable": self.tuner.trainable_now(),
             "grad_norm": grad_norm,
         }
 
     def _periodic(self) -> None:
         schedule = self.config.schedule
-        last = self.step == self.total_steps
-        if last or (schedule.eval_every and self.step % schedule.eval_every == 0):
+        last = self.loop.step == self.total_steps
+        if last or (schedule.eval_every and self.loop.step % schedule.eval_every == 0):
             self.results = self.evaluate()
             self._record_evaluation(self.results)
-        due = schedule.checkpoint_every and self.step % schedule.checkpoint_every == 0
+        due = schedule.checkpoint_every and self.loop.step % schedule.checkpoint_every == 0
         # after the warm-up too: the estimation stage starts from there after a crash
-        if last or due or (self.step == self.warmup_steps and self.scored):
+        if last or due or (self.loop.step == self.warmup_steps and self.tuner.estimates):
             self.save("last")
 
     def run(self, *, resume: bool = False, final_evaluation: bool = True) -> TrainResult:
         """Run (or, with ``resume``, continue) the stages; returns the final evaluation
         (``final_evaluation=False``: none, e.g. when stopping after estimation)."""
         if resume:
-            resume = self._restore()
+            resume = self.restore()
             if not resume and self.is_main:
                 print(
                     f"notice: {self.checkpoint_dir} holds no complete checkpoint; "
@@ -553,9 +459,9 @@ class Trainer:
             self.run_dir,
             list(self.eval_sets),
             enabled=self.is_main,
-            resume_step=self.step if resume else None,
+            resume_step=self.loop.step if resume else None,
         )
-        if isinstance(self.train_set, SegmentationDataset) and self.step < self._stop:
+        if isinstance(self.train_set, SegmentationDataset) and self.loop.step < self._stop:
             self.train_set.prepare()  # e.g. render the benchmark's scenes before the clocks
         try:
             self._run_stages()
@@ -567,30 +473,27 @@ class Trainer:
         if self.is_main and results is not None:
             results.to_json(self.run_dir / "results.json")
             summary = {
-                "stage_seconds": self.stage_seconds,
+                "stage_seconds": self.loop.stage_seconds,
                 "peak_memory_mb": self.peak_memory_mb,
                 "trainable": self.tuner.count().backbone,
-                "best": self.best,
+                "best": self.loop.best,
             }
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return TrainResult(
             self.run_dir,
-            self.step,
+            self.loop.step,
             results,
-            self.best,
+            self.loop.best,
             self.tuner.count(),
-            dict(self.stage_seconds),
+            dict(self.loop.stage_seconds),
             dict(self.peak_memory_mb),
         )
 
     def estimate_sensitivity(self) -> dict[str, Tensor]:
         """Run only the warm-up and estimation stages; return the scores (also saved as
         ``checkpoints/sensitivity``). Only for methods that select by sensitivity."""
-        if not isinstance(self.tuner, ScoredTuner):
-            raise ValueError(
-                f"method {self.tuner.name!r} estimates no sensitivity; use fishertune or "
-                "childtune_d"
-            )
+        if not self.tuner.estimates:
+            raise no_estimation_stage(self.tuner.name)
         self._stop = self.warmup_steps
         self.run(resume=False, final_evaluation=False)
         return self.tuner.scores
@@ -609,9 +512,9 @@ class Trainer:
         """Whether the estimation stage is due: warm-up done, tuning ahead, no scores yet."""
         tuner = self.tuner
         return (
-            isinstance(tuner, ScoredTuner)
+            tuner.estimates
             and not tuner.has_scores
-            and self.warmup_steps <= self.step < self.total_steps
+            and self.warmup_steps <= self.loop.step < self.total_steps
         )
 
     def _run_stages(self) -> None:
@@ -621,30 +524,30 @@ class Trainer:
         schedule = self.config.schedule
         batches = self.source_batches(
             seed=schedule.seed,
-            start=self.step,
+            start=self.loop.step,
             stop=self.total_steps,
             accumulation=schedule.grad_accumulation,
         )
         with StepBar(
-            self.stage_at(self.step),
+            self.stage_at(self.loop.step),
             self.total_steps,
             enabled=self.progress and self.is_main,
-            completed=self.step,
+            completed=self.loop.step,
         ) as bar:
-            while self.step < min(self.total_steps, self._stop):
-                stage = self.stage_at(self.step)
+            while self.loop.step < min(self.total_steps, self._stop):
+                stage = self.stage_at(self.loop.step)
                 bar.describe(stage)
                 self._begin_stage(stage)
                 start = time.perf_counter()
                 row = self._train_step(batches)
                 seconds = time.perf_counter() - start
-                self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+                self.loop.stage_seconds[stage] = self.loop.stage_seconds.get(stage, 0.0) + seconds
                 self._note_memory(stage)
                 assert self.log is not None
-                self.log.write(self.step, {**row, "seconds": seconds})
+                self.log.write(self.loop.step, {**row, "seconds": seconds})
                 bar.advance(f"loss {row['loss']:.3f}  lr {row['lr']:.2e}")
                 self._periodic()
                 if self._needs_estimate():
                     self._estimate()
                 if self.step_callback is not None:
-                    self.step_callback(self.step)
+                    self.step_callback(self.loop.step)

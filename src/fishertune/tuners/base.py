@@ -10,7 +10,7 @@ method allows, merges itself into a plain segmentor.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,7 +20,7 @@ from torch.utils.hooks import RemovableHandle
 
 from fishertune.models.backbone import Backbone
 from fishertune.models.segmentor import Segmentor
-from fishertune.sensitivity import FeaturePerturbation
+from fishertune.sensitivity import EstimateQuality, FeaturePerturbation
 
 NO_DECAY_MODULES = ("norm", "query_embed", "query_feat", "queries_embedder", "queries_features")
 """No weight decay inside modules whose name contains one of these (Rein's optimiser setup)."""
@@ -77,6 +77,10 @@ class Tuner:
     config_class: ClassVar[type[TunerConfig]] = TunerConfig
     added_modules: ClassVar[tuple[type[nn.Module], ...]] = ()
     """Types of the modules the method adds to the segmentor (adapters, prompts, factors)."""
+    estimates: ClassVar[bool] = False
+    """Whether the method has an estimation stage (method.md §8, FisherTune's Algorithm 1):
+    the trainer then runs T1 decoder-only warm-up steps, :meth:`estimate` on T2 source batches
+    and T3 tuning steps; every other method trains in one stage of T1 + T3 steps."""
 
     def __init__(self, config: TunerConfig | None = None, **options: Any) -> None:
         if config is not None and options:
@@ -94,6 +98,8 @@ class Tuner:
         self._handles: list[RemovableHandle] = []
         self._added: list[tuple[nn.Module, str]] = []
         self._grad_flags: dict[str, bool] = {}
+        self.quality: EstimateQuality | None = None
+        """What the estimation stage measured of its own scores (None without one)."""
 
     # ---------------------------------------------------------------- application
     @property
@@ -247,6 +253,34 @@ class Tuner:
     def on_step(self, step: int, total_steps: int) -> None:
         """Called before each training step (schedules, e.g. growing masks)."""
 
+    def trainable_now(self) -> int:
+        """Backbone-side elements training now (a growing selection counts what is selected
+        so far; :meth:`backbone_trainable` is the final count)."""
+        return self.backbone_trainable()
+
+    # ---------------------------------------------------------------- estimation stage
+    @property
+    def has_scores(self) -> bool:
+        """Whether the estimation stage's scores exist (never, without the stage)."""
+        return False
+
+    def estimate(
+        self, batches: Iterable[tuple[Tensor, Tensor]], *, progress: bool = False
+    ) -> dict[str, Tensor]:
+        """The estimation stage on source ``batches``: score and select; returns the scores.
+        Only for methods with :attr:`estimates`."""
+        raise no_estimation_stage(self.name)
+
+    def use_scores(self, scores: Mapping[str, Tensor], *, select: bool = True) -> None:
+        """Adopt scores an earlier estimation stage saved (a resumed run) and, with
+        ``select``, make the first selection. Only for methods with :attr:`estimates`."""
+        raise no_estimation_stage(self.name)
+
+    @property
+    def scores(self) -> dict[str, Tensor]:
+        """The estimation stage's scores. Only for methods with :attr:`estimates`."""
+        raise no_estimation_stage(self.name)
+
     def generators(self) -> dict[str, torch.Generator]:
         """Random generators the method draws from while training, by name (checkpoints save
         and restore their states so a resumed run draws the same numbers)."""
@@ -298,6 +332,11 @@ class Tuner:
     def merge(self) -> None:
         """Fold the method into plain backbone weights, where the method allows it."""
         raise NotImplementedError(f"method {self.name!r} cannot be merged into the backbone")
+
+
+def no_estimation_stage(name: str) -> ValueError:
+    """The error of asking method ``name``, which has no estimation stage, for one."""
+    return ValueError(f"method {name!r} estimates no sensitivity; use fishertune or childtune_d")
 
 
 class _Nothing:

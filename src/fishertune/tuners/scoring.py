@@ -63,11 +63,11 @@ class ScoredTuner(BudgetTuner):
 
     config_class = ScoredConfig
     config: ScoredConfig
+    estimates = True
 
     def __init__(self, config: TunerConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
         self._scores: dict[str, Tensor] | None = None
-        self.quality: EstimateQuality | None = None
 
     def attach(self, segmentor: Segmentor) -> None:
         """As :meth:`SparseTuner.attach`, also checking δ_min ≤ δ_max."""
@@ -175,6 +175,10 @@ class ScoredTuner(BudgetTuner):
         if self._scores is None:
             raise estimate_first(self.name)
         return self._scores
+
+    def trainable_now(self) -> int:
+        """The elements selected so far (the selection grows to the budget)."""
+        return self.selected_count
 
     def scheduled_count(self, step: int, total_steps: int) -> int:
         """round(p(t) × all backbone parameters) at training step ``step`` of ``total_steps``.

@@ -21,17 +21,11 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from fishertune.atomic import atomic_write
-from fishertune.engine.checkpoint import load_checkpoint
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.engine.data import SOURCE_DOMAIN
-from fishertune.engine.trainer import (
-    CHECKPOINTS,
-    SCORE_PREFIX,
-    SENSITIVITY,
-    Trainer,
-    TrainResult,
-    has_checkpoint,
-)
+from fishertune.engine.estimate_file import read_estimate
+from fishertune.engine.run_checkpoints import CHECKPOINTS, has_checkpoint
+from fishertune.engine.trainer import Trainer, TrainResult
 from fishertune.evaluation.domains import DomainResults
 from fishertune.models import parameter_groups
 from fishertune.reporting import (
@@ -50,7 +44,6 @@ from fishertune.reporting import (
     write_report,
 )
 from fishertune.sensitivity import EstimateQuality
-from fishertune.tuners.scoring import ScoredTuner
 from fishertune.tuners.sparse import SparseTuner
 from fishertune.workflows.inference import predict_ids
 from fishertune.workflows.validity import check_validity
@@ -88,11 +81,10 @@ def _qualitative_rows(
 
 def _sensitivity_figure(trainer: Trainer, path: Path) -> Path | None:
     """The heatmap of the saved scores (with the final selection's share), if any."""
-    folder = trainer.run_dir / CHECKPOINTS
-    if not (folder / f"{SENSITIVITY}.json").is_file():
+    saved = read_estimate(trainer.run_dir / CHECKPOINTS)
+    if saved is None:
         return None
-    tensors, _ = load_checkpoint(folder, SENSITIVITY)
-    scores = {k[len(SCORE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SCORE_PREFIX)}
+    scores = saved.scores
     groups = parameter_groups(trainer.segmentor.backbone)
     share = None
     if isinstance(trainer.tuner, SparseTuner) and trainer.tuner.selected_count:
@@ -121,7 +113,7 @@ def _notes(result: TrainResult) -> list[str]:
 
 def _quality_notes(trainer: Trainer) -> list[str]:
     """What the estimation stage measured of its own scores (method.md §6), warnings first."""
-    quality = trainer.tuner.quality if isinstance(trainer.tuner, ScoredTuner) else None
+    quality = trainer.tuner.quality
     if quality is None:
         return []
     lines = [f"**Warning**: {line}." for line in quality.warnings()]
@@ -350,7 +342,7 @@ def sensitivity_map(
     figure and the estimate's quality."""
     trainer = Trainer(config, progress=progress, device=device)
     scores = trainer.estimate_sensitivity()
-    quality = trainer.tuner.quality if isinstance(trainer.tuner, ScoredTuner) else None
+    quality = trainer.tuner.quality
     if not trainer.is_main:
         return scores, None, quality
     figure = _sensitivity_figure(trainer, trainer.run_dir / FIGURES / "sensitivity.png")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -33,16 +34,11 @@ from typing import Any
 import numpy as np
 
 from fishertune.atomic import atomic_write
-from fishertune.engine.checkpoint import load_checkpoint
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.engine.data import SOURCE_DOMAIN
-from fishertune.engine.trainer import (
-    CHECKPOINTS,
-    SCORE_PREFIX,
-    SENSITIVITY,
-    Trainer,
-    has_checkpoint,
-)
+from fishertune.engine.estimate_file import read_estimate
+from fishertune.engine.run_checkpoints import CHECKPOINTS, has_checkpoint
+from fishertune.engine.trainer import Trainer
 from fishertune.evaluation.intervals import (
     Interval,
     json_number,
@@ -54,19 +50,22 @@ from fishertune.models import parameter_groups
 from fishertune.reporting import AVERAGE_HEADER, domain_bars, read_metrics_csv
 from fishertune.reporting.plots import sensitivity_by_block
 from fishertune.reporting.study_figures import CurvePanel, interval_curves, sensitivity_panels
-from fishertune.tuners.scoring import ScoredTuner
 from fishertune.workflows.demo import DEMO_SETTINGS, merge_settings
 from fishertune.workflows.runs import method_config
 from fishertune.workflows.study_parts import PARTS, TARGET, Arm, Claim, Part, part_names
 
 __all__ = [
+    "MARKER",
     "QUICK_STUDY_SETTINGS",
     "RECORD",
     "STUDY_SETTINGS",
     "Study",
+    "fill_blocks",
+    "part_block",
     "render_markdown",
     "run_study",
     "study_config",
+    "verdict_table",
 ]
 
 RECORD = "study_run.json"
@@ -146,11 +145,10 @@ def _write_text(target: Path, text: str) -> None:
 
 def _sensitivity_table(trainer: Trainer) -> list[list[float | None]] | None:
     """The Fig. 6 table (block × Q/K/V/FFN means) of the run's saved scores, if any."""
-    folder = trainer.run_dir / CHECKPOINTS
-    if not (folder / f"{SENSITIVITY}.json").is_file():
+    saved = read_estimate(trainer.run_dir / CHECKPOINTS)
+    if saved is None:
         return None
-    tensors, _ = load_checkpoint(folder, SENSITIVITY)
-    scores = {k[len(SCORE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SCORE_PREFIX)}
+    scores = saved.scores
     table = sensitivity_by_block(scores, parameter_groups(trainer.segmentor.backbone))
     return [[json_number(float(v)) for v in row] for row in table]
 
@@ -163,7 +161,7 @@ def _train(
     result = trainer.run(resume=resume)
     if result.results is None:
         raise ValueError(f"{config.output.run_dir}: the run evaluated no domain")
-    quality = trainer.tuner.quality if isinstance(trainer.tuner, ScoredTuner) else None
+    quality = trainer.tuner.quality
     return {
         "identity": config.identity(),
         "miou": {name: json_number(m.miou) for name, m in result.results.domains.items()},
@@ -468,9 +466,68 @@ def claim_lines(part: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def verdict_table(study: Mapping[str, Any]) -> str:
+    """One row per part: the paper's experiment, the claim and its verdict."""
+    return "\n".join(
+        [
+            "| Part | Paper | Claim | Verdict |",
+            "| --- | --- | --- | --- |",
+            *(
+                f"| {name} | {part['paper']} | {part['claim']} | {part['verdict']} |"
+                for name, part in study["parts"].items()
+            ),
+        ]
+    )
+
+
+def part_block(study: Mapping[str, Any], name: str) -> str:
+    """Part ``name``'s claim lines, arm table, paired differences and (if any) its estimates'
+    quality, as markdown: the body of its section in ``study.md`` and in the README."""
+    part = study["parts"][name]
+    out = [
+        f"Claim: {part['claim']}. **Verdict: {part['verdict']}.**",
+        "",
+        *claim_lines(part),
+        "",
+        arm_table(part, len(study["seeds"])),
+        "",
+        pair_table(part),
+    ]
+    quality = quality_table(part)
+    if quality is not None:
+        out += [
+            "",
+            "Estimates' reliability and agreement (Spearman ρ, top-k overlap):",
+            "",
+            quality,
+        ]
+    return "\n".join(out)
+
+
+MARKER = re.compile(r"(<!-- study:([a-z0-9_]+) -->\n)(.*?)(\n<!-- /study:\2 -->)", re.DOTALL)
+"""A block of a document filled from a study: ``<!-- study:NAME -->`` … ``<!-- /study:NAME -->``
+with NAME ``verdicts`` (:func:`verdict_table`) or a part's name (:func:`part_block`)."""
+
+
+def fill_blocks(text: str, study: Mapping[str, Any]) -> str:
+    """``text`` (e.g. the README) with every study block refilled from ``study``; an unknown
+    block name raises ValueError naming it."""
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(2)
+        if name == "verdicts":
+            body = verdict_table(study)
+        elif name in study["parts"]:
+            body = part_block(study, name)
+        else:
+            raise ValueError(f"study block {name!r}: not 'verdicts' nor a part of this study")
+        return match.group(1) + body + match.group(4)
+
+    return MARKER.sub(fill, text)
+
+
 def render_markdown(study: Mapping[str, Any], figures: Mapping[str, str] | None = None) -> str:
     """``study.md`` from the ``study.json`` record (``figures``: per part, its image path)."""
-    seeds = len(study["seeds"])
     out = [
         "# FisherTune study on the embedded benchmark",
         "",
@@ -482,34 +539,10 @@ def render_markdown(study: Mapping[str, Any], figures: Mapping[str, str] | None 
         "claim's interval excludes 0 in / against the paper's direction, not resolved "
         "otherwise.",
         "",
-        "| Part | Paper | Claim | Verdict |",
-        "| --- | --- | --- | --- |",
-        *(
-            f"| {name} | {part['paper']} | {part['claim']} | {part['verdict']} |"
-            for name, part in study["parts"].items()
-        ),
+        verdict_table(study),
     ]
     for name, part in study["parts"].items():
-        out += [
-            "",
-            f"## {name}: {part['paper']}",
-            "",
-            f"Claim: {part['claim']}. **Verdict: {part['verdict']}.**",
-            "",
-            *claim_lines(part),
-            "",
-            arm_table(part, seeds),
-            "",
-            pair_table(part),
-        ]
-        quality = quality_table(part)
-        if quality is not None:
-            out += [
-                "",
-                "Estimates' reliability and agreement (Spearman ρ, top-k overlap):",
-                "",
-                quality,
-            ]
+        out += ["", f"## {name}: {part['paper']}", "", part_block(study, name)]
         if figures and name in figures:
             out += ["", f"![{name}]({figures[name]})"]
     if study.get("sensitivity") and figures and "sensitivity" in figures:
