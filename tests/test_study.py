@@ -174,6 +174,10 @@ def test_document_blocks_are_refilled_from_the_record() -> None:
     )
     assert fill_blocks(filled, record) == filled
     assert part_block(record, "capacity") in render_markdown(record)
+    empty = "<!-- study:capacity -->\n<!-- /study:capacity -->"
+    assert fill_blocks(empty, record) == (
+        f"<!-- study:capacity -->\n{part_block(record, 'capacity')}\n<!-- /study:capacity -->"
+    )
     with pytest.raises(ValueError, match="study block 'budget'"):
         fill_blocks("<!-- study:budget -->\nx\n<!-- /study:budget -->", record)
 

@@ -504,7 +504,7 @@ def part_block(study: Mapping[str, Any], name: str) -> str:
     return "\n".join(out)
 
 
-MARKER = re.compile(r"(<!-- study:([a-z0-9_]+) -->\n)(.*?)(\n<!-- /study:\2 -->)", re.DOTALL)
+MARKER = re.compile(r"(<!-- study:([a-z0-9_]+) -->\n)(?:.*?\n)?(<!-- /study:\2 -->)", re.DOTALL)
 """A block of a document filled from a study: ``<!-- study:NAME -->`` … ``<!-- /study:NAME -->``
 with NAME ``verdicts`` (:func:`verdict_table`) or a part's name (:func:`part_block`)."""
 
@@ -521,7 +521,7 @@ def fill_blocks(text: str, study: Mapping[str, Any]) -> str:
             body = part_block(study, name)
         else:
             raise ValueError(f"study block {name!r}: not 'verdicts' nor a part of this study")
-        return match.group(1) + body + match.group(4)
+        return match.group(1) + body + "\n" + match.group(3)
 
     return MARKER.sub(fill, text)
 
