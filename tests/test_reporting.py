@@ -22,6 +22,7 @@ from fishertune.reporting import (
     colorize,
     comparison_table,
     domain_bars,
+    method_colors,
     moving_average,
     overlay,
     qualitative_grid,
@@ -277,6 +278,13 @@ def test_qualitative_grid_writes_png(tmp_path: Path) -> None:
         qualitative_grid([("x", rows[0][1], np.zeros((8, 8), dtype=np.int64), rows[0][3])], out)
     with pytest.raises(ValueError, match="at least one row"):
         qualitative_grid([], out)
+
+
+@pytest.mark.parametrize("count", [1, 10, 11, 20])
+def test_methods_side_by_side_get_distinct_colours(count: int) -> None:
+    colors = method_colors(count)
+    assert len(colors) == count
+    assert len(set(colors)) == count
 
 
 def test_domain_bars_writes_png(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from fishertune.reporting.palette import colorize, legend_handles, overlay, trai
 from fishertune.reporting.plots import (
     DEFAULT_KINDS,
     domain_bars,
+    method_colors,
     moving_average,
     qualitative_grid,
     read_metrics_csv,
@@ -42,6 +43,7 @@ __all__ = [
     "domain_bars",
     "interval_table",
     "legend_handles",
+    "method_colors",
     "moving_average",
     "overlay",
     "paired_intervals",

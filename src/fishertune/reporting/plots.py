@@ -428,6 +428,13 @@ def qualitative_grid(
     return save_figure(figure, path)
 
 
+def method_colors(count: int) -> list[tuple[float, float, float, float]]:
+    """``count`` distinct colours for methods side by side: tab10's up to 10, tab20's up to
+    20 (matplotlib's default cycle repeats after 10), then tab20's again."""
+    cmap = matplotlib.colormaps["tab10" if count <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(count)]
+
+
 def domain_bars(
     results: Mapping[str, Mapping[str, float]],
     path: str | Path,
@@ -450,6 +457,7 @@ def domain_bars(
     )
     ax = figure.subplots()
     width = 0.8 / len(results)
+    colors = method_colors(len(results))
     for i, (method, scores) in enumerate(results.items()):
         xs, heights, spreads = [], [], []
         for d, domain in enumerate(domains):
@@ -460,7 +468,7 @@ def domain_bars(
                 spread = (errors or {}).get(method, {}).get(domain, math.nan)
                 spreads.append(0.0 if math.isnan(spread) else 100 * spread)
         yerr = spreads if errors is not None else None
-        bars = ax.bar(xs, heights, width, label=method, yerr=yerr, capsize=2)
+        bars = ax.bar(xs, heights, width, label=method, yerr=yerr, capsize=2, color=colors[i])
         ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
     ax.set_xticks(range(len(domains)), labels=domains)
     ax.set_ylabel("mIoU (%)")
