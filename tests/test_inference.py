@@ -49,7 +49,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         counts.update({name: len(loader.dataset) for name, loader in domains.items()})  # type: ignore[attr-defined]
         return evaluate_domains(model, domains, **kwargs)
 
-    monkeypatch.setattr("fishertune.workflows.inference.evaluate_domains", spy)
+    monkeypatch.setattr("fishertune.engine.evaluate.evaluate_domains", spy)
     return counts
 
 

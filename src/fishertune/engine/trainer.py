@@ -53,7 +53,6 @@ from fishertune.engine.config import RunConfig
 from fishertune.engine.data import (
     SOURCE_DOMAIN,
     StepSampler,
-    eval_loader,
     eval_protocol,
     evaluation_transform,
     source_train_set,
@@ -71,6 +70,7 @@ from fishertune.engine.distributed import (
 )
 from fishertune.engine.ema import WeightAverage
 from fishertune.engine.estimate_file import read_estimate, save_estimate
+from fishertune.engine.evaluate import evaluate_segmentor
 from fishertune.engine.model import build_model
 from fishertune.engine.precision import autocast
 from fishertune.engine.run_checkpoints import (
@@ -80,8 +80,7 @@ from fishertune.engine.run_checkpoints import (
     has_checkpoint,
 )
 from fishertune.engine.run_log import RunLog
-from fishertune.evaluation.domains import DomainResults, evaluate_domains
-from fishertune.label_space import CITYSCAPES_CLASSES
+from fishertune.evaluation.domains import DomainResults
 from fishertune.models import Backbone
 from fishertune.progress import StepBar
 from fishertune.tuners.base import TrainableCount, no_estimation_stage
@@ -270,27 +269,22 @@ class Trainer:
     def evaluate(self) -> DomainResults:
         """Evaluate the current (or EMA) weights on the source validation set and every target."""
         config, context = self.config, self.context
-        loaders = {
-            name: eval_loader(
-                dataset,
+        averaged = self.ema.applied() if self.ema is not None else nullcontext()
+        with averaged:
+            return evaluate_segmentor(
+                self.segmentor,
+                self.eval_sets,
                 self.eval_transform,
+                self.protocol,
+                num_classes=config.model.num_classes,
+                device=self.device,
+                amp=config.schedule.amp,
                 batch_size=config.data.batch_size,
                 workers=config.data.workers,
                 rank=context.rank,
                 world_size=context.world_size,
-            )
-            for name, dataset in self.eval_sets.items()
-        }
-        averaged = self.ema.applied() if self.ema is not None else nullcontext()
-        with averaged, self._autocast():
-            return evaluate_domains(
-                self.segmentor,
-                loaders,
-                protocol=self.protocol,
-                class_names=CITYSCAPES_CLASSES[: self.config.model.num_classes],
-                device=self.device,
                 progress=self.progress and self.is_main,
-                method=self.config.method.name,
+                method=config.method.name,
             )
 
     def _record_evaluation(self, results: DomainResults) -> None:

@@ -27,16 +27,16 @@ from fishertune.data.synthetic import STYLES
 from fishertune.engine.config import SYNTHETIC, RunConfig
 from fishertune.engine.data import (
     SOURCE_DOMAIN,
-    eval_loader,
     eval_protocol,
     evaluation_transform,
     source_val_set,
     target_datasets,
 )
 from fishertune.engine.distributed import resolve_device
+from fishertune.engine.evaluate import evaluate_segmentor
 from fishertune.engine.model import TrainedModel, load_trained
 from fishertune.engine.precision import autocast
-from fishertune.evaluation.domains import DomainResults, evaluate_domains
+from fishertune.evaluation.domains import DomainResults
 from fishertune.evaluation.protocols import EvalProtocol
 from fishertune.label_space import CITYSCAPES_CLASSES, IGNORE_INDEX
 from fishertune.models import Backbone, Segmentor
@@ -212,22 +212,19 @@ def evaluate_checkpoint(
     if eval_images is not None:
         data_config = dataclasses.replace(config.data, eval_images=eval_images)
         config = dataclasses.replace(config, data=data_config)
-    domains = _domains(config, data)
-    transform = evaluation_transform(*_mean_std(model))
-    loaders = {
-        name: eval_loader(dataset, transform, batch_size=batch_size, workers=workers)
-        for name, dataset in domains.items()
-    }
-    with autocast(target, config.schedule.amp):
-        return evaluate_domains(
-            model.segmentor,
-            loaders,
-            protocol=_protocol(config, protocol, mode),
-            class_names=CITYSCAPES_CLASSES[: config.model.num_classes],
-            device=target,
-            progress=progress,
-            method=config.method.name,
-        )
+    return evaluate_segmentor(
+        model.segmentor,
+        _domains(config, data),
+        evaluation_transform(*_mean_std(model)),
+        _protocol(config, protocol, mode),
+        num_classes=config.model.num_classes,
+        device=target,
+        amp=config.schedule.amp,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        method=config.method.name,
+    )
 
 
 def _check_readable(paths: Sequence[Path]) -> None:
