@@ -47,6 +47,7 @@ __all__ = [
     "flatten_optimizer_state",
     "latest_checkpoint",
     "load_checkpoint",
+    "prefixed",
     "restore_rng_state",
     "save_checkpoint",
     "tensors_file",
@@ -236,6 +237,12 @@ def checkpoint_name(path: str | Path) -> tuple[Path, str]:
             return file.parent, name
         return file.parent, stem
     raise ValueError(f"{file} is not a checkpoint file (.json or .safetensors)")
+
+
+def prefixed(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of ``tensors`` whose key starts with ``prefix``, keyed without it (a
+    checkpoint keeps several states side by side under their prefixes)."""
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def tensors_file(directory: str | Path, name: str) -> Path:

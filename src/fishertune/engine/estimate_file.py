@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fishertune.engine.checkpoint import load_checkpoint, save_checkpoint, tensors_file
+from fishertune.engine.checkpoint import load_checkpoint, prefixed, save_checkpoint, tensors_file
 from fishertune.sensitivity import EstimateQuality
 
 __all__ = [
@@ -83,12 +83,7 @@ def read_estimate(folder: str | Path) -> SavedEstimate | None:
     if not (Path(folder) / f"{SENSITIVITY}.json").is_file():
         return None
     tensors, state = load_checkpoint(folder, SENSITIVITY)
-    scores = {
-        name[len(SCORE_PREFIX) :]: value
-        for name, value in tensors.items()
-        if name.startswith(SCORE_PREFIX)
-    }
-    return SavedEstimate(scores, saved_quality(state))
+    return SavedEstimate(prefixed(tensors, SCORE_PREFIX), saved_quality(state))
 
 
 def estimate_path(folder: str | Path) -> Path:

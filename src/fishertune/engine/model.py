@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fishertune.engine.checkpoint import checkpoint_name, load_checkpoint, weights_reference
+from fishertune.engine.checkpoint import (
+    checkpoint_name,
+    load_checkpoint,
+    prefixed,
+    weights_reference,
+)
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.models import build_segmentor
 from fishertune.models.segmentor import Segmentor
@@ -123,12 +128,11 @@ def load_trained(
                 f"{current['sha256']}"
             )
     segmentor, tuner = build_model(config, device)
-    saved = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
     try:
-        tuner.load_saved({k: v.to(device) for k, v in saved.items()})
+        tuner.load_saved({k: v.to(device) for k, v in prefixed(tensors, MODEL_PREFIX).items()})
     except ValueError as error:
         raise ValueError(f"{folder / name}.json: {error}") from None
-    ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
+    ema = prefixed(tensors, EMA_PREFIX)
     if use_ema and ema:
         params = dict(segmentor.named_parameters())
         with torch.no_grad():

@@ -24,6 +24,7 @@ from fishertune.engine.checkpoint import (
     flatten_optimizer_state,
     latest_checkpoint,
     load_checkpoint,
+    prefixed,
     restore_rng_state,
     save_checkpoint,
     unflatten_optimizer_state,
@@ -170,18 +171,13 @@ class RunCheckpoints:
         )
         if changed:
             raise ValueError(f"cannot resume {path}: the configuration differs in {changed}")
-        model_state = {
-            k[len(MODEL_PREFIX) :]: v.to(device)
-            for k, v in tensors.items()
-            if k.startswith(MODEL_PREFIX)
-        }
+        model_state = {k: v.to(device) for k, v in prefixed(tensors, MODEL_PREFIX).items()}
         try:
             self.tuner.load_saved(model_state)
         except ValueError as error:
             raise ValueError(f"cannot resume {path}: {error}") from None
         if self.ema is not None:
-            ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
-            self.ema.load(ema)
+            self.ema.load(prefixed(tensors, EMA_PREFIX))
         record = state.get("optimizer")
         loop = LoopState(int(state["step"]), state["best"], dict(state["stage_seconds"]))
         return Restored(

@@ -74,7 +74,6 @@ from fishertune.engine.evaluate import evaluate_segmentor
 from fishertune.engine.model import build_model
 from fishertune.engine.precision import autocast
 from fishertune.engine.run_checkpoints import (
-    CHECKPOINTS,
     LoopState,
     RunCheckpoints,
     has_checkpoint,
@@ -153,7 +152,6 @@ class Trainer:
         self.context: DistributedContext = init_distributed(device)
         self.device = self.context.device
         self.run_dir = Path(config.output.run_dir)
-        self.checkpoint_dir = self.run_dir / CHECKPOINTS
         self.segmentor, self.tuner = build_model(config, self.device)
         if self.tuner.perturbs_batch_statistics and config.data.batch_size < 2:
             raise ValueError(
@@ -189,6 +187,11 @@ class Trainer:
         self._stop = self.total_steps
 
     # ---------------------------------------------------------------- helpers
+    @property
+    def checkpoint_dir(self) -> Path:
+        """The run's checkpoint folder (``run_dir/checkpoints``)."""
+        return self.checkpoints.folder
+
     @property
     def is_main(self) -> bool:
         """Whether this process writes files."""

@@ -222,8 +222,6 @@ class ReinTuner(Tuner):
         config = self.config
         backbone = segmentor.backbone
         vit = backbone_of(segmentor, self.name)
-        if hasattr(backbone, ADAPTER_NAME):
-            raise ValueError(f"the backbone already has a `{ADAPTER_NAME}` module")
         blocks = [block for _, block in named_blocks(segmentor)]
         head = segmentor.head
         linked = head if config.link_queries and isinstance(head, Mask2FormerHead) else None

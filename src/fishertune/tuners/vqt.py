@@ -211,8 +211,6 @@ class VQTTuner(Tuner):
         config = self.config
         backbone = segmentor.backbone
         vit = backbone_of(segmentor, self.name)
-        if hasattr(backbone, ADAPTER_NAME):
-            raise ValueError(f"the backbone already has a `{ADAPTER_NAME}` module")
         blocks: list[tuple[Block, Attention]] = []
         for index, block in named_blocks(segmentor):
             attn = getattr(block, "attn", None)

@@ -24,7 +24,7 @@ from fishertune.atomic import atomic_write
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.engine.data import SOURCE_DOMAIN
 from fishertune.engine.estimate_file import read_estimate
-from fishertune.engine.run_checkpoints import CHECKPOINTS, has_checkpoint
+from fishertune.engine.run_checkpoints import has_checkpoint
 from fishertune.engine.trainer import Trainer, TrainResult
 from fishertune.evaluation.domains import DomainResults
 from fishertune.models import parameter_groups
@@ -52,6 +52,7 @@ __all__ = [
     "Comparison",
     "compare",
     "method_config",
+    "saved_sensitivity",
     "seed_run_dir",
     "sensitivity_map",
     "train_and_report",
@@ -79,20 +80,26 @@ def _qualitative_rows(
     return rows
 
 
-def _sensitivity_figure(trainer: Trainer, path: Path) -> Path | None:
-    """The heatmap of the saved scores (with the final selection's share), if any."""
-    saved = read_estimate(trainer.run_dir / CHECKPOINTS)
+def saved_sensitivity(trainer: Trainer) -> NDArray[np.float64] | None:
+    """The Fig. 6 table (mean score per block and Q / K / V / FFN) of the scores the run's
+    estimation stage saved; None when it has none."""
+    saved = read_estimate(trainer.checkpoint_dir)
     if saved is None:
         return None
-    scores = saved.scores
+    return sensitivity_by_block(saved.scores, parameter_groups(trainer.segmentor.backbone))
+
+
+def _sensitivity_figure(trainer: Trainer, path: Path) -> Path | None:
+    """The heatmap of the saved scores (with the final selection's share), if any."""
+    table = saved_sensitivity(trainer)
+    if table is None:
+        return None
     groups = parameter_groups(trainer.segmentor.backbone)
     share = None
     if isinstance(trainer.tuner, SparseTuner) and trainer.tuner.selected_count:
         share = selected_share_by_block(trainer.tuner.masks(), groups)
     title = f"{trainer.config.method.name}: mean sensitivity per block"
-    return sensitivity_heatmap(
-        sensitivity_by_block(scores, groups), path, title=title, selected_share=share
-    )
+    return sensitivity_heatmap(table, path, title=title, selected_share=share)
 
 
 def _notes(result: TrainResult) -> list[str]:

@@ -36,8 +36,7 @@ import numpy as np
 from fishertune.atomic import atomic_write
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.engine.data import SOURCE_DOMAIN
-from fishertune.engine.estimate_file import read_estimate
-from fishertune.engine.run_checkpoints import CHECKPOINTS, has_checkpoint
+from fishertune.engine.run_checkpoints import has_checkpoint
 from fishertune.engine.trainer import Trainer
 from fishertune.evaluation.intervals import (
     Interval,
@@ -46,12 +45,10 @@ from fishertune.evaluation.intervals import (
     paired_interval,
     t_interval,
 )
-from fishertune.models import parameter_groups
 from fishertune.reporting import AVERAGE_HEADER, domain_bars, read_metrics_csv
-from fishertune.reporting.plots import sensitivity_by_block
 from fishertune.reporting.study_figures import CurvePanel, interval_curves, sensitivity_panels
 from fishertune.workflows.demo import DEMO_SETTINGS, merge_settings
-from fishertune.workflows.runs import method_config
+from fishertune.workflows.runs import method_config, saved_sensitivity
 from fishertune.workflows.study_parts import PARTS, TARGET, Arm, Claim, Part, part_names
 
 __all__ = [
@@ -60,6 +57,7 @@ __all__ = [
     "RECORD",
     "STUDY_SETTINGS",
     "Study",
+    "draw_figures",
     "fill_blocks",
     "part_block",
     "render_markdown",
@@ -145,11 +143,9 @@ def _write_text(target: Path, text: str) -> None:
 
 def _sensitivity_table(trainer: Trainer) -> list[list[float | None]] | None:
     """The Fig. 6 table (block × Q/K/V/FFN means) of the run's saved scores, if any."""
-    saved = read_estimate(trainer.run_dir / CHECKPOINTS)
-    if saved is None:
+    table = saved_sensitivity(trainer)
+    if table is None:
         return None
-    scores = saved.scores
-    table = sensitivity_by_block(scores, parameter_groups(trainer.segmentor.backbone))
     return [[json_number(float(v)) for v in row] for row in table]
 
 
@@ -557,8 +553,9 @@ def render_markdown(study: Mapping[str, Any], figures: Mapping[str, str] | None 
     return "\n".join(out) + "\n"
 
 
-def _figures(study: Mapping[str, Any], folder: Path) -> dict[str, str]:
-    """Each part's figure and Fig. 6 under ``folder``; returns paths relative to its parent."""
+def draw_figures(study: Mapping[str, Any], folder: Path) -> dict[str, str]:
+    """Each part's figure and Fig. 6 under ``folder``, drawn from the ``study.json`` record
+    alone; returns their paths relative to the folder's parent."""
     paths: dict[str, str] = {}
     for name, part in study["parts"].items():
         arms = part["arms"]
@@ -690,7 +687,7 @@ def run_study(
     if sensitivity is not None:
         study["sensitivity"] = sensitivity
     _write_text(out / "study.json", json.dumps(study, indent=1, ensure_ascii=False))
-    figures = _figures(study, out / "figures")
+    figures = draw_figures(study, out / "figures")
     markdown = render_markdown(study, figures)
     _write_text(out / "study.md", markdown)
     return Study(copy.deepcopy(study), out / "study.md")
