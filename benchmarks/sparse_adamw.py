@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from fishertune.optim import SparseAdamW
+from fishertune.selection import Selection
 
 
 def vit_parameters(blocks: int, dim: int, device: torch.device) -> list[nn.Parameter]:
@@ -79,11 +80,12 @@ def main() -> None:
     params = vit_parameters(args.blocks, args.dim, device)
     for param in params:
         param.grad = torch.randn_like(param)
-    ranked = [(param, torch.rand(param.shape, device=device)) for param in params]
-    masks = {param: rank < args.fraction for param, rank in ranked}
-    half_masks = {param: rank < args.fraction / 2 for param, rank in ranked}  # nested
+    named = {f"p{i}": param for i, param in enumerate(params)}
+    ranked = {name: torch.rand(param.shape, device=device) for name, param in named.items()}
+    selection = Selection.from_masks({n: rank < args.fraction for n, rank in ranked.items()})
+    half = Selection.from_masks({n: rank < args.fraction / 2 for n, rank in ranked.items()})
     elements = sum(param.numel() for param in params)
-    selected = sum(int(mask.sum()) for mask in masks.values())
+    selected = selection.count
     print(
         f"{args.blocks} blocks x {args.dim}: {len(params)} tensors, {elements / 1e6:.1f}M elements,"
         f" {selected / 1e6:.2f}M selected ({selected / elements:.1%}); device {device},"
@@ -95,13 +97,13 @@ def main() -> None:
     # all of them alike. "2 cohorts" starts from half the selection and grows to the full one
     # after its first step, so that its elements have two different steps (per-element bias
     # corrections); the plain SparseAdamW keeps one cohort (AdamW's scalar bias corrections).
-    grown = SparseAdamW(params, half_masks)
+    grown = SparseAdamW(params, half, named)
     grown.step()
-    grown.update_masks(masks)
+    grown.update_selection(selection)
     optimizers: dict[str, torch.optim.Optimizer] = {
         "AdamW (default)": torch.optim.AdamW(params),
         "AdamW (foreach=True)": torch.optim.AdamW(params, foreach=True),
-        "SparseAdamW": SparseAdamW(params, masks),
+        "SparseAdamW": SparseAdamW(params, selection, named),
         "SparseAdamW (2 cohorts)": grown,
     }
     for optimizer in optimizers.values():

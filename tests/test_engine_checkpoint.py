@@ -29,6 +29,7 @@ from fishertune.engine.checkpoint import (
     weights_reference,
 )
 from fishertune.optim import SparseAdamW
+from fishertune.selection import Selection
 
 
 def _tensors() -> dict[str, Tensor]:
@@ -301,23 +302,23 @@ def _selection(weight: Tensor, share: float) -> Tensor:
 def _sparse(model: nn.Sequential) -> torch.optim.Optimizer:
     first, last = _linears(model)
     masks = {
-        first.weight: _selection(first.weight, 0.3),
-        last.weight: torch.zeros_like(last.weight, dtype=torch.bool),
+        "first": _selection(first.weight, 0.3),
+        "last": torch.zeros_like(last.weight, dtype=torch.bool),
     }
     groups: list[dict[str, Any]] = [
         {"params": [first.weight, last.weight], "name": "backbone"},
         {"params": [first.bias, last.bias], "lr": 2e-3},
         {"params": list(model[2].parameters()), "weight_decay": 0.0},
     ]
-    return SparseAdamW(groups, masks, lr=1e-3, weight_decay=0.05)
+    named = {"first": first.weight, "last": last.weight}
+    return SparseAdamW(groups, Selection.from_masks(masks), named, lr=1e-3, weight_decay=0.05)
 
 
 def _grow(model: nn.Sequential, optimizer: torch.optim.Optimizer) -> None:
     assert isinstance(optimizer, SparseAdamW)
-    first, last = _linears(model)
-    optimizer.update_masks(
-        {first.weight: _selection(first.weight, 0.6), last.weight: torch.eye(3, 8).bool()}
-    )
+    first, _ = _linears(model)
+    grown = {"first": _selection(first.weight, 0.6), "last": torch.eye(3, 8).bool()}
+    optimizer.update_selection(Selection.from_masks(grown))
 
 
 @pytest.mark.parametrize(("make", "grow"), [(_adamw, None), (_sparse, _grow)])

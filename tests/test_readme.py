@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from fishertune.selection import Selection
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -15,8 +17,8 @@ def test_readme_python_examples_run() -> None:
     namespace: dict[str, object] = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
-    masks = namespace["masks"]
+    selection = namespace["selection"]
     scores = namespace["scores"]
-    assert isinstance(masks, dict)
+    assert isinstance(selection, Selection)
     assert isinstance(scores, dict)
-    assert set(masks) == set(scores)
+    assert set(selection) == set(scores)

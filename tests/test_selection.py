@@ -12,10 +12,11 @@ from torch import Tensor
 
 from fishertune.selection import (
     GroupSlice,
-    group_masks,
+    Selection,
+    group_selection,
     qkv_slices,
-    random_masks,
-    topk_masks,
+    random_selection,
+    top_k,
     trainable_fraction,
 )
 from fishertune.selection import topk as topk_module
@@ -63,6 +64,48 @@ def make_scores(kind: str, dtype: torch.dtype, seed: int = 0) -> dict[str, Tenso
             values = torch.randn(shape, generator=gen, dtype=torch.float64)
         out[name] = values.to(dtype)
     return out
+
+
+def topk_masks(
+    scores: Mapping[str, Tensor],
+    fraction: float | None = None,
+    count: int | None = None,
+    *,
+    total: int | None = None,
+    eligible: Mapping[str, Tensor] | None = None,
+    keep: Mapping[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """:func:`top_k` with candidates, kept elements and the result as bool masks."""
+    selection = top_k(
+        scores,
+        fraction,
+        count,
+        total=total,
+        candidates=None if eligible is None else Selection.from_masks(eligible, "candidates"),
+        keep=None if keep is None else Selection.from_masks(keep, "keep"),
+    )
+    return selection.as_masks()
+
+
+def group_masks(
+    shapes: Mapping[str, tuple[int, ...]], groups: list[GroupSlice], wanted: str | list[str]
+) -> dict[str, Tensor]:
+    return group_selection(shapes, groups, wanted).as_masks()
+
+
+def random_masks(
+    shapes: Mapping[str, tuple[int, ...]],
+    fraction: float | None = None,
+    count: int | None = None,
+    *,
+    total: int | None = None,
+    eligible: Mapping[str, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    candidates = None if eligible is None else Selection.from_masks(eligible, "candidates")
+    return random_selection(
+        shapes, fraction, count, total=total, candidates=candidates, generator=generator
+    ).as_masks()
 
 
 def total_selected(masks: Mapping[str, Tensor]) -> int:
@@ -234,13 +277,13 @@ SCORES = {"a": torch.arange(6.0).view(2, 3), "b": torch.ones(4)}
         ({"fraction": 1.5}, ValueError, r"fraction must lie in \[0, 1\]"),
         ({"fraction": math.nan}, ValueError, r"fraction must lie in \[0, 1\]"),
         ({"count": -1}, ValueError, "count must be non-negative"),
-        ({"count": 11}, ValueError, "exceeds the 10 eligible elements"),
-        ({"fraction": 0.5, "total": 30}, ValueError, "= 15 exceeds the 10 eligible"),
+        ({"count": 11}, ValueError, "exceeds the 10 candidate elements"),
+        ({"fraction": 0.5, "total": 30}, ValueError, "= 15 exceeds the 10 candidate"),
         ({"count": 2, "total": 30}, ValueError, "total= only applies with fraction="),
         (
             {"count": 1, "eligible": {"a": torch.ones(3, 2, dtype=torch.bool)}},
             ValueError,
-            r"eligible\['a'\] has shape \(3, 2\)",
+            r"candidates\['a'\] has shape \(3, 2\)",
         ),
         (
             {"count": 1, "keep": {"b": torch.ones(5, dtype=torch.bool)}},
@@ -250,7 +293,7 @@ SCORES = {"a": torch.arange(6.0).view(2, 3), "b": torch.ones(4)}
         (
             {"count": 1, "eligible": {"a": torch.ones(2, 3, dtype=torch.bool)}},
             ValueError,
-            r"eligible has no mask for scores\['b'\]",
+            r"candidates has no entry for scores\['b'\]",
         ),
         ({"count": 1, "keep": {"zz": torch.ones(1, dtype=torch.bool)}}, ValueError, "'zz'"),
         ({"count": 1, "eligible": {"a": torch.ones(2, 3), "b": torch.ones(4)}}, TypeError, "bool"),
@@ -261,7 +304,7 @@ SCORES = {"a": torch.arange(6.0).view(2, 3), "b": torch.ones(4)}
                 "keep": {"b": torch.tensor([False, True, False, False])},
             },
             ValueError,
-            r"keep\['b'\] contains elements that are not eligible",
+            r"keep\['b'\] contains elements that are not candidates",
         ),
         (
             {"count": 1, "keep": {"b": torch.tensor([True, True, False, False])}},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fishertune.optim import SparseAdamW
+from fishertune.selection import Selection
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
@@ -34,6 +35,21 @@ def _loss(model: nn.Module, step: int) -> Tensor:
 def _backward(model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
     optimizer.zero_grad()
     _loss(model, step).backward()
+
+
+def _name(param: Tensor) -> str:
+    """A name for a tensor, stable for its life (the tests' tensors have no module names)."""
+    return f"t{id(param)}"
+
+
+def _names(params: Iterable[Tensor]) -> dict[str, Tensor]:
+    """The ``parameters=`` mapping of the given tensors."""
+    return {_name(param): param for param in params}
+
+
+def _sel(masks: Mapping[Tensor, Tensor]) -> Selection:
+    """The selection of the True elements of per-tensor masks."""
+    return Selection.from_masks({_name(param): mask for param, mask in masks.items()})
 
 
 def _nested_masks(
@@ -105,7 +121,15 @@ def test_matches_adamw_per_cohort_with_growing_masks() -> None:
     stages[0][b1] = torch.zeros_like(b1, dtype=torch.bool)  # b1 starts with nothing selected
     growth_at = {20: stages[1], 35: stages[2]}
 
-    optimizer = SparseAdamW(groups, stages[0], lr=1e-2, betas=BETAS, eps=EPS, weight_decay=0.05)
+    optimizer = SparseAdamW(
+        groups,
+        _sel(stages[0]),
+        _names(model.parameters()),
+        lr=1e-2,
+        betas=BETAS,
+        eps=EPS,
+        weight_decay=0.05,
+    )
     expected = _CohortReference()
     for param, mask in stages[0].items():
         expected.add(param, mask, *hyper[param])
@@ -115,7 +139,7 @@ def test_matches_adamw_per_cohort_with_growing_masks() -> None:
 
     for step in range(60):
         if step in growth_at:
-            optimizer.update_masks(growth_at[step])
+            optimizer.update_selection(_sel(growth_at[step]))
             for param, mask in growth_at[step].items():
                 expected.add(param, mask & ~current[param], *hyper[param])
                 current[param] = mask
@@ -141,7 +165,7 @@ def test_matches_adamw_per_cohort_with_growing_masks() -> None:
 def test_parameters_without_mask_match_adamw() -> None:
     model = _mlp()
     reference_model = copy.deepcopy(model)
-    optimizer = SparseAdamW(model.parameters(), {}, lr=1e-2, weight_decay=0.2)
+    optimizer = SparseAdamW(model.parameters(), lr=1e-2, weight_decay=0.2)
     reference = torch.optim.AdamW(
         reference_model.parameters(), lr=1e-2, weight_decay=0.2, foreach=False
     )
@@ -167,7 +191,8 @@ def test_per_group_lr_and_weight_decay(dtype: torch.dtype) -> None:
             {"params": [slow]},
             {"params": [frozen], "lr": 0.0, "weight_decay": 0.0},
         ],
-        {fast: mask, slow: mask, frozen: mask},
+        _sel({fast: mask, slow: mask, frozen: mask}),
+        _names([fast, slow, frozen]),
         lr=1e-3,
         weight_decay=0.0,
     )
@@ -177,7 +202,7 @@ def test_per_group_lr_and_weight_decay(dtype: torch.dtype) -> None:
     grown = mask | (torch.rand(5, 4) < 0.5)
     for step in range(20):
         if step == 8:  # from here on two cohorts: per-element bias corrections
-            optimizer.update_masks({fast: grown, slow: grown})
+            optimizer.update_selection(_sel({fast: grown, slow: grown}))
             expected.add(fast, grown & ~mask, 0.1, 0.5)
             expected.add(slow, grown & ~mask, 1e-3, 0.0)
         gradient = torch.randn(5, 4, dtype=dtype)
@@ -195,7 +220,7 @@ def test_state_holds_only_selected_elements() -> None:
     model = _mlp()
     w1, b1, w2, b2 = model.parameters()
     small, large = _nested_masks([w1, w2], [0.2, 0.7])
-    optimizer = SparseAdamW(model.parameters(), small)
+    optimizer = SparseAdamW(model.parameters(), _sel(small), _names(model.parameters()))
     _backward(model, optimizer, 0)
     optimizer.step()
     for masks in (small, large):
@@ -208,7 +233,7 @@ def test_state_holds_only_selected_elements() -> None:
             assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == param.dtype
             for key in ("indices", "step", "exp_avg", "exp_avg_sq"):
                 assert state[key].shape == (nnz,)
-        optimizer.update_masks(large)
+        optimizer.update_selection(_sel(large))
     for dense in (b1, b2):
         assert optimizer.state[dense]["exp_avg"].shape == dense.shape  # as torch AdamW
     state = optimizer.state[w1]
@@ -224,7 +249,11 @@ def test_requires_grad_follows_selection() -> None:
     model = _mlp()
     w1, b1, w2, b2 = model.parameters()
     empty = torch.zeros_like(w1, dtype=torch.bool)
-    optimizer = SparseAdamW(model.parameters(), {w1: empty, w2: torch.ones_like(w2).bool()})
+    optimizer = SparseAdamW(
+        model.parameters(),
+        _sel({w1: empty, w2: torch.ones_like(w2).bool()}),
+        _names(model.parameters()),
+    )
     assert not w1.requires_grad
     assert all(param.requires_grad for param in (b1, w2, b2))
     before = w1.detach().clone()
@@ -235,7 +264,7 @@ def test_requires_grad_follows_selection() -> None:
 
     grown = empty.clone()
     grown[0, :3] = True
-    optimizer.update_masks({w1: grown})
+    optimizer.update_selection(_sel({w1: grown}))
     assert w1.requires_grad
     _backward(model, optimizer, 1)
     assert w1.grad is not None
@@ -252,7 +281,7 @@ def _train(
 ) -> None:
     for step in steps:
         if step in growth:
-            optimizer.update_masks(growth[step])
+            optimizer.update_selection(_sel(growth[step]))
         _backward(model, optimizer, step)
         optimizer.step()
 
@@ -262,7 +291,7 @@ def test_state_dict_round_trip_continues_bit_identically() -> None:
     w1, b1, w2, b2 = model.parameters()
     stages = _nested_masks([w1, b1, w2], [0.0, 0.4, 0.8])
     groups = [{"params": [w1, b1], "lr": 5e-2}, {"params": [w2, b2]}]
-    optimizer = SparseAdamW(groups, stages[0], lr=1e-2)
+    optimizer = SparseAdamW(groups, _sel(stages[0]), _names(model.parameters()), lr=1e-2)
     _train(model, optimizer, range(10), {4: stages[1]})
     buffer = io.BytesIO()
     torch.save(optimizer.state_dict(), buffer)
@@ -271,7 +300,8 @@ def test_state_dict_round_trip_continues_bit_identically() -> None:
     rw1, rb1, rw2, rb2 = restored_model.parameters()
     restored = SparseAdamW(  # built with other masks and lr: the loaded state must win
         [{"params": [rw1, rb1]}, {"params": [rw2, rb2]}],
-        {rw1: torch.zeros_like(rw1).bool(), rb1: torch.zeros_like(rb1).bool()},
+        _sel({rw1: torch.zeros_like(rw1).bool(), rb1: torch.zeros_like(rb1).bool()}),
+        _names(restored_model.parameters()),
         lr=1e-2,
     )
     buffer.seek(0)
@@ -307,41 +337,49 @@ def _param() -> nn.Parameter:
     ("build", "error", "match"),
     [
         (
-            lambda p: SparseAdamW([p], {torch.zeros(2, 3): torch.ones(2, 3, dtype=torch.bool)}),
+            lambda p: SparseAdamW(
+                [p],
+                _sel({(other := torch.zeros(2, 3)): torch.ones(2, 3, dtype=torch.bool)}),
+                _names([other]),
+            ),
             ValueError,
             r"tensor of shape \(2, 3\) that is not a parameter of this optimiser",
         ),
         (
-            lambda p: SparseAdamW([p], {p: torch.ones(3, dtype=torch.bool)}),
+            lambda p: SparseAdamW(
+                [p], Selection({_name(p): torch.tensor([0])}, {_name(p): (3,)}), _names([p])
+            ),
             ValueError,
-            r"mask of shape \(3,\) does not match the parameter \(tensor of shape \(2, 3\)\)",
+            r"of shape \(3,\) does not match the parameter \(tensor of shape \(2, 3\)\)",
         ),
         (
-            lambda p: SparseAdamW([p], {p: torch.ones(2, 3)}),
+            lambda p: SparseAdamW([p], _sel({p: torch.ones(2, 3)}), _names([p])),
             TypeError,
-            r"\(tensor of shape \(2, 3\)\) must have dtype torch.bool, got torch.float32",
+            r"must be a bool tensor, got torch.float32",
         ),
         (
-            lambda p: SparseAdamW([p], {p: [[True] * 3] * 2}),
+            lambda p: SparseAdamW([p], _sel({p: [[True] * 3] * 2}), _names([p])),  # type: ignore[dict-item]
             TypeError,
             r"must be a bool tensor, got list",
         ),
-        (lambda p: SparseAdamW([p], {}, lr=-1.0), ValueError, r"invalid lr: -1.0"),
-        (lambda p: SparseAdamW([p], {}, lr="0.1"), TypeError, r"lr must be a real number"),
-        (lambda p: SparseAdamW([p], {}, eps=-1e-8), ValueError, r"invalid eps"),
-        (lambda p: SparseAdamW([p], {}, weight_decay=-0.1), ValueError, r"invalid weight_decay"),
-        (lambda p: SparseAdamW([p], {}, betas=(1.0, 0.9)), ValueError, r"invalid betas\[0\]"),
-        (lambda p: SparseAdamW([p], {}, betas=(0.9, -0.1)), ValueError, r"invalid betas\[1\]"),
-        (lambda p: SparseAdamW([p], {}, betas=(0.9,)), TypeError, r"betas must be a pair"),
+        (lambda p: SparseAdamW([p], lr=-1.0), ValueError, r"invalid lr: -1.0"),
+        (lambda p: SparseAdamW([p], lr="0.1"), TypeError, r"lr must be a real number"),
+        (lambda p: SparseAdamW([p], eps=-1e-8), ValueError, r"invalid eps"),
+        (lambda p: SparseAdamW([p], weight_decay=-0.1), ValueError, r"invalid weight_decay"),
+        (lambda p: SparseAdamW([p], betas=(1.0, 0.9)), ValueError, r"invalid betas\[0\]"),
+        (lambda p: SparseAdamW([p], betas=(0.9, -0.1)), ValueError, r"invalid betas\[1\]"),
+        (lambda p: SparseAdamW([p], betas=(0.9,)), TypeError, r"betas must be a pair"),
         (
-            lambda p: SparseAdamW([{"params": [p], "lr": -0.5}], {}),
+            lambda p: SparseAdamW([{"params": [p], "lr": -0.5}]),
             ValueError,
             r"invalid lr: -0.5",
         ),
         (
-            lambda p: SparseAdamW([p], {}).update_masks({p: torch.ones(2, 3, dtype=torch.bool)}),
+            lambda p: SparseAdamW([p], None, _names([p])).update_selection(
+                _sel({p: torch.ones(2, 3, dtype=torch.bool)})
+            ),
             ValueError,
-            r"\(tensor of shape \(2, 3\)\) has no mask and updates densely",
+            r"\(tensor of shape \(2, 3\)\) has no selection and updates densely",
         ),
     ],
 )
@@ -355,7 +393,7 @@ def test_errors(
 def test_rejects_non_floating_masked_parameter() -> None:
     param = nn.Parameter(torch.zeros(2, 3, dtype=torch.int64), requires_grad=False)
     with pytest.raises(TypeError, match=r"\(tensor of shape \(2, 3\)\) must be real floating"):
-        SparseAdamW([param], {param: torch.ones(2, 3, dtype=torch.bool)})
+        SparseAdamW([param], _sel({param: torch.ones(2, 3, dtype=torch.bool)}), _names([param]))
 
 
 def test_non_contiguous_parameter_uses_row_major_indices() -> None:
@@ -364,7 +402,7 @@ def test_non_contiguous_parameter_uses_row_major_indices() -> None:
     assert not param.is_contiguous()
     initial = param.detach().clone()
     mask = torch.rand(5, 4) < 0.5
-    optimizer = SparseAdamW([param], {param: mask}, lr=1e-2)
+    optimizer = SparseAdamW([param], _sel({param: mask}), _names([param]), lr=1e-2)
     expected = _CohortReference()
     expected.add(param, mask, 1e-2, 1e-2)
     for _ in range(10):
@@ -375,16 +413,16 @@ def test_non_contiguous_parameter_uses_row_major_indices() -> None:
     assert torch.equal(param.detach()[~mask], initial[~mask])
 
 
-def test_update_masks_rejects_shrinking_and_changes_nothing() -> None:
+def test_update_selection_rejects_shrinking_and_changes_nothing() -> None:
     model = _mlp()
     w1, _, w2, _ = model.parameters()
     small, large = _nested_masks([w1, w2], [0.3, 0.6])
-    optimizer = SparseAdamW(model.parameters(), large)
+    optimizer = SparseAdamW(model.parameters(), _sel(large), _names(model.parameters()))
     before = copy.deepcopy(optimizer.state_dict())
     shrunk = {w1: large[w1], w2: small[w2]}
     shrunk[w1] = large[w1] | (torch.rand(w1.shape) < 0.5)  # a valid growth for w1...
-    with pytest.raises(ValueError, match=r"masks may only grow.*tensor of shape \(3, 12\)"):
-        optimizer.update_masks(shrunk)  # ...but w2 shrinks, so nothing may change
+    with pytest.raises(ValueError, match=r"selections may only grow.*tensor of shape \(3, 12\)"):
+        optimizer.update_selection(_sel(shrunk))  # ...but w2 shrinks, so nothing may change
     after = optimizer.state_dict()
     for param_id, state in before["state"].items():
         for key, value in state.items():
@@ -395,7 +433,7 @@ def test_update_masks_rejects_shrinking_and_changes_nothing() -> None:
 def test_step_with_closure_and_under_no_grad() -> None:
     model = _mlp()
     w1 = model[0].weight
-    optimizer = SparseAdamW(model.parameters(), {w1: w1 > 0})
+    optimizer = SparseAdamW(model.parameters(), _sel({w1: w1 > 0}), _names([w1]))
 
     def closure() -> float:
         optimizer.zero_grad()
@@ -417,12 +455,16 @@ def test_cuda_matches_cpu() -> None:
     cpu_masks, cpu_grown = _nested_masks([cpu_model[0].weight, cpu_model[2].weight], [0.3, 0.6])
     cuda_params = [cuda_model[0].weight, cuda_model[2].weight]
     cuda_masks = [dict(zip(cuda_params, m.values(), strict=True)) for m in (cpu_masks, cpu_grown)]
-    cpu_opt = SparseAdamW(cpu_model.parameters(), cpu_masks, lr=1e-2)
-    cuda_opt = SparseAdamW(cuda_model.parameters(), cuda_masks[0], lr=1e-2)
+    cpu_opt = SparseAdamW(
+        cpu_model.parameters(), _sel(cpu_masks), _names(cpu_model.parameters()), lr=1e-2
+    )
+    cuda_opt = SparseAdamW(
+        cuda_model.parameters(), _sel(cuda_masks[0]), _names(cuda_model.parameters()), lr=1e-2
+    )
     for step in range(30):
         if step == 10:
-            cpu_opt.update_masks(cpu_grown)
-            cuda_opt.update_masks(cuda_masks[1])
+            cpu_opt.update_selection(_sel(cpu_grown))
+            cuda_opt.update_selection(_sel(cuda_masks[1]))
         for net, opt in ((cpu_model, cpu_opt), (cuda_model, cuda_opt)):
             opt.zero_grad()
             generator = torch.Generator().manual_seed(step)
@@ -435,3 +477,15 @@ def test_cuda_matches_cpu() -> None:
     for param, other in zip(cpu_model.parameters(), cuda_model.parameters(), strict=True):
         # CUDA kernels round differently (e.g. division by a scalar as a reciprocal multiply).
         torch.testing.assert_close(other.cpu(), param, rtol=0, atol=1e-5)
+
+
+def test_holds_the_selections_own_index_tensors() -> None:
+    model = _mlp()
+    w1 = model[0].weight
+    selection = _sel({w1: w1 > 0})
+    optimizer = SparseAdamW(model.parameters(), selection, _names(model.parameters()))
+    assert optimizer.state[w1]["indices"] is selection[_name(w1)]
+    grown = _sel({w1: w1 > -0.1})
+    optimizer.update_selection(grown)
+    assert optimizer.state[w1]["indices"] is grown[_name(w1)]
+    assert optimizer.selection[_name(w1)] is grown[_name(w1)]

@@ -19,7 +19,7 @@ import fishertune.tuners.manual
 import fishertune.tuners.random_selection
 from fishertune.models import Segmentor, build_segmentor, parameter_groups
 from fishertune.optim import SparseAdamW
-from fishertune.selection import topk_masks, trainable_fraction
+from fishertune.selection import Selection, top_k, trainable_fraction
 from fishertune.sensitivity import diagonal_fisher
 from fishertune.tuners import available_tuners, build_tuner
 from fishertune.tuners.manual import parse_blocks
@@ -102,7 +102,7 @@ def test_registered() -> None:
 def test_trains_only_the_selection(trained: Trained) -> None:
     tuner, before, losses = trained.tuner, trained.before, trained.losses
     assert sum(losses[-2:]) < sum(losses[:2]), losses
-    masks = tuner.masks()
+    masks = tuner.selection.as_masks()
     changed = 0
     for name, param in tuner.segmentor.backbone.named_parameters():
         moved = param.detach() != before[name]
@@ -136,14 +136,14 @@ def test_save_and_load_reproduce_the_tuned_model(trained: Trained, tmp_path: Pat
     for name, param in fresh.backbone.named_parameters():
         assert torch.equal(param, tuned[name]), name
     assert isinstance(fresh_tuner, SparseTuner)
-    restored = fresh_tuner.masks()
-    for name, mask in tuner.masks().items():
+    restored = fresh_tuner.selection.as_masks()
+    for name, mask in tuner.selection.as_masks().items():
         assert torch.equal(restored[name], mask), name
 
     backbone_bytes = sum(p.numel() * p.element_size() for p in tuned.values())
     saved_backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
     saved_bytes = sum(v.numel() * v.element_size() for v in saved_backbone.values())
-    masks = tuner.masks()
+    masks = tuner.selection.as_masks()
     deltas = 0
     for key, value in saved_backbone.items():
         name = key.removeprefix("backbone.").removesuffix(DELTA_SUFFIX).removesuffix(INDEX_SUFFIX)
@@ -179,10 +179,10 @@ def test_growth_follows_the_schedule_and_stays_nested() -> None:
     optimizer = tuner.make_optimizer()
     assert isinstance(optimizer, SparseAdamW)
     params = tuner.candidate_params()
-    previous = tuner.masks()
+    previous = tuner.selection.as_masks()
     for step in range(total_steps):
         tuner.on_step(step, total_steps)
-        masks = tuner.masks()
+        masks = tuner.selection.as_masks()
         if step % refresh == 0 or step == total_steps - 1:
             fraction = trainable_fraction(step, total_steps - 1, 0.01, 0.05)
             assert selected(masks) == round(fraction * total), step
@@ -193,8 +193,27 @@ def test_growth_follows_the_schedule_and_stays_nested() -> None:
             state = optimizer.state[params[name]]
             in_optimizer = state["indices"].numel() if "indices" in state else mask.numel()
             assert in_optimizer == int(mask.sum()), name
+            if "indices" in state:  # one selection: the optimiser holds the tuner's tensors
+                assert state["indices"] is tuner.selection[name], name
+            assert params[name].requires_grad == bool(mask.any()), name
         previous = masks
     assert tuner.selected_count == tuner.budget() == round(0.05 * total)
+
+
+def test_select_refuses_foreign_tensors_shapes_and_shrinking() -> None:
+    tuner = prepared("fishertune", estimator="diagonal")
+    assert isinstance(tuner, ScoredTuner)
+    current = tuner.selection
+    name = next(n for n in current if current[n].numel() > 1)
+    shape = current.shape(name)
+    with pytest.raises(ValueError, match=r"hold no candidate element: \['nope'\]"):
+        tuner.select(Selection({"nope": torch.tensor([0])}, {"nope": (1,)}))
+    with pytest.raises(ValueError, match=rf"selection of '{name}': shape \({shape.numel()},\)"):
+        tuner.select(Selection({name: torch.tensor([0])}, {name: (shape.numel(),)}))
+    shrunk = Selection({name: current[name][1:]}, {name: shape})
+    with pytest.raises(ValueError, match=rf"may only grow: the new selection of '{name}' drops"):
+        tuner.select(shrunk)
+    assert tuner.selection is current  # nothing changed
 
 
 def test_constant_schedule_selects_the_budget_at_once() -> None:
@@ -221,7 +240,7 @@ def test_variants_give_different_masks() -> None:
             perturbation_scale=scale,
         )
         assert isinstance(tuner, ScoredTuner)
-        scores[variant], masks[variant] = tuner.scores, tuner.masks()
+        scores[variant], masks[variant] = tuner.scores, tuner.selection.as_masks()
     for a, b in (("F", "dF"), ("F", "DRF"), ("dF", "DRF")):
         assert any(not torch.equal(masks[a][n], masks[b][n]) for n in masks[a]), (a, b)
     coef = math.exp(-2 * scale)
@@ -234,7 +253,7 @@ def test_variational_estimator_combines_by_eq_15() -> None:
     for variant in ("F", "dF", "DRF"):
         tuner = prepared("fishertune", variant=variant, variational_steps=4, schedule="constant")
         assert isinstance(tuner, ScoredTuner)
-        scores[variant], masks[variant] = tuner.scores, tuner.masks()
+        scores[variant], masks[variant] = tuner.scores, tuner.selection.as_masks()
         assert all(bool(s.isfinite().all()) for s in tuner.scores.values())
     assert any(not torch.equal(masks["F"][n], masks["dF"][n]) for n in masks["F"])
     coef = math.exp(-2.0)
@@ -246,14 +265,15 @@ def test_childtune_d_is_the_top_k_of_the_fisher_among_candidates() -> None:
     tuner = prepared("childtune_d", candidates="Q,K")
     assert isinstance(tuner, ScoredTuner)
     model = tuner.segmentor
-    eligible = kind_masks(model, {"Q", "K"})
+    candidates = kind_masks(model, {"Q", "K"})
     params = tuner.candidate_params()
     fisher = diagonal_fisher(model, DATA, params=params, labels="given")
-    want = topk_masks(fisher, count=tuner.budget(), eligible={n: eligible[n] for n in params})
-    masks = tuner.masks()
+    chosen = Selection.from_masks({n: candidates[n] for n in params})
+    want = top_k(fisher, count=tuner.budget(), candidates=chosen).as_masks()
+    masks = tuner.selection.as_masks()
     for name, mask in masks.items():
         assert torch.equal(mask, want[name]), name
-        assert bool(tuner.scores[name][~eligible[name]].eq(-math.inf).all())
+        assert bool(tuner.scores[name][~candidates[name]].eq(-math.inf).all())
     assert selected(masks) == tuner.budget()
 
 
@@ -264,7 +284,7 @@ def test_childtune_f_scales_surviving_gradients() -> None:
     assert p == pytest.approx(tuner.budget() / tuner.candidate_count)
     tuner.make_optimizer()
     params = tuner.candidate_params()
-    eligible = kind_masks(tuner.segmentor, {"Q", "FFN1", "FFN2"})
+    candidates = kind_masks(tuner.segmentor, {"Q", "FFN1", "FFN2"})
     draws = []
     for _ in range(2):
         grads = {n: torch.randn_like(prm) + 3.0 for n, prm in params.items()}  # never zero
@@ -276,7 +296,7 @@ def test_childtune_f_scales_surviving_gradients() -> None:
             grad = param.grad
             assert grad is not None
             kept[name] = grad != 0
-            assert not bool(kept[name][~eligible[name]].any())
+            assert not bool(kept[name][~candidates[name]].any())
             assert torch.equal(grad[kept[name]], grads[name][kept[name]] / p)
         survivors = selected(kept)
         spread = math.sqrt(tuner.budget() * (1 - p))
@@ -288,12 +308,12 @@ def test_childtune_f_scales_surviving_gradients() -> None:
 def test_random_group_selects_only_that_group() -> None:
     tuner = prepared("random", group="Q", seed=3)
     q = kind_masks(tuner.segmentor, {"Q"})
-    masks = tuner.masks()
+    masks = tuner.selection.as_masks()
     assert selected(masks) == tuner.budget() == round(0.05 * tuner.backbone_total)
     for name, mask in masks.items():
         assert not bool((mask & ~q[name]).any()), name
-    same = prepared("random", group="Q", seed=3).masks()
-    other = prepared("random", group="Q", seed=4).masks()
+    same = prepared("random", group="Q", seed=3).selection.as_masks()
+    other = prepared("random", group="Q", seed=4).selection.as_masks()
     assert all(torch.equal(same[n], masks[n]) for n in masks)
     assert any(not torch.equal(other[n], masks[n]) for n in masks)
 
@@ -302,7 +322,7 @@ def test_manual_selects_exactly_the_listed_groups() -> None:
     for blocks in ("1-2", [2, 1]):
         tuner = prepared("manual", blocks=blocks, kinds="Q,FFN")
         want = kind_masks(tuner.segmentor, {"Q", "FFN1", "FFN2"}, blocks={1, 2})
-        masks = tuner.masks()
+        masks = tuner.selection.as_masks()
         assert set(masks) == {n for n, m in want.items() if bool(m.any())}
         for name, mask in masks.items():
             assert torch.equal(mask, want[name]), name

@@ -42,7 +42,7 @@ class ParameterGroup:
     index: tuple[slice, ...]
 
     def as_group_slice(self) -> GroupSlice:
-        """The same elements for :func:`fishertune.selection.group_masks`, grouped by kind."""
+        """The same elements for :func:`fishertune.selection.group_selection`, grouped by kind."""
         return GroupSlice(self.name, self.index, self.kind)
 
 
@@ -104,7 +104,7 @@ def parameter_groups(backbone: nn.Module) -> list[ParameterGroup]:
 def group_slices(
     groups: Iterable[ParameterGroup], kinds: Iterable[str] = CANDIDATE_KINDS
 ) -> list[GroupSlice]:
-    """The groups of the given kinds as :class:`GroupSlice` for eligibility masks."""
+    """The groups of the given kinds as :class:`GroupSlice` for candidate selections."""
     wanted = set(kinds)
     unknown = wanted - set(KINDS)
     if unknown:

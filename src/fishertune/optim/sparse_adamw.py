@@ -6,10 +6,11 @@ step and no weight decay". A dense ``torch.optim.AdamW`` applied after zeroing g
 decays every element and keeps two full-size moment tensors, so :class:`SparseAdamW` is its own
 optimiser:
 
-- For each masked parameter the state holds the sorted flat indices of the selected elements
-  (int32 below 2**31 elements), their two moments and a per-element step counter: memory is
+- It is given a :class:`~fishertune.selection.Selection` and, for each selected parameter,
+  holds the selection's own sorted flat indices (int32 below 2**31 elements, the same tensor
+  the caller's selection holds), their two moments and a per-element step counter: memory is
   proportional to the number of selected elements, not to the parameter's size.
-- The per-element step makes an element added by :meth:`SparseAdamW.update_masks` run a fresh
+- The per-element step makes an element added by :meth:`SparseAdamW.update_selection` run a fresh
   AdamW from step 1 with zero moments, bias correction included; a shared per-parameter step
   would give late elements first steps about three times too large.
 - The update of a selected element repeats, operation for operation, the non-capturable
@@ -29,15 +30,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT, StateDict
 
-__all__ = ["SparseAdamW", "index_dtype"]
+from fishertune.selection import Selection, mark_trainable
 
-_INT32_LIMIT = 2**31
-
-
-def index_dtype(numel: int) -> torch.dtype:
-    """The dtype of a tensor's flat element indices: int32 below 2³¹ elements, else int64
-    (the optimiser's state and the sparse tuners' saved selections)."""
-    return torch.int32 if numel < _INT32_LIMIT else torch.int64
+__all__ = ["SparseAdamW"]
 
 
 def _describe(tensor: object) -> str:
@@ -66,28 +61,31 @@ def _check_hyperparameters(group: Mapping[str, Any]) -> None:
 
 
 class SparseAdamW(Optimizer):
-    """AdamW that updates only the selected elements of masked parameters.
+    """AdamW that updates only the selected elements of the selected parameters.
 
     Args:
         params: parameters or parameter-group dicts, as for any ``torch.optim.Optimizer``;
             groups may override ``lr``, ``betas``, ``eps`` and ``weight_decay``.
-        masks: maps a parameter (the tensor object itself) to a bool tensor of its shape whose
-            True elements are trained. Parameters without a mask are updated densely.
+        selection: the elements to train, by parameter name; parameters it does not name are
+            updated densely. None: every parameter is dense (``torch.optim.AdamW``).
+        parameters: name → parameter for at least the names of ``selection`` (e.g.
+            ``dict(model.named_parameters())``); later selections are resolved through it.
         lr, betas, eps, weight_decay: as in ``torch.optim.AdamW`` (decoupled weight decay).
 
     A selected element gets exactly the ``torch.optim.AdamW`` update, counted from the step at
     which it was selected; an unselected element never changes, neither by a gradient step nor
     by weight decay (method.md §7: "unselected elements must not change at all"), and its
-    gradient is ignored. A masked parameter's state is ``indices`` (sorted flat indices of the
+    gradient is ignored. A selected parameter's state is ``indices`` (sorted flat indices of the
     selected elements), ``exp_avg``, ``exp_avg_sq`` and ``step`` (int32), one entry per
     selected element, plus ``max_step`` and ``min_step``, Python ints equal to the largest and
     smallest per-element step (known without reading the device), so it grows with the number
     of selected elements only. A parameter with no selected element gets
     ``requires_grad_(False)`` so that backward skips it, and is switched back on when
-    :meth:`update_masks` selects elements in it. Dense parameters have ``torch.optim.AdamW``'s
+    :meth:`update_selection` selects elements in it (:func:`~fishertune.selection.mark_trainable`).
+    Dense parameters have ``torch.optim.AdamW``'s
     state (``step``, full-size ``exp_avg`` and ``exp_avg_sq``).
 
-    Masked parameters must be real floating point (any memory layout: flat indices are
+    Selected parameters must be real floating point (any memory layout: flat indices are
     row-major positions); the update is bit-identical to ``torch.optim.AdamW``
     (``foreach=False``) for float32 and float64 on CPU.
     """
@@ -95,7 +93,8 @@ class SparseAdamW(Optimizer):
     def __init__(
         self,
         params: ParamsT,
-        masks: Mapping[Tensor, Tensor],
+        selection: Selection | None = None,
+        parameters: Mapping[str, Tensor] | None = None,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -110,56 +109,66 @@ class SparseAdamW(Optimizer):
         _check_hyperparameters(defaults)
         self._bias_tables: dict[tuple[float, float, torch.device], tuple[Tensor, Tensor]] = {}
         super().__init__(params, defaults)
-        for param, flat_mask in self._checked_masks(masks):
-            indices = self._selected_indices(param, flat_mask)
+        self._parameters: dict[str, Tensor] = dict(parameters or {})
+        indices: dict[str, Tensor] = {}
+        for name, param, index in self._checked(selection or Selection.empty({})):
+            indices[name] = index
             self.state[param] = {
-                "indices": indices,
-                "exp_avg": torch.zeros(indices.numel(), dtype=param.dtype, device=param.device),
-                "exp_avg_sq": torch.zeros(indices.numel(), dtype=param.dtype, device=param.device),
-                "step": torch.zeros(indices.numel(), dtype=torch.int32, device=param.device),
+                "indices": index,
+                "exp_avg": torch.zeros(index.numel(), dtype=param.dtype, device=param.device),
+                "exp_avg_sq": torch.zeros(index.numel(), dtype=param.dtype, device=param.device),
+                "step": torch.zeros(index.numel(), dtype=torch.int32, device=param.device),
                 "max_step": 0,
                 "min_step": 0,
             }
-        self._sync_requires_grad()
+        self._selection = self._held(indices)
+        mark_trainable(self._selection, self._parameters)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group after checking its hyper-parameters (see ``Optimizer``)."""
         _check_hyperparameters({**self.defaults, **param_group})
         super().add_param_group(param_group)
 
-    def update_masks(self, masks: Mapping[Tensor, Tensor]) -> None:
-        """Grow the selection of the given masked parameters.
+    @property
+    def selection(self) -> Selection:
+        """The selected elements of the selected parameters, as the optimiser holds them."""
+        return self._selection
 
-        Each new mask must contain the parameter's current selection ("masks may only grow",
-        §7: the selected sets are nested). Already selected elements keep their moments and
-        step; new elements start with zero moments and step 0, i.e. a fresh AdamW. Parameters
-        not in ``masks`` keep their selection. Nothing changes if any mask is rejected.
+    def update_selection(self, selection: Selection) -> None:
+        """Grow the selection of the selected parameters that ``selection`` names.
+
+        Each new entry must contain the parameter's current selection ("selections may only
+        grow", §7: the selected sets are nested). Already selected elements keep their moments
+        and step; new elements start with zero moments and step 0, i.e. a fresh AdamW.
+        Parameters ``selection`` does not name keep theirs. Nothing changes if any entry is
+        rejected.
         """
-        grown: list[tuple[Tensor, Tensor]] = []
-        for param, flat_mask in self._checked_masks(masks):
+        grown: list[tuple[str, Tensor, Tensor]] = []
+        for name, param, index in self._checked(selection):
             state = self.state[param]
             if "indices" not in state:
                 raise ValueError(
-                    f"parameter ({_describe(param)}) has no mask and updates densely; "
-                    "only masked parameters can have their selection grown"
+                    f"selection[{name!r}]: the parameter ({_describe(param)}) has no selection "
+                    "and updates densely; only selected parameters can have their selection grown"
                 )
-            if not bool(flat_mask.index_select(0, state["indices"]).all()):
+            if not bool(torch.isin(state["indices"], index, assume_unique=True).all()):
                 raise ValueError(
-                    f"masks may only grow: the new mask for the parameter ({_describe(param)}) "
-                    "drops elements that are currently selected"
+                    f"selections may only grow: the new selection of {name!r} "
+                    f"({_describe(param)}) drops elements that are currently selected"
                 )
-            grown.append((param, flat_mask))
-        for param, flat_mask in grown:
+            grown.append((name, param, index))
+        indices = dict(self._selection)
+        for name, param, index in grown:
             state = self.state[param]
-            indices = self._selected_indices(param, flat_mask)
-            positions = torch.searchsorted(indices, state["indices"])
+            positions = torch.searchsorted(index, state["indices"])
             for key in ("exp_avg", "exp_avg_sq", "step"):
                 old = state[key]
-                state[key] = old.new_zeros(indices.numel()).index_copy_(0, positions, old)
-            if indices.numel() > state["indices"].numel():
+                state[key] = old.new_zeros(index.numel()).index_copy_(0, positions, old)
+            if index.numel() > state["indices"].numel():
                 state["min_step"] = 0
-            state["indices"] = indices
-        self._sync_requires_grad()
+            state["indices"] = indices[name] = index
+        self._selection = self._held(indices)
+        mark_trainable(self._selection, self._parameters)
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -216,7 +225,19 @@ class SparseAdamW(Optimizer):
         for param_id, param in zip(saved_ids, params, strict=True):
             for key, value in integer_state.get(param_id, {}).items():
                 self.state[param][key] = value.to(device=param.device)
-        self._sync_requires_grad()
+        names = {id(param): name for name, param in self._parameters.items()}
+        indices: dict[str, Tensor] = {}
+        for group in self.param_groups:
+            for param in group["params"]:
+                if "indices" in self.state[param]:
+                    if id(param) not in names:
+                        raise ValueError(
+                            f"the loaded state selects elements of a parameter "
+                            f"({_describe(param)}) that parameters= does not name"
+                        )
+                    indices[names[id(param)]] = self.state[param]["indices"]
+        self._selection = self._held(indices)
+        mark_trainable(self._selection, self._parameters)
 
     def _masked_adamw(
         self,
@@ -260,51 +281,38 @@ class SparseAdamW(Optimizer):
         )
         param.put_(positions, values)
 
-    def _checked_masks(self, masks: Mapping[Tensor, Tensor]) -> list[tuple[Tensor, Tensor]]:
-        """Validate ``masks`` and return (parameter, flat bool mask on its device) pairs."""
+    def _checked(self, selection: Selection) -> list[tuple[str, Tensor, Tensor]]:
+        """Validate ``selection`` against the parameters; return (name, parameter, indices on
+        the parameter's device) triples."""
+        if not isinstance(selection, Selection):
+            raise TypeError(f"selection must be a Selection, got {type(selection).__name__}")
         known = {id(param) for group in self.param_groups for param in group["params"]}
         checked = []
-        for param, mask in masks.items():
+        for name, index in selection.items():
+            param = self._parameters.get(name)
+            if param is None:
+                raise ValueError(f"selection[{name!r}]: parameters= has no tensor of that name")
             if id(param) not in known:
                 raise ValueError(
-                    f"mask given for a {_describe(param)} that is not a parameter of this optimiser"
+                    f"selection[{name!r}]: a {_describe(param)} that is not a parameter of this "
+                    "optimiser"
                 )
-            if not isinstance(mask, Tensor):
-                raise TypeError(
-                    f"mask for the parameter ({_describe(param)}) must be a bool tensor, "
-                    f"got {type(mask).__name__}"
-                )
-            if mask.dtype != torch.bool:
-                raise TypeError(
-                    f"mask for the parameter ({_describe(param)}) must have dtype torch.bool, "
-                    f"got {mask.dtype}"
-                )
-            if mask.shape != param.shape:
+            if selection.shape(name) != param.shape:
                 raise ValueError(
-                    f"mask of shape {tuple(mask.shape)} does not match the parameter "
-                    f"({_describe(param)})"
+                    f"selection[{name!r}] of shape {tuple(selection.shape(name))} does not match "
+                    f"the parameter ({_describe(param)})"
                 )
             if not param.is_floating_point():
                 raise TypeError(
-                    f"masked parameter ({_describe(param)}) must be real floating point, "
+                    f"selected parameter ({_describe(param)}) must be real floating point, "
                     f"got {param.dtype}"
                 )
-            checked.append((param, mask.to(device=param.device).reshape(-1)))
+            checked.append((name, param, index.to(device=param.device)))
         return checked
 
-    @staticmethod
-    def _selected_indices(param: Tensor, flat_mask: Tensor) -> Tensor:
-        """Sorted flat indices of the True elements, int32 when the parameter allows it."""
-        indices = flat_mask.nonzero().view(-1)
-        return indices.to(index_dtype(param.numel()))
-
-    def _sync_requires_grad(self) -> None:
-        """Let backward skip masked parameters with no selected element."""
-        for group in self.param_groups:
-            for param in group["params"]:
-                state = self.state[param]
-                if "indices" in state:
-                    param.requires_grad_(state["indices"].numel() > 0)
+    def _held(self, indices: dict[str, Tensor]) -> Selection:
+        """The selection of the selected parameters, from their state's indices."""
+        return Selection(indices, {n: self._parameters[n].shape for n in indices})
 
     def _step_tables(
         self, group: Mapping[str, Any], length: int, dtype: torch.dtype, device: torch.device

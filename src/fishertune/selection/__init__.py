@@ -1,26 +1,33 @@
-"""Scores to masks: exact global top-k, random subsets, element groups, growth schedule (§7).
+"""Which elements train: exact global top-k, random subsets, element groups, growth (§7).
 
-- :func:`topk_masks`: exact global top-k across many tensors (radix select, no sort).
-- :func:`random_masks`: a uniformly random subset of the same budget (baselines).
-- :class:`GroupSlice`, :func:`group_masks`, :func:`qkv_slices`: restrict to Q / K / V / FFN or
-  layer groups, also inside fused tensors.
+- :class:`Selection`: per tensor, the sorted flat indices of the selected elements; what every
+  selector returns, a sparse tuner holds and :class:`~fishertune.optim.SparseAdamW` updates.
+- :func:`top_k`: exact global top-k across many tensors (radix select, no sort).
+- :func:`random_selection`: a uniformly random subset of the same budget (baselines).
+- :class:`GroupSlice`, :func:`group_selection`, :func:`qkv_slices`: restrict to Q / K / V / FFN
+  or layer groups, also inside fused tensors.
 - :func:`trainable_fraction`: the share trainable at each tuning step (grow or constant).
+- :func:`mark_trainable`: ``requires_grad`` on exactly the tensors holding a selected element.
 """
 
 from __future__ import annotations
 
-from fishertune.selection.groups import QKV_GROUPS, GroupSlice, group_masks, qkv_slices
-from fishertune.selection.random_subset import random_masks
+from fishertune.selection.groups import QKV_GROUPS, GroupSlice, group_selection, qkv_slices
+from fishertune.selection.random_subset import random_selection
 from fishertune.selection.schedule import SCHEDULE_KINDS, trainable_fraction
-from fishertune.selection.topk import topk_masks
+from fishertune.selection.selection import Selection, index_dtype, mark_trainable
+from fishertune.selection.topk import top_k
 
 __all__ = [
     "QKV_GROUPS",
     "SCHEDULE_KINDS",
     "GroupSlice",
-    "group_masks",
+    "Selection",
+    "group_selection",
+    "index_dtype",
+    "mark_trainable",
     "qkv_slices",
-    "random_masks",
-    "topk_masks",
+    "random_selection",
+    "top_k",
     "trainable_fraction",
 ]

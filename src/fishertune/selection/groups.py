@@ -1,8 +1,8 @@
-"""Named groups of parameter elements (Q / K / V / FFN, layer ranges) as eligibility masks.
+"""Named groups of parameter elements (Q / K / V / FFN, layer ranges) as selections.
 
 Used to restrict a selection to a part of the candidate set, e.g. the paper's Table 4 ablation
-(random Q, K or V) or layer-group studies; the masks go to ``eligible=`` of
-:func:`~fishertune.selection.topk_masks` or :func:`~fishertune.selection.random_masks`.
+(random Q, K or V) or layer-group studies; the result goes to ``candidates=`` of
+:func:`~fishertune.selection.top_k` or :func:`~fishertune.selection.random_selection`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
-__all__ = ["QKV_GROUPS", "GroupSlice", "group_masks", "qkv_slices"]
+from fishertune.selection.selection import Selection
+
+__all__ = ["QKV_GROUPS", "GroupSlice", "group_selection", "qkv_slices"]
 
 QKV_GROUPS = ("q", "k", "v")
 
@@ -62,17 +63,17 @@ def _check_index(item: GroupSlice, shape: torch.Size) -> None:
                 )
 
 
-def group_masks(
+def group_selection(
     shapes: Mapping[str, torch.Size | Sequence[int]],
     groups: Iterable[GroupSlice],
     wanted: str | Iterable[str],
     *,
     device: torch.device | str | None = None,
-) -> dict[str, Tensor]:
-    """Bool masks, one per name in ``shapes``, True on the elements of the ``wanted`` groups.
+) -> Selection:
+    """The elements of the ``wanted`` groups, an entry per name in ``shapes``.
 
-    Names that no wanted group touches get an all-False mask, so the result can be passed
-    directly as ``eligible=``. Raises ``ValueError`` for a slice naming a parameter not in
+    Names that no wanted group touches get an empty entry, so the result can be passed
+    directly as ``candidates=``. Raises ``ValueError`` for a slice naming a parameter not in
     ``shapes``, a slice out of range, or a wanted group that no slice defines.
     """
     wanted_set = {wanted} if isinstance(wanted, str) else set(wanted)
@@ -91,4 +92,4 @@ def group_masks(
     missing = sorted(wanted_set - defined)
     if missing:
         raise ValueError(f"wanted groups {missing} are not defined; defined: {sorted(defined)}")
-    return masks
+    return Selection.from_masks(masks)

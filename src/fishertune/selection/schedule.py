@@ -22,7 +22,7 @@ def trainable_fraction(
     ``kind="constant"``: dmax at every step (the paper's "5% fine-tunable" ablation).
 
     Pass it as ``fraction=`` (with ``total=`` the population size and ``keep=`` the previous
-    masks) to :func:`~fishertune.selection.topk_masks` to grow a nested selection.
+    selection) to :func:`~fishertune.selection.top_k` to grow a nested selection.
     """
     if kind not in SCHEDULE_KINDS:
         raise ValueError(f"kind must be one of {SCHEDULE_KINDS}, got {kind!r}")

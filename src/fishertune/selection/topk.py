@@ -1,4 +1,4 @@
-"""Exact global top-k of many score tensors, as boolean masks (paper Eq. 16, Algorithm 1; §7).
+"""Exact global top-k of many score tensors, as a Selection (paper Eq. 16, Algorithm 1; §7).
 
 The selection is a radix select on order-preserving integer keys of the floats' bit patterns:
 a few ``torch.bincount`` histogram passes over every tensor, chunk by chunk, find the exact
@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["topk_masks"]
+from fishertune.selection.selection import Selection
+
+__all__ = ["top_k"]
 
 CHUNK_ELEMENTS = 1 << 22
 """Elements processed at once; bounds the int64 key temporaries to a few tens of MB."""
@@ -35,10 +37,13 @@ class _Entry:
     name: str
     shape: torch.Size
     flat: Tensor
-    candidates: Tensor | None  # eligible and not kept; None means every element
-    kept: Tensor | None  # None means no element
-    n_eligible: int
-    n_kept: int
+    candidates: Tensor | None  # candidate and not kept; None means every element
+    kept: Tensor | None  # sorted flat indices of the kept elements; None means none
+    n_candidates: int
+
+    @property
+    def n_kept(self) -> int:
+        return 0 if self.kept is None else self.kept.numel()
 
 
 def _chunks(entry: _Entry) -> Iterator[tuple[slice, Tensor, Tensor | None]]:
@@ -66,27 +71,31 @@ def _signed_keys(values: Tensor, wide: bool) -> Tensor:
     return torch.where(bits < 0, bits ^ magnitude, bits)
 
 
-def _mask_for(what: str, name: str, mask: object, score: Tensor) -> Tensor:
-    """Validate one eligible/keep mask against its score tensor; return it flat on its device."""
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise TypeError(f"{what}[{name!r}] must be a bool tensor")
-    if mask.shape != score.shape:
+def _part_of(what: str, name: str, selection: Selection, score: Tensor) -> Tensor:
+    """The flat indices of ``selection[name]`` on the score's device, shapes checked."""
+    if selection.shape(name) != score.shape:
         raise ValueError(
-            f"{what}[{name!r}] has shape {tuple(mask.shape)} but scores[{name!r}] has shape "
-            f"{tuple(score.shape)}"
+            f"{what}[{name!r}] has shape {tuple(selection.shape(name))} but scores[{name!r}] "
+            f"has shape {tuple(score.shape)}"
         )
-    return mask.to(score.device).reshape(-1)
+    return selection[name].to(device=score.device, dtype=torch.int64)
+
+
+def _flat_mask(index: Tensor, numel: int) -> Tensor:
+    return torch.zeros(numel, dtype=torch.bool, device=index.device).index_fill_(0, index, True)
 
 
 def _prepare(
     scores: Mapping[str, Tensor],
-    eligible: Mapping[str, Tensor] | None,
-    keep: Mapping[str, Tensor] | None,
+    candidates: Selection | None,
+    keep: Selection | None,
 ) -> list[_Entry]:
     """Validate the inputs and flatten them into entries (in the order of ``scores``)."""
-    for what, masks in (("eligible", eligible), ("keep", keep)):
-        if masks is not None:
-            unknown = [name for name in masks if name not in scores]
+    for what, given in (("candidates", candidates), ("keep", keep)):
+        if given is not None:
+            if not isinstance(given, Selection):
+                raise TypeError(f"{what} must be a Selection, got {type(given).__name__}")
+            unknown = [name for name in given if name not in scores]
             if unknown:
                 raise ValueError(f"{what} has keys not in scores: {unknown}")
     entries = []
@@ -94,41 +103,41 @@ def _prepare(
         if not isinstance(score, Tensor) or not score.is_floating_point():
             dtype = score.dtype if isinstance(score, Tensor) else type(score).__name__
             raise TypeError(
-                f"scores[{name!r}] has type {dtype}; topk_masks needs floating-point tensors "
+                f"scores[{name!r}] has type {dtype}; top_k needs floating-point tensors "
                 "(cast integer scores with .double())"
             )
         flat = score.detach().reshape(-1)
         for start in range(0, flat.numel(), CHUNK_ELEMENTS):
             if bool(torch.isnan(flat[start : start + CHUNK_ELEMENTS]).any()):
                 raise ValueError(f"scores[{name!r}] contains NaN")
-        elig = None
-        n_eligible = flat.numel()
-        if eligible is not None:
-            if name not in eligible:
+        cand = None
+        n_candidates = flat.numel()
+        if candidates is not None:
+            if name not in candidates:
                 raise ValueError(
-                    f"eligible has no mask for scores[{name!r}]; give one for every scored "
-                    "tensor (all False to exclude a tensor)"
+                    f"candidates has no entry for scores[{name!r}]; give one for every scored "
+                    "tensor (an empty one to exclude a tensor)"
                 )
-            elig = _mask_for("eligible", name, eligible[name], score)
-            n_eligible = int(elig.sum())
+            index = _part_of("candidates", name, candidates, score)
+            cand = _flat_mask(index, flat.numel())
+            n_candidates = index.numel()
         kept = None
         if keep is not None and name in keep:
-            kept = _mask_for("keep", name, keep[name], score)
-            if elig is not None and bool((kept & ~elig).any()):
-                raise ValueError(f"keep[{name!r}] contains elements that are not eligible")
-        if kept is None:
-            cand, n_kept = elig, 0
-        else:
-            cand = ~kept if elig is None else elig & ~kept
-            n_kept = int(kept.sum())
-        entries.append(_Entry(name, score.shape, flat, cand, kept, n_eligible, n_kept))
+            kept = _part_of("keep", name, keep, score)
+            if cand is not None and not bool(cand[kept].all()):
+                raise ValueError(f"keep[{name!r}] contains elements that are not candidates")
+            if kept.numel():
+                if cand is None:
+                    cand = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+                cand[kept] = False
+        entries.append(_Entry(name, score.shape, flat, cand, kept, n_candidates))
     return entries
 
 
 def _resolve_count(
-    fraction: float | None, count: int | None, total: int | None, n_eligible: int
+    fraction: float | None, count: int | None, total: int | None, n_candidates: int
 ) -> int:
-    """The number of elements to select, validated against the eligible population."""
+    """The number of elements to select, validated against the candidate population."""
     if (fraction is None) == (count is None):
         raise ValueError("give exactly one of fraction= or count=")
     if count is not None:
@@ -142,13 +151,13 @@ def _resolve_count(
         assert fraction is not None
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
-        population = n_eligible if total is None else operator.index(total)
+        population = n_candidates if total is None else operator.index(total)
         if population < 0:
             raise ValueError(f"total must be non-negative, got {population}")
         k = round(fraction * population)
         source = f"round(fraction={fraction} × total={population}) = {k}"
-    if k > n_eligible:
-        raise ValueError(f"{source} exceeds the {n_eligible} eligible elements")
+    if k > n_candidates:
+        raise ValueError(f"{source} exceeds the {n_candidates} candidate elements")
     return k
 
 
@@ -217,11 +226,11 @@ def _threshold(entries: list[_Entry], need: int, wide: bool) -> tuple[int, int]:
     return prefix, remaining
 
 
-def _select(entries: list[_Entry], threshold: int, ties: int, wide: bool) -> dict[str, Tensor]:
-    """Build the masks: kept elements, candidates above threshold, the first ``ties`` ties."""
-    masks = {}
+def _select(entries: list[_Entry], threshold: int, ties: int, wide: bool) -> Selection:
+    """The selection: kept elements, candidates above threshold, the first ``ties`` ties."""
+    indices, shapes = {}, {}
     for entry in entries:
-        mask = torch.zeros(entry.flat.numel(), dtype=torch.bool, device=entry.flat.device)
+        found = [] if entry.kept is None else [entry.kept]
         for part, values, cand in _chunks(entry):
             keys = _signed_keys(values, wide)
             chosen = keys > threshold
@@ -234,67 +243,68 @@ def _select(entries: list[_Entry], threshold: int, ties: int, wide: bool) -> dic
                 first = tied.nonzero()[:ties, 0]
                 chosen[first] = True
                 ties -= first.numel()
-            mask[part] = chosen
-        if entry.kept is not None:
-            mask |= entry.kept
-        masks[entry.name] = mask.view(entry.shape)
-    return masks
+            found.append(chosen.nonzero().view(-1) + part.start)
+        index = torch.cat(found) if found else entry.flat.new_zeros(0, dtype=torch.int64)
+        indices[entry.name] = index.sort().values if entry.kept is not None else index
+        shapes[entry.name] = entry.shape
+    return Selection._trusted(indices, shapes)
 
 
-def topk_masks(
+def top_k(
     scores: Mapping[str, Tensor],
     fraction: float | None = None,
     count: int | None = None,
     *,
     total: int | None = None,
-    eligible: Mapping[str, Tensor] | None = None,
-    keep: Mapping[str, Tensor] | None = None,
-) -> dict[str, Tensor]:
+    candidates: Selection | None = None,
+    keep: Selection | None = None,
+) -> Selection:
     """Select the globally highest-scoring elements across all tensors (paper Eq. 16, Alg. 1).
 
-    Ranks every eligible element of every tensor in ``scores`` on one global scale (method.md
-    §7) and returns, per name, a bool mask of the tensor's shape and device with exactly
-    ``count`` True elements in all, or ``round(fraction * total)`` (Python ``round``). ``total``
-    defaults to the number of eligible elements; pass the size of a larger population to
-    express the paper's budget ("5% of all backbone parameters") while only some tensors
-    (Q/K/V/FFN) are candidates.
+    Ranks every candidate element of every tensor in ``scores`` on one global scale (method.md
+    §7) and returns the :class:`~fishertune.selection.Selection` of exactly ``count`` elements
+    in all, or ``round(fraction * total)`` (Python ``round``), one entry per score tensor
+    (indices on the scores' devices). ``total`` defaults to the number of candidate elements;
+    pass the size of a larger population to express the paper's budget ("5% of all backbone
+    parameters") while only some tensors (Q/K/V/FFN) hold candidates.
 
     Ties are broken deterministically: the global order is score descending, then position
     ascending, where position is the order of the keys in ``scores`` and then the flat
     row-major index. ``-0.0`` equals ``+0.0``; ``±inf`` are ordinary extremes; NaN is an error.
-    With the same scores, a larger ``count`` therefore gives a superset (nested masks).
+    With the same scores, a larger ``count`` therefore gives a superset (nested selections).
 
     Args:
         scores: name → floating-point score tensor (float16/bfloat16/float32 are ranked on
             float32 keys, float64 on float64 keys). Integer scores are rejected.
         fraction: share of ``total`` to select, in [0, 1]. Exactly one of fraction/count.
-        count: number of elements to select, at most the number of eligible elements.
+        count: number of elements to select, at most the number of candidate elements.
         total: population that ``fraction`` refers to (only with ``fraction``).
-        eligible: name → bool mask, one for every key of ``scores``; False elements are
-            never selected.
-        keep: name → bool mask of elements that must stay selected (eligible, counted in the
-            budget); the rest of the budget is filled by score among the other eligible
-            elements. Passing the previous masks keeps a growing selection nested even when
-            the scores are re-estimated. Missing names keep nothing.
+        candidates: the elements that may be selected, an entry for every key of ``scores``
+            (an empty one excludes a tensor); None: every element.
+        keep: elements that must stay selected (candidates, counted in the budget); the rest
+            of the budget is filled by score among the other candidates. Passing the previous
+            selection keeps a growing selection nested even when the scores are re-estimated.
+            Tensors it does not name keep nothing.
 
     Exactness at scale: scores are mapped to order-preserving integer keys of their bit
     patterns and an exact radix select (16-bit digits, two passes for 32-bit keys, four for
     64-bit) finds the threshold key with ``torch.bincount`` histograms accumulated over all
     tensors, chunk by chunk, with no concatenation and no sort.
     """
-    entries = _prepare(scores, eligible, keep)
+    entries = _prepare(scores, candidates, keep)
     n_kept = sum(e.n_kept for e in entries)
-    k = _resolve_count(fraction, count, total, sum(e.n_eligible for e in entries))
+    k = _resolve_count(fraction, count, total, sum(e.n_candidates for e in entries))
     if n_kept > k:
         raise ValueError(f"keep holds {n_kept} elements, more than the {k} to select")
     need = k - n_kept
     wide = any(e.flat.dtype == torch.float64 for e in entries)
     if need == 0:
-        return {
-            e.name: torch.zeros(e.shape, dtype=torch.bool, device=e.flat.device)
-            if e.kept is None
-            else e.kept.view(e.shape).clone()
-            for e in entries
-        }
+        return Selection._trusted(
+            {
+                e.name: e.flat.new_zeros(0, dtype=torch.int64) if e.kept is None else e.kept
+                for e in entries
+            },
+            {e.name: e.shape for e in entries},
+        )
     threshold, ties = _threshold(entries, need, wide)
     return _select(entries, threshold, ties, wide)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from fishertune.selection import topk_masks
+from fishertune.selection import Selection, top_k
 
 __all__ = [
     "NEAR_CHANCE_OVERLAP",
@@ -150,15 +150,15 @@ def spearman(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
 
 def topk_overlap(a: Mapping[str, Tensor], b: Mapping[str, Tensor], count: int) -> float:
     """|top-k(a) ∩ top-k(b)| / k over the elements finite in both, with the exact global
-    top-k of :func:`~fishertune.selection.topk_masks` (deterministic ties)."""
+    top-k of :func:`~fishertune.selection.top_k` (deterministic ties)."""
     fa, fb, valid = _compared(a, b)
     available = sum(int(v.sum()) for v in valid.values())
     if not 0 < count <= available:
         raise ValueError(f"count must lie in [1, {available}] (compared elements), got {count}")
-    ma = topk_masks(fa, count=count, eligible=valid)
-    mb = topk_masks(fb, count=count, eligible=valid)
-    shared = sum(int((ma[k] & mb[k]).sum()) for k in ma)
-    return shared / count
+    compared = Selection.from_masks(valid)
+    top_a = top_k(fa, count=count, candidates=compared)
+    top_b = top_k(fb, count=count, candidates=compared)
+    return top_a.overlap(top_b) / count
 
 
 def score_agreement(

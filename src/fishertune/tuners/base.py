@@ -10,7 +10,7 @@ method allows, merges itself into a plain segmentor.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,6 +20,7 @@ from torch.utils.hooks import RemovableHandle
 
 from fishertune.models.backbone import Backbone
 from fishertune.models.segmentor import Segmentor
+from fishertune.selection import Selection
 from fishertune.sensitivity import EstimateQuality, FeaturePerturbation
 
 NO_DECAY_MODULES = ("norm", "query_embed", "query_feat", "queries_embedder", "queries_features")
@@ -202,16 +203,23 @@ class Tuner:
         }
 
     def param_groups(
-        self, lr: float, weight_decay: float, decoder_lr_mult: float = 1.0
+        self,
+        lr: float,
+        weight_decay: float,
+        decoder_lr_mult: float = 1.0,
+        *,
+        also: Collection[str] = (),
     ) -> list[dict[str, Any]]:
         """Optimiser groups: decoder, backbone weights, added modules, each with and without
         weight decay (none on norms, tokens, embeddings and scales, as Rein). The decoder's
         rate is ``lr × decoder_lr_mult`` (the run's ``schedule.decoder_lr_mult``), the backbone
-        side's ``lr`` times the method's own multipliers."""
+        side's ``lr`` times the method's own multipliers. The groups hold the parameters with
+        ``requires_grad`` and those named in ``also`` (segmentor names: a sparse method's
+        candidate tensors, frozen until their selection grows)."""
         added = self.added_parameter_names()
         buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
         for name, param in self.segmentor.named_parameters():
-            if not param.requires_grad:
+            if not param.requires_grad and name not in also:
                 continue
             if name in added:
                 part = "adapter"
@@ -252,6 +260,12 @@ class Tuner:
 
     def on_step(self, step: int, total_steps: int) -> None:
         """Called before each training step (schedules, e.g. growing masks)."""
+
+    def selected(self) -> Selection | None:
+        """The elements of the backbone's own weights the method has selected to train; None
+        for methods that select none (adapters, prompts, full and frozen backbones) and before
+        a sparse method's selection exists."""
+        return None
 
     def trainable_now(self) -> int:
         """Backbone-side elements training now (a growing selection counts what is selected

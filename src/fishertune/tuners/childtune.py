@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fishertune.selection import Selection
 from fishertune.sensitivity import EstimateQuality, diagonal_fisher
 from fishertune.sensitivity._common import LABEL_MODES
 from fishertune.tuners.base import TunerConfig
@@ -107,9 +108,9 @@ class ChildTuneFTuner(BudgetTuner):
         self._generator: torch.Generator | None = None
         self._candidates: dict[str, Tensor] | None = None
 
-    def initial_masks(self) -> dict[str, Tensor]:
+    def initial_selection(self) -> Selection:
         """All candidate elements are trainable (the gradient mask is drawn per step)."""
-        return self.eligible_masks()
+        return self.candidates()
 
     @property
     def keep_probability(self) -> float:
@@ -126,7 +127,7 @@ class ChildTuneFTuner(BudgetTuner):
     def after_backward(self) -> None:
         """Keep each candidate's gradient with probability p, scaled by 1/p; zero the rest."""
         if self._candidates is None:
-            self._candidates = self.masks()
+            self._candidates = self.candidates().as_masks()
         p = self.keep_probability
         generator = self.generators()["gradient_mask"]
         for name, param in self.candidate_params().items():

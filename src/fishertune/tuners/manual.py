@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from torch import Tensor
-
 from fishertune.models.parameter_groups import CANDIDATE_KINDS, ParameterGroup
+from fishertune.selection import Selection
 from fishertune.tuners.base import TunerConfig
 from fishertune.tuners.registry import register
 from fishertune.tuners.sparse import SparseTuner, parse_kinds
@@ -84,6 +83,6 @@ class ManualTuner(SparseTuner):
         """Every element of the listed groups."""
         return self.candidate_count
 
-    def initial_masks(self) -> dict[str, Tensor]:
+    def initial_selection(self) -> Selection:
         """The listed groups, whole."""
-        return self.eligible_masks()
+        return self.candidates()

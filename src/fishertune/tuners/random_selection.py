@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
 from fishertune.models.parameter_groups import ParameterGroup
-from fishertune.selection import random_masks
+from fishertune.selection import Selection, random_selection
 from fishertune.tuners.registry import register
 from fishertune.tuners.sparse import BudgetConfig, BudgetTuner, seeded_generator
 
@@ -35,7 +33,7 @@ class RandomConfig(BudgetConfig):
 
 @register("random")
 class RandomTuner(BudgetTuner):
-    """Exactly ``budget`` elements drawn uniformly among the eligible ones, fixed for training,
+    """Exactly ``budget`` elements drawn uniformly among the candidates, fixed for training,
     trained with :class:`~fishertune.optim.SparseAdamW` (the rest never changes)."""
 
     config_class = RandomConfig
@@ -47,14 +45,14 @@ class RandomTuner(BudgetTuner):
             return super().candidate_groups(groups)
         return [g for g in groups if g.kind == self.config.group]
 
-    def initial_masks(self) -> dict[str, Tensor]:
-        """A seeded uniform draw of ``budget`` eligible elements (``random_masks``)."""
-        eligible = self.eligible_masks()
-        device = next(iter(eligible.values())).device
-        return random_masks(
-            {name: mask.shape for name, mask in eligible.items()},
+    def initial_selection(self) -> Selection:
+        """A seeded uniform draw of ``budget`` candidate elements (``random_selection``)."""
+        candidates = self.candidates()
+        device = next(iter(self.candidate_params().values())).device
+        return random_selection(
+            candidates.shapes,
             count=self.budget(),
-            eligible=eligible,
+            candidates=candidates,
             generator=seeded_generator(device, self.config.seed),
             device=device,
         )

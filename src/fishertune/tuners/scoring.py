@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from fishertune.models.segmentor import Segmentor
-from fishertune.selection import SCHEDULE_KINDS, topk_masks, trainable_fraction
+from fishertune.selection import SCHEDULE_KINDS, Selection, top_k, trainable_fraction
 from fishertune.sensitivity import Agreement, EstimateQuality, score_agreement, split_batches
 from fishertune.tuners.base import TunerConfig
 from fishertune.tuners.sparse import BudgetConfig, BudgetTuner, estimate_first
@@ -57,8 +57,8 @@ class ScoredTuner(BudgetTuner):
 
     :meth:`estimate` (method.md §8 step 2) computes the scores with :meth:`compute_scores` and
     selects the first share p(0); :meth:`on_step` grows the selection to
-    round(p(t) × all backbone parameters) elements by ``topk_masks(..., keep=previous)``, so
-    the selected sets are nested, and hands the grown masks to the optimiser.
+    round(p(t) × all backbone parameters) elements by ``top_k(..., keep=previous)``, so the
+    selected sets are nested, and hands the grown selection to the optimiser.
     """
 
     config_class = ScoredConfig
@@ -87,24 +87,24 @@ class ScoredTuner(BudgetTuner):
         raise NotImplementedError
 
     def candidate_scores(
-        self, scores: Mapping[str, Tensor], eligible: Mapping[str, Tensor] | None = None
+        self, scores: Mapping[str, Tensor], candidates: Selection | None = None
     ) -> dict[str, Tensor]:
-        """``scores`` with the elements that are not candidates set to −inf (``eligible``: the
-        masks of :meth:`eligible_masks`, when the caller already built them)."""
-        masks = self.eligible_masks() if eligible is None else eligible
+        """``scores`` with the elements that are not candidates set to −inf (``candidates``:
+        :meth:`candidates`, when the caller already has it)."""
+        chosen = self.candidates() if candidates is None else candidates
         out = dict(scores)
-        for name, mask in masks.items():
-            out[name] = scores[name].float().masked_fill(~mask, -math.inf)
+        for name in chosen:
+            out[name] = scores[name].float().masked_fill(~chosen.mask(name), -math.inf)
         return out
 
     def agreement(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Agreement:
         """:func:`~fishertune.sensitivity.score_agreement` of two estimates over the candidate
         elements, the top sets being the size of the final budget."""
         count = min(self.budget(), self.candidate_count)
-        eligible = self.eligible_masks()
+        candidates = self.candidates()
         return score_agreement(
-            self.candidate_scores(a, eligible),
-            self.candidate_scores(b, eligible),
+            self.candidate_scores(a, candidates),
+            self.candidate_scores(b, candidates),
             count=max(count, 1),
         )
 
@@ -129,7 +129,7 @@ class ScoredTuner(BudgetTuner):
         :attr:`quality` then holds their :class:`~fishertune.sensitivity.EstimateQuality`.
         Must run once, before training; ``progress`` shows the estimators' progress bars.
         """
-        if self._index is not None:
+        if self._selection is not None:
             raise RuntimeError(
                 f"tuner {self.name!r} already has a selection; estimate() runs once, before "
                 "training"
@@ -145,7 +145,7 @@ class ScoredTuner(BudgetTuner):
         whose selection came back with :meth:`load_saved` keeps it and only needs the scores
         to grow it). Keys and shapes must be those of the candidate tensors, non-candidates
         −inf."""
-        if select and self._index is not None:
+        if select and self._selection is not None:
             raise RuntimeError(f"tuner {self.name!r} already has a selection")
         params = self.candidate_params()
         if set(scores) != set(params):
@@ -162,7 +162,7 @@ class ScoredTuner(BudgetTuner):
                 )
         self._scores = {name: scores[name].to(params[name].device) for name in params}
         if select:
-            self.set_masks(topk_masks(self._scores, count=self.scheduled_count(0, 1)))
+            self.select(top_k(self._scores, count=self.scheduled_count(0, 1)))
 
     @property
     def has_scores(self) -> bool:
@@ -203,7 +203,7 @@ class ScoredTuner(BudgetTuner):
             return
         count = self.scheduled_count(step, total_steps)
         if count != self.selected_count:
-            self.set_masks(topk_masks(scores, count=count, keep=self.masks()))
+            self.select(top_k(scores, count=count, keep=self.selection))
 
 
 def halves(batches: Sequence[Any]) -> list[list[Any]]:

@@ -8,12 +8,13 @@ train a subset of the backbone's own elements, chosen among the candidates of me
 - the candidates and the budget: a fraction of *all* backbone parameters or an absolute count
   (the paper: 5% of 304.2M = 15.21M on ViT-L, Tables 1–4), known without data, so that
   :meth:`SparseTuner.backbone_trainable` reports it on a meta-device model;
-- the selection: per candidate tensor the sorted flat indices of the selected elements, which may
-  only grow (nested masks, §7), with ``requires_grad`` on exactly the tensors holding a selected
-  element;
+- the selection: one :class:`~fishertune.selection.Selection` (per candidate tensor the sorted
+  flat indices of the selected elements), which may only grow (nested selections, §7), with
+  ``requires_grad`` on exactly the tensors holding a selected element;
 - the optimiser: :class:`~fishertune.optim.SparseAdamW`, so that unselected elements never change
   (no step, no weight decay, §7); a tensor selected whole updates densely (the same AdamW
-  update, without index overhead); masks grown during training reach it by ``update_masks``;
+  update, without index overhead); the optimiser holds the tuner's own index tensors, and a
+  selection grown during training reaches it by ``update_selection``;
 - saving: the decoder plus, per partly selected tensor, the selected flat indices and their
   deltas from the pretrained values (a tensor selected whole is saved as is), never the whole
   backbone; loading applies them to a fresh segmentor with the same pretrained weights.
@@ -38,11 +39,8 @@ from fishertune.models.parameter_groups import (
     parameter_groups,
 )
 from fishertune.models.segmentor import Segmentor
-from fishertune.optim import SparseAdamW, index_dtype
-from fishertune.selection import (
-    GroupSlice,
-    group_masks,
-)
+from fishertune.optim import SparseAdamW
+from fishertune.selection import GroupSlice, Selection, group_selection, mark_trainable
 from fishertune.tuners.base import Tuner, TunerConfig
 
 DEFAULT_FRACTION = 0.05
@@ -85,8 +83,8 @@ class SparseTuner(Tuner):
     """Base of the methods that train selected elements of the backbone's own weights.
 
     Subclasses choose the candidate elements (:meth:`candidate_groups`), the final budget
-    (:meth:`budget`) and, when no data is needed, the selection (:meth:`initial_masks`);
-    data-driven methods set it with :meth:`set_masks` instead. Names of backbone tensors are
+    (:meth:`budget`) and, when no data is needed, the selection (:meth:`initial_selection`);
+    data-driven methods set it with :meth:`select` instead. Names of backbone tensors are
     those of ``segmentor.backbone.named_parameters()`` (as in ``parameter_groups``).
     """
 
@@ -94,8 +92,8 @@ class SparseTuner(Tuner):
         super().__init__(config, **options)
         self._total = 0
         self._groups: list[ParameterGroup] = []
-        self._n_eligible = 0
-        self._index: dict[str, Tensor] | None = None
+        self._n_candidates = 0
+        self._selection: Selection | None = None
         self._reference: dict[str, Tensor] = {}
         self._optimizer: SparseAdamW | None = None
         self._sparse_names: set[str] = set()
@@ -112,11 +110,11 @@ class SparseTuner(Tuner):
         self._groups = self.candidate_groups(parameter_groups(backbone))
         if not self._groups:
             raise ValueError(f"tuner {self.name!r}: no backbone element is a candidate")
-        self._n_eligible = sum(params[g.name][g.index].numel() for g in self._groups)
-        if self.budget() > self._n_eligible:
+        self._n_candidates = sum(params[g.name][g.index].numel() for g in self._groups)
+        if self.budget() > self._n_candidates:
             raise ValueError(
                 f"tuner {self.name!r}: a budget of {self.budget()} elements exceeds the "
-                f"{self._n_eligible} candidate elements"
+                f"{self._n_candidates} candidate elements"
             )
 
     def candidate_groups(self, groups: list[ParameterGroup]) -> list[ParameterGroup]:
@@ -135,7 +133,7 @@ class SparseTuner(Tuner):
     @property
     def candidate_count(self) -> int:
         """Number of candidate elements."""
-        return self._n_eligible
+        return self._n_candidates
 
     def backbone_trainable(self) -> int:
         """The final budget, as the paper reports it (15.21M on ViT-L for a 5% budget)."""
@@ -146,68 +144,70 @@ class SparseTuner(Tuner):
         names = {g.name for g in self._groups}
         return {n: p for n, p in self.segmentor.backbone.named_parameters() if n in names}
 
-    def eligible_masks(self) -> dict[str, Tensor]:
-        """Bool masks of the candidate elements, one per candidate tensor."""
+    def candidates(self) -> Selection:
+        """The candidate elements, an entry per candidate tensor."""
         params = self.candidate_params()
         slices = [GroupSlice(g.name, g.index, _CANDIDATE) for g in self._groups]
         device = next(iter(params.values())).device
         shapes = {n: p.shape for n, p in params.items()}
-        return group_masks(shapes, slices, _CANDIDATE, device=device)
+        return group_selection(shapes, slices, _CANDIDATE, device=device)
 
     # ---------------------------------------------------------------- selection
-    def initial_masks(self) -> dict[str, Tensor]:
+    def initial_selection(self) -> Selection:
         """The selection of a method that needs no data; data-driven methods raise."""
         raise estimate_first(self.name)
 
-    def masks(self) -> dict[str, Tensor]:
-        """The current selection: a bool mask per candidate tensor (built on first use)."""
-        if self._index is None:
-            self.set_masks(self.initial_masks())
-        assert self._index is not None
-        params = self.candidate_params()
-        return {name: _mask_of(index, params[name]) for name, index in self._index.items()}
+    @property
+    def selection(self) -> Selection:
+        """The current selection, an entry per candidate tensor (made on first use)."""
+        if self._selection is None:
+            self.select(self.initial_selection())
+        assert self._selection is not None
+        return self._selection
+
+    def selected(self) -> Selection | None:
+        """The selection if it exists yet (see :attr:`selection`)."""
+        return self._selection
 
     @property
     def selected_count(self) -> int:
         """Number of elements selected now (0 before the selection exists)."""
-        return sum(i.numel() for i in (self._index or {}).values())
+        return 0 if self._selection is None else self._selection.count
 
-    def set_masks(self, masks: Mapping[str, Tensor]) -> None:
-        """Set or grow the selection (masks may only grow: the selected sets are nested, §7).
+    def select(self, selection: Selection) -> None:
+        """Set or grow the selection (it may only grow: the selected sets are nested, §7).
 
         The pretrained value of every newly selected element is recorded for the saved deltas;
-        it is still the current value because unselected elements never change. Tensors with a
-        selected element get ``requires_grad``; a live optimiser gets the grown masks.
+        it is still the current value because unselected elements never change. A live
+        optimiser receives the grown selection; before one exists the tensors holding a
+        selected element get ``requires_grad`` (:func:`~fishertune.selection.mark_trainable`).
         """
         params = self.candidate_params()
-        unknown = sorted(set(masks) - set(params))
+        unknown = sorted(set(selection) - set(params))
         if unknown:
-            raise ValueError(f"masks for tensors that hold no candidate element: {unknown}")
-        index_by_name = dict(self._index or {})
-        for name, mask in masks.items():
-            param = params[name]
-            if mask.shape != param.shape or mask.dtype != torch.bool:
-                raise ValueError(f"mask for {name!r} must be a bool tensor of shape {param.shape}")
-            flat = mask.reshape(-1).to(param.device)
-            index = flat.nonzero().view(-1)
-            old = index_by_name.get(name)
-            if old is not None and not bool(flat[old].all()):
-                raise ValueError(f"masks may only grow: the new mask for {name!r} drops elements")
-            if index.numel() == param.numel():
+            raise ValueError(f"a selection of tensors that hold no candidate element: {unknown}")
+        previous = self._selection
+        if previous is None:
+            device = next(iter(params.values())).device
+            previous = Selection.empty({n: p.shape for n, p in params.items()}, device)
+        grown = previous.grow(selection)
+        for name in selection:
+            param, index = params[name], grown[name].to(params[name].device)
+            if grown.is_whole(name):
                 self._reference.pop(name, None)  # saved whole, no reference needed
-            else:
-                values = param.detach().reshape(-1)[index]
-                if old is not None and name in self._reference:
-                    values[torch.searchsorted(index, old)] = self._reference[name]
-                self._reference[name] = values
-            index_by_name[name] = index
-            param.requires_grad_(index.numel() > 0)
-        self._index = index_by_name
-        if self._optimizer is not None:
-            grown: dict[Tensor, Tensor] = {
-                params[n]: m for n, m in masks.items() if n in self._sparse_names
-            }
-            self._optimizer.update_masks(grown)
+                continue
+            values = param.detach().reshape(-1)[index.long()]
+            if name in self._reference:
+                old = previous[name].to(index.device)
+                values[torch.searchsorted(index, old)] = self._reference[name]
+            self._reference[name] = values
+        self._selection = grown
+        if self._optimizer is None:
+            mark_trainable(grown, params)
+        else:
+            self._optimizer.update_selection(
+                grown.restrict([n for n in selection if n in self._sparse_names])
+            )
 
     # ---------------------------------------------------------------- optimisation
     def make_optimizer(
@@ -217,20 +217,19 @@ class SparseTuner(Tuner):
         betas: tuple[float, float] = (0.9, 0.999),
         decoder_lr_mult: float = 1.0,
     ) -> SparseAdamW:
-        """:class:`~fishertune.optim.SparseAdamW` over :meth:`param_groups` with the masks.
+        """:class:`~fishertune.optim.SparseAdamW` over :meth:`param_groups` with the selection.
 
         The decoder updates densely; so does a backbone tensor selected whole (the same AdamW
         update); the other candidate tensors update only on their selected elements, including
         those with no element selected yet, which later growth switches on.
         """
-        masks = self.masks()
-        params = self.candidate_params()
-        for name in masks:
-            params[name].requires_grad_(True)
-        self._sparse_names = {n for n, m in masks.items() if not bool(m.all())}
+        selection = self.selection
+        self._sparse_names = {n for n in selection if not selection.is_whole(n)}
+        frozen_candidates = {f"backbone.{n}" for n in selection}
         self._optimizer = SparseAdamW(
-            self.param_groups(lr, weight_decay, decoder_lr_mult),
-            {params[n]: masks[n] for n in self._sparse_names},
+            self.param_groups(lr, weight_decay, decoder_lr_mult, also=frozen_candidates),
+            selection.restrict(self._sparse_names),
+            self.candidate_params(),
             lr=lr,
             betas=betas,
             weight_decay=weight_decay,
@@ -253,13 +252,14 @@ class SparseTuner(Tuner):
             if not name.startswith("backbone.")
         }
         params = self.candidate_params()
-        for name, index in (self._index or {}).items():
+        selection = self._selection if self._selection is not None else Selection.empty({})
+        for name, index in selection.items():
             param, key = params[name], f"backbone.{name}"
-            if index.numel() == param.numel():
+            if selection.is_whole(name):
                 state[key] = param.detach().clone()
             elif index.numel() > 0:
-                tuned = param.detach().reshape(-1)[index].double()
-                state[key + INDEX_SUFFIX] = index.to(index_dtype(param.numel()))
+                tuned = param.detach().reshape(-1)[index.to(param.device).long()].double()
+                state[key + INDEX_SUFFIX] = index.clone()
                 state[key + DELTA_SUFFIX] = tuned - self._reference[name].double()
         return state
 
@@ -269,7 +269,7 @@ class SparseTuner(Tuner):
         The segmentor must hold the same pretrained backbone weights as the one that was tuned
         and no selection yet; the saved selection becomes this tuner's selection.
         """
-        if self._index is not None:
+        if self._selection is not None:
             raise RuntimeError(
                 f"tuner {self.name!r} already has a selection; load saved deltas into a freshly "
                 "applied tuner on pretrained weights"
@@ -278,18 +278,18 @@ class SparseTuner(Tuner):
         own = self.segmentor.state_dict()
         deltas: dict[str, tuple[Tensor, Tensor]] = {}
         plain: dict[str, Tensor] = {}
-        masks: dict[str, Tensor] = {}
+        selected: dict[str, Tensor] = {}
         for key, value in state.items():
             if key.endswith(INDEX_SUFFIX):
                 name = _candidate_name(key.removesuffix(INDEX_SUFFIX), params)
                 deltas[name] = _checked_delta(key, value, state, params[name])
-                masks[name] = _mask_of(deltas[name][0], params[name])
+                selected[name] = deltas[name][0]
             elif key.endswith(DELTA_SUFFIX):
                 if key.removesuffix(DELTA_SUFFIX) + INDEX_SUFFIX not in state:
                     raise ValueError(f"saved state: {key!r} has no matching index entry")
             elif key.startswith("backbone."):
                 name = _candidate_name(key, params)
-                masks[name] = torch.ones_like(params[name], dtype=torch.bool)
+                selected[name] = torch.arange(params[name].numel(), device=params[name].device)
                 plain[key] = value
             elif key in own:
                 plain[key] = value
@@ -298,10 +298,15 @@ class SparseTuner(Tuner):
         missing = sorted(k for k in own if not k.startswith("backbone.") and k not in state)
         if missing:
             raise ValueError(f"saved state lacks decoder keys of {self.name!r}: {missing[:10]}")
-        if masks:
-            # every candidate gets a mask, as after a selection: unsaved ones select nothing
-            empty = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
-            self.set_masks({**empty, **masks})  # records the pretrained values first
+        if selected:
+            # every candidate gets an entry, as after a selection: unsaved ones select nothing
+            shapes = {n: p.shape for n, p in params.items()}
+            empty = Selection.empty(shapes, device=next(iter(params.values())).device)
+            try:
+                saved = Selection({**empty, **selected}, shapes)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"saved state: {error}") from None
+            self.select(saved)  # records the pretrained values first
         with torch.no_grad():
             for name, (index, delta) in deltas.items():
                 flat = params[name].view(-1)
@@ -331,12 +336,6 @@ def _checked_delta(
     if index.numel() and not 0 <= int(index.min()) <= int(index.max()) < param.numel():
         raise ValueError(f"saved state: the indices of {key!r} are out of range")
     return index, delta.to(device=param.device, dtype=torch.float64)
-
-
-def _mask_of(index: Tensor, param: Tensor) -> Tensor:
-    """A bool mask of ``param``'s shape, True at the flat ``index``."""
-    flat = torch.zeros(param.numel(), dtype=torch.bool, device=index.device)
-    return flat.index_fill_(0, index, True).view(param.shape)
 
 
 def estimate_first(name: str) -> RuntimeError:

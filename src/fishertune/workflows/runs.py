@@ -44,7 +44,6 @@ from fishertune.reporting import (
     write_report,
 )
 from fishertune.sensitivity import EstimateQuality
-from fishertune.tuners.sparse import SparseTuner
 from fishertune.workflows.inference import predict_ids
 from fishertune.workflows.validity import check_validity
 
@@ -96,8 +95,9 @@ def _sensitivity_figure(trainer: Trainer, path: Path) -> Path | None:
         return None
     groups = parameter_groups(trainer.segmentor.backbone)
     share = None
-    if isinstance(trainer.tuner, SparseTuner) and trainer.tuner.selected_count:
-        share = selected_share_by_block(trainer.tuner.masks(), groups)
+    selection = trainer.tuner.selected()
+    if selection is not None and selection.count:
+        share = selected_share_by_block(selection.as_masks(), groups)
     title = f"{trainer.config.method.name}: mean sensitivity per block"
     return sensitivity_heatmap(table, path, title=title, selected_share=share)
 
