@@ -6,6 +6,7 @@ import pytest
 
 from fishertune.data.registry import DATASETS
 from fishertune.evaluation.protocols import get_protocol
+from fishertune.label_space import BICYCLE, CITYSCAPES_CLASSES, ROAD, SKY, TRAFFIC_LIGHT, TRAIN
 
 REIN = {
     "gtav": (1280, 720),
@@ -35,3 +36,13 @@ def test_every_data_set_keeps_its_test_size(protocol: str) -> None:
     chosen = get_protocol(protocol)
     assert {name: chosen.size_for(name) for name in TEST_SIZES[protocol]} == TEST_SIZES[protocol]
     assert set(TEST_SIZES[protocol]) <= set(DATASETS)
+
+
+def test_named_train_ids_follow_the_class_order() -> None:
+    assert [CITYSCAPES_CLASSES[i] for i in (ROAD, TRAFFIC_LIGHT, SKY, TRAIN, BICYCLE)] == [
+        "road",
+        "traffic light",
+        "sky",
+        "train",
+        "bicycle",
+    ]

@@ -9,11 +9,30 @@ figures read the names, colours and ignore value from here.
 from __future__ import annotations
 
 __all__ = [
+    "BICYCLE",
+    "BUILDING",
+    "BUS",
+    "CAR",
     "CITYSCAPES_CLASSES",
     "CITYSCAPES_PALETTE",
+    "FENCE",
     "IGNORE_COLOR",
     "IGNORE_INDEX",
+    "MOTORCYCLE",
     "NUM_CLASSES",
+    "PERSON",
+    "POLE",
+    "RIDER",
+    "ROAD",
+    "SIDEWALK",
+    "SKY",
+    "TERRAIN",
+    "TRAFFIC_LIGHT",
+    "TRAFFIC_SIGN",
+    "TRAIN",
+    "TRUCK",
+    "VEGETATION",
+    "WALL",
 ]
 
 CITYSCAPES_CLASSES: tuple[str, ...] = (
@@ -41,6 +60,29 @@ CITYSCAPES_CLASSES: tuple[str, ...] = (
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)
 """Cityscapes evaluation classes (train ids 0–18)."""
+
+(
+    ROAD,
+    SIDEWALK,
+    BUILDING,
+    WALL,
+    FENCE,
+    POLE,
+    TRAFFIC_LIGHT,
+    TRAFFIC_SIGN,
+    VEGETATION,
+    TERRAIN,
+    SKY,
+    PERSON,
+    RIDER,
+    CAR,
+    TRUCK,
+    BUS,
+    TRAIN,
+    MOTORCYCLE,
+    BICYCLE,
+) = range(NUM_CLASSES)
+"""The train id of each class by name, in the order of :data:`CITYSCAPES_CLASSES`."""
 
 IGNORE_INDEX = 255
 """Train id of unlabelled pixels, excluded from the losses and the metrics."""

@@ -19,7 +19,29 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fishertune.label_space import IGNORE_INDEX, NUM_CLASSES
+from fishertune.label_space import (
+    BICYCLE,
+    BUILDING,
+    BUS,
+    CAR,
+    FENCE,
+    IGNORE_INDEX,
+    MOTORCYCLE,
+    NUM_CLASSES,
+    PERSON,
+    POLE,
+    RIDER,
+    ROAD,
+    SIDEWALK,
+    SKY,
+    TERRAIN,
+    TRAFFIC_LIGHT,
+    TRAFFIC_SIGN,
+    TRAIN,
+    TRUCK,
+    VEGETATION,
+    WALL,
+)
 
 __all__ = [
     "MAPILLARY_NAME_TO_TRAIN_ID",
@@ -38,66 +60,62 @@ SYNTHIA_NUM_IDS = 23
 """Synthia RAND-CITYSCAPES class ids are 0 (void) … 22 (lane marking)."""
 
 SYNTHIA_TO_TRAIN_ID: Mapping[int, int] = {
-    3: 0,  # road
-    4: 1,  # sidewalk
-    2: 2,  # building
-    21: 3,  # wall
-    5: 4,  # fence
-    7: 5,  # pole
-    15: 6,  # traffic light
-    9: 7,  # traffic sign
-    6: 8,  # vegetation
-    1: 10,  # sky
-    10: 11,  # pedestrian → person
-    17: 12,  # rider
-    8: 13,  # car
-    19: 15,  # bus
-    12: 17,  # motorcycle
-    11: 18,  # bicycle
+    3: ROAD,
+    4: SIDEWALK,
+    2: BUILDING,
+    21: WALL,
+    5: FENCE,
+    7: POLE,
+    15: TRAFFIC_LIGHT,
+    9: TRAFFIC_SIGN,
+    6: VEGETATION,
+    1: SKY,
+    10: PERSON,  # pedestrian
+    17: RIDER,
+    8: CAR,
+    19: BUS,
+    12: MOTORCYCLE,
+    11: BICYCLE,
 }
 """The 16-class Synthia → Cityscapes mapping; terrain, truck and train are never produced."""
 
 MAPILLARY_NAME_TO_TRAIN_ID: Mapping[str, int] = {
     # road, and the flat surfaces DGSS folds into it
-    "construction--flat--road": 0,
-    "construction--flat--bike-lane": 0,
-    "construction--flat--service-lane": 0,
-    "construction--flat--parking": 0,
-    "construction--flat--crosswalk-plain": 0,
-    "marking--general": 0,
-    "marking--crosswalk-zebra": 0,
-    "marking--discrete--crosswalk-zebra": 0,  # the v2.0 spelling of the same class
-    # sidewalk
-    "construction--flat--sidewalk": 1,
-    "construction--flat--pedestrian-area": 1,
-    "construction--barrier--curb": 1,
-    "construction--flat--curb-cut": 1,
-    "construction--structure--building": 2,
-    "construction--barrier--wall": 3,
-    "construction--barrier--fence": 4,
-    # pole
-    "object--support--pole": 5,
-    "object--support--utility-pole": 5,
-    "object--street-light": 5,
-    "object--traffic-light": 6,
-    # traffic sign
-    "object--traffic-sign--front": 7,
-    "object--traffic-sign--back": 7,
-    "object--support--traffic-sign-frame": 7,
-    "nature--vegetation": 8,
-    "nature--terrain": 9,
-    "nature--sky": 10,
-    "human--person": 11,
-    # rider
-    "human--rider--bicyclist": 12,
-    "human--rider--motorcyclist": 12,
-    "human--rider--other-rider": 12,
-    "object--vehicle--car": 13,
-    "object--vehicle--truck": 14,
-    "object--vehicle--bus": 15,
-    "object--vehicle--on-rails": 16,
-    "object--vehicle--motorcycle": 17,
-    "object--vehicle--bicycle": 18,
+    "construction--flat--road": ROAD,
+    "construction--flat--bike-lane": ROAD,
+    "construction--flat--service-lane": ROAD,
+    "construction--flat--parking": ROAD,
+    "construction--flat--crosswalk-plain": ROAD,
+    "marking--general": ROAD,
+    "marking--crosswalk-zebra": ROAD,
+    "marking--discrete--crosswalk-zebra": ROAD,  # the v2.0 spelling of the same class
+    "construction--flat--sidewalk": SIDEWALK,
+    "construction--flat--pedestrian-area": SIDEWALK,
+    "construction--barrier--curb": SIDEWALK,
+    "construction--flat--curb-cut": SIDEWALK,
+    "construction--structure--building": BUILDING,
+    "construction--barrier--wall": WALL,
+    "construction--barrier--fence": FENCE,
+    "object--support--pole": POLE,
+    "object--support--utility-pole": POLE,
+    "object--street-light": POLE,
+    "object--traffic-light": TRAFFIC_LIGHT,
+    "object--traffic-sign--front": TRAFFIC_SIGN,
+    "object--traffic-sign--back": TRAFFIC_SIGN,
+    "object--support--traffic-sign-frame": TRAFFIC_SIGN,
+    "nature--vegetation": VEGETATION,
+    "nature--terrain": TERRAIN,
+    "nature--sky": SKY,
+    "human--person": PERSON,
+    "human--rider--bicyclist": RIDER,
+    "human--rider--motorcyclist": RIDER,
+    "human--rider--other-rider": RIDER,
+    "object--vehicle--car": CAR,
+    "object--vehicle--truck": TRUCK,
+    "object--vehicle--bus": BUS,
+    "object--vehicle--on-rails": TRAIN,
+    "object--vehicle--motorcycle": MOTORCYCLE,
+    "object--vehicle--bicycle": BICYCLE,
 }
 """Mapillary Vistas class name → Cityscapes train id; every other class maps to 255.
 

@@ -20,6 +20,27 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from fishertune.label_space import (
+    BICYCLE,
+    BUILDING,
+    BUS,
+    CAR,
+    FENCE,
+    MOTORCYCLE,
+    PERSON,
+    POLE,
+    RIDER,
+    ROAD,
+    SIDEWALK,
+    SKY,
+    TERRAIN,
+    TRAFFIC_LIGHT,
+    TRAFFIC_SIGN,
+    TRUCK,
+    VEGETATION,
+    WALL,
+)
+
 __all__ = [
     "SKY_DEPTH",
     "Light",
@@ -28,10 +49,6 @@ __all__ = [
     "generate_scene",
     "value_noise",
 ]
-
-ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN = range(8)
-VEGETATION, TERRAIN, SKY, PERSON, RIDER, CAR, TRUCK, BUS = range(8, 16)
-MOTORCYCLE, BICYCLE = 17, 18
 
 SKY_DEPTH = 1000.0
 """Depth (metres) assigned to sky pixels."""

@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fishertune.data.synthetic.scenes import Scene, value_noise
+from fishertune.label_space import ROAD, SKY, VEGETATION
 
 __all__ = ["STYLES", "TARGET_STYLES", "render_style"]
 
@@ -33,9 +34,6 @@ TARGET_STYLES: tuple[str, ...] = STYLES[1:]
 
 FloatImage = NDArray[np.float32]
 
-_SKY = 10
-_ROAD = 0
-_VEGETATION = 8
 _PALETTE_SEED = 20240611
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -111,7 +109,7 @@ def _night(scene: Scene, rng: np.random.Generator) -> FloatImage:
             _blob(light, (lamp.row + lamp.ground_row) / 2, lamp.col, 0.35 * spread, 0.2 * colour)
         _blob(glow, lamp.row, lamp.col, 2.5 * lamp.radius + 0.8, 0.5 * colour)
         _blob(glow, lamp.row, lamp.col, 0.7 * lamp.radius + 0.4, 1.2 * colour)
-    sky = (scene.label == _SKY)[..., None]
+    sky = (scene.label == SKY)[..., None]
     albedo = np.where(sky, np.float32(0.25), scene.albedo)
     linear = albedo * scene.shade[..., None] * light + scene.emission + glow
     gamma = float(rng.uniform(1.6, 2.0))
@@ -130,7 +128,7 @@ def _rain(scene: Scene, rng: np.random.Generator) -> FloatImage:
     reflect = (0.1 + 0.3 * grazing**2)[..., None] * scene.horizontal[..., None]
     sky = np.array((0.55, 0.58, 0.62), dtype=np.float32)
     image = np.where(scene.horizontal[..., None], image * 0.75, image) + reflect * sky
-    image = np.where((scene.label == _SKY)[..., None], sky, image)
+    image = np.where((scene.label == SKY)[..., None], sky, image)
     image = _haze(scene, image, float(rng.uniform(0.006, 0.012)), sky)
     streaks = np.zeros((height, width), dtype=np.float32)
     count = int(height * width * rng.uniform(0.012, 0.02))
@@ -156,14 +154,14 @@ def _snow(scene: Scene, rng: np.random.Generator) -> FloatImage:
     image = _saturate(_source(scene, rng), 0.6) * 0.9 + 0.08
     patches = value_noise(rng, (height, width), (8, 16)) * 0.6
     patches += value_noise(rng, (height, width), (32, 64)) * 0.4
-    threshold = np.where(scene.label == _ROAD, 0.5, 0.3)
+    threshold = np.where(scene.label == ROAD, 0.5, 0.3)
     cover = np.clip((patches - threshold) * 6.0, 0, 1) * scene.horizontal
-    foliage = (scene.label == _VEGETATION) & (patches > 0.5)
+    foliage = (scene.label == VEGETATION) & (patches > 0.5)
     cover = np.where(foliage, 0.7, cover)[..., None]
     white = np.array((0.93, 0.95, 0.98), dtype=np.float32) * scene.shade[..., None]
     image = image * (1 - cover) + white * cover
     overcast = np.array((0.82, 0.84, 0.86), dtype=np.float32)
-    image = np.where((scene.label == _SKY)[..., None], overcast, image)
+    image = np.where((scene.label == SKY)[..., None], overcast, image)
     image = _haze(scene, image, float(rng.uniform(0.006, 0.015)), overcast)
     count = int(height * width * rng.uniform(0.01, 0.02))
     rows = rng.integers(0, height, size=count)
