@@ -20,6 +20,7 @@ from fishertune.data.base import (
     Transform,
     TreeDataset,
     pair_by_image,
+    per_protocol,
 )
 from fishertune.data.labels import TRAIN_ID_MAP
 
@@ -33,6 +34,10 @@ class ACDC(TreeDataset):
     """ACDC images of the chosen conditions with their train-id labels."""
 
     splits = ("val", "train", "test")
+    train_split = "train"
+    eval_split = "val"
+    test_sizes = per_protocol(rein=(960, 540), fullres=(960, 540), synthetic=None)
+    label_conversion = None
 
     def __init__(
         self,

@@ -9,11 +9,12 @@ caller's ``transform(image, label)`` when one is given.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,16 +24,18 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from fishertune.data.labels import LabelMap
+from fishertune.data.labels import LabelConversion, LabelMap
 
 __all__ = [
     "DatasetError",
     "LabelCandidate",
     "Pair",
     "SegmentationDataset",
+    "TestSize",
     "Transform",
     "check_root",
     "pair_by_image",
+    "per_protocol",
     "read_index_png",
     "read_rgb",
 ]
@@ -42,6 +45,16 @@ Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 LabelCandidate = tuple[Path, Callable[[], LabelMap]]
 """A label file that may exist for an image, and (lazily) the id table its values use."""
+
+TestSize = tuple[int, int] | None
+"""A data set's test scale ``(W, H)`` under one protocol; ``None``: the protocol's default size
+(the one size every image is tested at under the ``synthetic`` protocol)."""
+
+
+def per_protocol(**sizes: TestSize) -> Mapping[str, TestSize]:
+    """A data set's :attr:`~SegmentationDataset.test_sizes`: protocol name → test size."""
+    return MappingProxyType(sizes)
+
 
 _INDEX_MODES = frozenset({"P", "L", "I", "I;16", "I;16B", "I;16L"})
 
@@ -174,14 +187,31 @@ def check_root(root: Path) -> None:
 class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
     """A list of :class:`Pair` read into ``(uint8 (3, H, W), int64 (H, W) train ids)`` items.
 
-    Subclasses define :attr:`splits` (the first is the default), set :attr:`pairs` through
-    ``super().__init__`` and may override :meth:`read_label` for their label file format.
+    Subclasses set :attr:`pairs` through ``super().__init__``, may override :meth:`read_label`
+    for their label file format, and declare what the rest of the package needs to know about
+    them (a registered data set that leaves one out fails ``tests/test_dataset_declarations``):
+
+    * :attr:`splits`: every split, the first being the default;
+    * :attr:`train_split`: the split a run trains on (``None``: evaluation only);
+    * :attr:`eval_split`: the split a run evaluates on;
+    * :attr:`test_sizes`: the test scale under every protocol of
+      :data:`fishertune.evaluation.protocols.PROTOCOLS`;
+    * :attr:`label_conversion`: how ``fishertune data convert`` writes train-id labels (``None``:
+      not needed, the labels are train ids already or are converted on the fly).
+
     With ``check=True`` a label value outside its dataset's id table raises
     :class:`~fishertune.data.labels.LabelValueError` naming the file instead of becoming 255.
     An image and label of different sizes always raise :class:`DatasetError`.
     """
 
     splits: ClassVar[tuple[str, ...]]
+    train_split: ClassVar[str | None]
+    eval_split: ClassVar[str]
+    test_sizes: ClassVar[Mapping[str, TestSize]]
+    label_conversion: ClassVar[LabelConversion | None]
+    domains: ClassVar[tuple[str, ...]] = ()
+    """Named domains the data set holds, its training domain first (the embedded benchmark's
+    styles); empty for a data set that is one domain."""
 
     def __init__(
         self, pairs: Sequence[Pair], *, transform: Transform | None = None, check: bool = False
@@ -206,7 +236,8 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
         check_root(path)
         return path
 
-    def read_label(self, path: Path) -> NDArray[Any]:
+    @staticmethod
+    def read_label(path: Path) -> NDArray[Any]:
         """Read the raw ids of a label file (single-channel by default)."""
         return read_index_png(path)
 

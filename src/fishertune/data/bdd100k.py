@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image
+from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image, per_protocol
 from fishertune.data.labels import TRAIN_ID_MAP
 
 __all__ = ["BDD100K"]
@@ -20,6 +20,10 @@ class BDD100K(TreeDataset):
     """BDD100K 10K images with their train-id masks."""
 
     splits = ("val", "train")
+    train_split = "train"
+    eval_split = "val"
+    test_sizes = per_protocol(rein=(1280, 720), fullres=(1280, 720), synthetic=None)
+    label_conversion = None
 
     def find_pairs(self, base: Path) -> list[Pair]:
         masks = base / "labels" / "sem_seg" / "masks" / self.split

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image
+from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image, per_protocol
 from fishertune.data.labels import TRAIN_ID_MAP, cityscapes_label_map
 
 __all__ = ["Cityscapes"]
@@ -26,6 +26,10 @@ class Cityscapes(TreeDataset):
     """Cityscapes ``leftImg8bit`` images with ``gtFine`` train-id labels."""
 
     splits = ("train", "val", "test")
+    train_split = "train"
+    eval_split = "val"
+    test_sizes = per_protocol(rein=(1024, 512), fullres=(2048, 1024), synthetic=None)
+    label_conversion = None  # label ids are mapped on the fly, or converted by cityscapesscripts
 
     def find_pairs(self, base: Path) -> list[Pair]:
 

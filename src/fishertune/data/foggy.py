@@ -23,6 +23,7 @@ from fishertune.data.base import (
     Pair,
     TreeDataset,
     pair_by_image,
+    per_protocol,
 )
 from fishertune.data.labels import TRAIN_ID_MAP
 
@@ -53,6 +54,10 @@ class FoggyZurich(TreeDataset):
     """Foggy Zurich's labelled test images with their train-id labels."""
 
     splits = ("test",)
+    train_split = None
+    eval_split = "test"
+    test_sizes = per_protocol(rein=(1024, 512), fullres=(1024, 512), synthetic=None)
+    label_conversion = None
 
     def find_pairs(self, base: Path) -> list[Pair]:
         return _pair_by_label(base)
@@ -62,6 +67,10 @@ class FoggyDriving(TreeDataset):
     """Foggy Driving test images with fine (else coarse) train-id labels."""
 
     splits = ("test",)
+    train_split = None
+    eval_split = "test"
+    test_sizes = per_protocol(rein=(1024, 512), fullres=(1024, 512), synthetic=None)
+    label_conversion = None
 
     def find_pairs(self, base: Path) -> list[Pair]:
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image
-from fishertune.data.labels import TRAIN_ID_MAP, cityscapes_label_map
+from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image, per_protocol
+from fishertune.data.labels import TRAIN_ID_MAP, LabelConversion, cityscapes_label_map
 
 __all__ = ["GTAV"]
 
@@ -23,6 +23,12 @@ class GTAV(TreeDataset):
     """GTAV images with labels mapped to Cityscapes train ids."""
 
     splits = ("all",)
+    train_split = "all"
+    eval_split = "all"
+    test_sizes = per_protocol(rein=(1280, 720), fullres=(1280, 720), synthetic=None)
+    label_conversion = LabelConversion(
+        folders=lambda root: [root / "labels"], label_map=lambda root: cityscapes_label_map()
+    )
 
     def find_pairs(self, base: Path) -> list[Pair]:
 

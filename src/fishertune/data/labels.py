@@ -10,7 +10,7 @@ from the dataset's own ``config.json``, so it follows the file's label order.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -48,6 +48,7 @@ __all__ = [
     "SYNTHIA_TO_TRAIN_ID",
     "TRAIN_IDS",
     "TRAIN_ID_MAP",
+    "LabelConversion",
     "LabelMap",
     "LabelValueError",
     "cityscapes_label_map",
@@ -182,6 +183,20 @@ class LabelMap:
 
 TRAIN_ID_MAP = LabelMap("train id", TRAIN_IDS)
 """The identity :class:`LabelMap` of labels already stored as train ids (0–18, 255)."""
+
+
+@dataclass(frozen=True)
+class LabelConversion:
+    """Where a data set's native label files lie and the table that maps their ids, for
+    ``fishertune data convert`` (which writes ``{stem}_labelTrainIds.png`` beside each file).
+
+    ``folders(root)`` lists the folders under the data set's root that hold the native label
+    PNGs; ``label_map(root)`` builds the id table (it may read files under the root, raising
+    FileNotFoundError or ValueError naming a missing or malformed one).
+    """
+
+    folders: Callable[[Path], Sequence[Path]]
+    label_map: Callable[[Path], LabelMap]
 
 
 @lru_cache(maxsize=1)

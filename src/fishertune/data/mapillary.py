@@ -13,22 +13,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image
-from fishertune.data.labels import TRAIN_ID_MAP, mapillary_label_map
+from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image, per_protocol
+from fishertune.data.labels import TRAIN_ID_MAP, LabelConversion, LabelMap, mapillary_label_map
 
 __all__ = ["MapillaryVistas"]
+
+
+def _label_map(root: Path) -> LabelMap:
+    """The id table of the tree at ``root``, from its ``config.json``."""
+    config = root / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"Mapillary Vistas config {config} not found")
+    return mapillary_label_map(config)
 
 
 class MapillaryVistas(TreeDataset):
     """Mapillary Vistas v1.2 images with labels mapped to Cityscapes train ids by name."""
 
     splits = ("validation", "training")
+    train_split = "training"
+    eval_split = "validation"
+    test_sizes = per_protocol(rein=(1024, 512), fullres=(1024, 512), synthetic=None)
+    label_conversion = LabelConversion(
+        folders=lambda root: [root / split / "labels" for split in MapillaryVistas.splits],
+        label_map=_label_map,
+    )
 
     def find_pairs(self, base: Path) -> list[Pair]:
-        config = base / "config.json"
-        if not config.is_file():
-            raise FileNotFoundError(f"Mapillary Vistas config {config} not found")
-        label_map = mapillary_label_map(config)
+        label_map = _label_map(base)
         labels = base / self.split / "labels"
 
         def candidates(image: Path) -> list[LabelCandidate]:

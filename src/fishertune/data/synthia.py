@@ -27,9 +27,10 @@ from fishertune.data.base import (
     Pair,
     TreeDataset,
     pair_by_image,
+    per_protocol,
     read_index_png,
 )
-from fishertune.data.labels import TRAIN_ID_MAP, synthia_label_map
+from fishertune.data.labels import TRAIN_ID_MAP, LabelConversion, synthia_label_map
 
 __all__ = ["Synthia", "read_synthia_label"]
 
@@ -69,6 +70,12 @@ class Synthia(TreeDataset):
     """Synthia RAND-CITYSCAPES with labels mapped to the 16 shared Cityscapes train ids."""
 
     splits = ("all",)
+    train_split = "all"
+    eval_split = "all"
+    test_sizes = per_protocol(rein=(1024, 512), fullres=(1024, 512), synthetic=None)
+    label_conversion = LabelConversion(
+        folders=lambda root: [root / "GT" / "LABELS"], label_map=lambda root: synthia_label_map()
+    )
 
     def find_pairs(self, base: Path) -> list[Pair]:
         label_map = synthia_label_map()
@@ -82,6 +89,7 @@ class Synthia(TreeDataset):
 
         return pair_by_image(base, "RGB/*.png", candidates)
 
-    def read_label(self, path: Path) -> NDArray[Any]:
+    @staticmethod
+    def read_label(path: Path) -> NDArray[Any]:
         """Read Synthia's 16-bit label PNG (:func:`read_synthia_label`)."""
         return read_synthia_label(path)

@@ -6,7 +6,8 @@ first: images without a label file, unreadable files, image/label size mismatche
 values outside the dataset's id table.
 
 :func:`convert_dataset` writes the train-id label PNGs (8-bit grey, values 0–18 and 255) that
-the DGSS literature expects next to each native label file::
+the DGSS literature expects next to each native label file, for the data sets that declare a
+:class:`~fishertune.data.labels.LabelConversion`::
 
     gtav       labels/{name}_labelTrainIds.png
     mapillary  {split}/labels/{key}_labelTrainIds.png
@@ -20,7 +21,7 @@ same directory and moved into place with :func:`os.replace`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,19 +34,12 @@ from PIL import Image
 from fishertune.data.base import (
     DatasetError,
     SegmentationDataset,
+    TreeDataset,
     auditing_pairs,
     check_root,
-    read_index_png,
 )
-from fishertune.data.labels import (
-    LabelMap,
-    LabelValueError,
-    cityscapes_label_map,
-    mapillary_label_map,
-    synthia_label_map,
-)
-from fishertune.data.registry import DATASETS, build_dataset
-from fishertune.data.synthia import read_synthia_label
+from fishertune.data.labels import LabelMap, LabelValueError
+from fishertune.data.registry import DATASETS, FILE_DATASETS, build_dataset
 from fishertune.progress import track
 
 __all__ = [
@@ -64,14 +58,13 @@ __all__ = [
 TRAIN_ID_SUFFIX = "_labelTrainIds.png"
 """File name ending of a converted train-id label."""
 
-CONVERTIBLE = ("gtav", "mapillary", "synthia")
+CONVERTIBLE: tuple[str, ...] = tuple(
+    name for name, cls in DATASETS.items() if cls.label_conversion is not None
+)
 """Datasets whose native label ids :func:`convert_dataset` can turn into train-id PNGs."""
 
 PROGRESS_MIN_ITEMS = 50
 """Trees with at least this many samples get a progress bar on stderr."""
-
-LabelReader = Literal["index", "synthia"]
-"""How a native label file is decoded: single-channel ids, or Synthia's 16-bit colour PNG."""
 
 Outcome = Literal["written", "skipped", "failed"]
 """What happened to one label file during a conversion."""
@@ -86,12 +79,18 @@ def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def _dataset_class(name: str) -> type[SegmentationDataset]:
-    """The dataset class registered as ``name``; :class:`UsageError` for an unknown name."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}") from None
+def _dataset_class(name: str) -> type[TreeDataset]:
+    """The class of the data set ``name`` read from files; :class:`UsageError` for any other
+    name (the generated benchmark has no files)."""
+    cls = DATASETS.get(name)
+    if cls is None:
+        raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(FILE_DATASETS)}")
+    if not issubclass(cls, TreeDataset):
+        raise UsageError(
+            f"dataset {name!r} is generated, not read from files; the data sets with files are "
+            f"{', '.join(FILE_DATASETS)}"
+        )
+    return cls
 
 
 def _root(root: str | os.PathLike[str]) -> Path:
@@ -165,11 +164,12 @@ def check_dataset(
 
 @dataclass(frozen=True)
 class ConvertJob:
-    """One label file to convert: its native ids, where the train ids go, and how to map them."""
+    """One label file to convert: its native ids, where the train ids go, how to read the ids
+    (the data set's ``read_label``) and how to map them."""
 
     source: Path
     target: Path
-    reader: LabelReader
+    reader: Callable[[Path], NDArray[Any]]
     label_map: LabelMap
 
 
@@ -182,7 +182,9 @@ class ConvertReport:
     failed: list[str] = field(default_factory=list)
 
 
-def _jobs_in(folder: Path, reader: LabelReader, label_map: LabelMap) -> list[ConvertJob]:
+def _jobs_in(
+    folder: Path, reader: Callable[[Path], NDArray[Any]], label_map: LabelMap
+) -> list[ConvertJob]:
     """A job for every native label PNG in ``folder`` (converted outputs excluded)."""
     sources = sorted(
         path
@@ -198,32 +200,27 @@ def _jobs_in(folder: Path, reader: LabelReader, label_map: LabelMap) -> list[Con
 def convert_jobs(name: str, root: str | os.PathLike[str]) -> list[ConvertJob]:
     """Every label file of dataset ``name`` under ``root`` to convert, in a stable order.
 
-    Raises :class:`UsageError` for an unknown or unsupported dataset, a missing root, a missing
-    Mapillary ``config.json``, or a tree without label files.
+    The data set's :class:`~fishertune.data.labels.LabelConversion` says where the files are and
+    which table maps them. Raises :class:`UsageError` for an unknown or unsupported dataset, a
+    missing root, a missing or malformed file the table is read from (Mapillary's
+    ``config.json``), or a tree without label files.
     """
-    _dataset_class(name)
+    cls = _dataset_class(name)
     base = _root(root)
-    jobs: list[ConvertJob]
-    if name == "gtav":
-        jobs = _jobs_in(base / "labels", "index", cityscapes_label_map())
-    elif name == "synthia":
-        jobs = _jobs_in(base / "GT" / "LABELS", "synthia", synthia_label_map())
-    elif name == "mapillary":
-        config = base / "config.json"
-        if not config.is_file():
-            raise UsageError(f"Mapillary Vistas config {config} not found")
-        try:
-            label_map = mapillary_label_map(config)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-        splits = DATASETS["mapillary"].splits
-        jobs = [
-            job for split in splits for job in _jobs_in(base / split / "labels", "index", label_map)
-        ]
-    else:
+    conversion = cls.label_conversion
+    if conversion is None:
         raise UsageError(
             f"converting {name} is not supported; convert supports {', '.join(CONVERTIBLE)}"
         )
+    try:
+        label_map = conversion.label_map(base)
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    jobs = [
+        job
+        for folder in conversion.folders(base)
+        for job in _jobs_in(folder, cls.read_label, label_map)
+    ]
     if not jobs:
         raise UsageError(f"no {name} label files found under {base}")
     return jobs
@@ -243,13 +240,6 @@ def _is_complete(job: ConvertJob) -> bool:
         return False
 
 
-def _read_native(job: ConvertJob) -> NDArray[Any]:
-    """The native ids of ``job.source``."""
-    if job.reader == "synthia":
-        return read_synthia_label(job.source)
-    return read_index_png(job.source)
-
-
 def _remove_leftovers(target: Path) -> None:
     """Delete temporary files an interrupted conversion of ``target`` left behind."""
     for leftover in target.parent.glob(f".{target.name}.*.tmp"):
@@ -262,7 +252,7 @@ def _convert_one(job: ConvertJob) -> tuple[Outcome, str]:
         return "skipped", ""
     _remove_leftovers(job.target)
     try:
-        train_ids = job.label_map.apply(_read_native(job), source=str(job.source))
+        train_ids = job.label_map.apply(job.reader(job.source), source=str(job.source))
     except DatasetError as error:
         return "failed", str(error)
     temporary = job.target.with_name(f".{job.target.name}.{os.getpid()}.tmp")

@@ -1,7 +1,9 @@
 """Test-time protocols: per-dataset test resolution and whole/slide inference.
 
 Published DGSS numbers depend on the test resolution (Cityscapes at 1024×512 versus
-2048×1024 moves mIoU by about 1.8 points), so every result records the protocol it used.
+2048×1024 moves mIoU by about 1.8 points), so every result records the protocol it used. The
+registered protocols take each data set's test size from its class's declaration
+(:attr:`~fishertune.data.base.SegmentationDataset.test_sizes`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
+
+from fishertune.data.registry import DATASETS, declared_test_size
+from fishertune.data.synthetic import SyntheticSettings
 
 MODES = ("slide", "whole")
 
@@ -31,15 +36,15 @@ def _check_size(size: tuple[int, int], what: str) -> tuple[int, int]:
 class EvalProtocol:
     """How test images are sized and run through the model.
 
-    ``test_sizes`` maps a dataset key to its test scale ``(W, H)``; a dataset name matches the
+    ``test_sizes`` maps a dataset key to its test scale ``(W, H)``; a domain name matches the
     longest key that its normalised form (lower case, separators removed) starts with, so
-    ``"GTAV"``, ``"gta5"`` → ``gta``, ``"bdd100k"`` → ``bdd``, ``"acdc_night"`` → ``acdc``;
-    other names get ``default_size``. With ``keep_ratio`` (mmseg's ``Resize(scale,
-    keep_ratio=True)``) an image is scaled by ``min(long/max(h, w), short/min(h, w))`` for the
-    scale's long and short sides, keeping its aspect ratio (identical to an exact resize when the
-    ratios agree, e.g. Cityscapes' 2:1 at 1024×512); without it images are resized to exactly
-    ``(W, H)``. ``mode`` is ``"slide"`` (``crop`` windows every ``stride`` pixels) or
-    ``"whole"``.
+    ``"GTAV"`` → ``gtav`` and a subset ``"acdc_night"`` → ``acdc``; other names (the source
+    domain, the embedded benchmark's styles) get ``default_size``. With ``keep_ratio``
+    (mmseg's ``Resize(scale, keep_ratio=True)``) an image is scaled by
+    ``min(long/max(h, w), short/min(h, w))`` for the scale's long and short sides, keeping its
+    aspect ratio (identical to an exact resize when the ratios agree, e.g. Cityscapes' 2:1 at
+    1024×512); without it images are resized to exactly ``(W, H)``. ``mode`` is ``"slide"``
+    (``crop`` windows every ``stride`` pixels) or ``"whole"``.
     """
 
     name: str
@@ -95,29 +100,32 @@ class EvalProtocol:
         }
 
 
-_REIN_SIZES = {
-    "cityscapes": (1024, 512),
-    "mapillary": (1024, 512),
-    "bdd": (1280, 720),
-    "gta": (1280, 720),
-    "acdc": (960, 540),
-}
+def _declared(protocol: str) -> dict[str, tuple[int, int]]:
+    """The test size every registered data set declares under ``protocol``, leaving out those
+    that declare the protocol's default size."""
+    sizes = {name: declared_test_size(name, protocol) for name in DATASETS}
+    return {name: size for name, size in sizes.items() if size is not None}
+
 
 PROTOCOLS: Mapping[str, EvalProtocol] = MappingProxyType(
     {
-        "rein": EvalProtocol("rein", _REIN_SIZES, default_size=(1024, 512)),
-        "fullres": EvalProtocol(
-            "fullres", {**_REIN_SIZES, "cityscapes": (2048, 1024)}, default_size=(1024, 512)
-        ),
+        "rein": EvalProtocol("rein", _declared("rein"), default_size=(1024, 512)),
+        "fullres": EvalProtocol("fullres", _declared("fullres"), default_size=(1024, 512)),
         "synthetic": EvalProtocol(
-            "synthetic", {}, default_size=(256, 128), mode="whole", crop=128, stride=128
+            "synthetic",
+            _declared("synthetic"),
+            default_size=SyntheticSettings().test_size,
+            mode="whole",
+            crop=128,
+            stride=128,
         ),
     }
 )
 """``rein``: Rein's mmseg test pipelines (Cityscapes/Mapillary 1024×512, BDD100K/GTAV
 1280×720, ACDC 960×540, slide 512/341). ``fullres``: the same but Cityscapes at 2048×1024, as
 tqdm and SoMA evaluate it. ``synthetic``: the embedded benchmark, whole images at 128×256; a run
-at another ``data.synthetic_size`` uses that size instead (``dataclasses.replace``)."""
+at another ``data.synthetic_size`` uses that size instead (``dataclasses.replace``). Every
+data set declares its size under each (``tests/test_dataset_declarations.py`` checks)."""
 
 
 def get_protocol(name: str) -> EvalProtocol:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fishertune.data.synthetic.dataset import (
+    SPLIT_LENGTH,
+    SyntheticSettings,
     SyntheticStreets,
     render_sample,
     render_styles,
@@ -13,11 +15,13 @@ from fishertune.data.synthetic.scenes import Light, Scene, SceneObject, generate
 from fishertune.data.synthetic.styles import STYLES, TARGET_STYLES, render_style
 
 __all__ = [
+    "SPLIT_LENGTH",
     "STYLES",
     "TARGET_STYLES",
     "Light",
     "Scene",
     "SceneObject",
+    "SyntheticSettings",
     "SyntheticStreets",
     "generate_scene",
     "render_sample",

@@ -13,20 +13,48 @@ from __future__ import annotations
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from fishertune.data.base import SegmentationDataset, Transform
-from fishertune.data.synthetic.scenes import Scene, generate_scene
+from fishertune.data.base import SegmentationDataset, Transform, per_protocol
+from fishertune.data.synthetic.scenes import IMAGE_SIZE, Scene, generate_scene
 from fishertune.data.synthetic.styles import STYLES, render_style
 
-__all__ = ["SyntheticStreets", "render_sample", "render_styles", "scene_seed", "style_grid"]
+__all__ = [
+    "SPLIT_LENGTH",
+    "SyntheticSettings",
+    "SyntheticStreets",
+    "render_sample",
+    "render_styles",
+    "scene_seed",
+    "style_grid",
+]
 
 CACHE_BYTES = 256 << 20
 """Budget of the process-wide cache of rendered items (images and uint8 labels)."""
+
+SPLIT_LENGTH = 500
+"""Scenes generated for a split when no count is given."""
+
+
+@dataclass(frozen=True)
+class SyntheticSettings:
+    """Which scenes the benchmark generates (``seed``) and at what ``size`` ``(H, W)``: a run's
+    ``data.synthetic_seed`` and ``data.synthetic_size``."""
+
+    size: tuple[int, int] = IMAGE_SIZE
+    seed: int = 0
+
+    @property
+    def test_size(self) -> tuple[int, int]:
+        """The images' size as a test scale ``(W, H)``."""
+        height, width = self.size
+        return width, height
+
 
 _cache: OrderedDict[tuple[int, str, tuple[int, int]], tuple[NDArray[np.uint8], NDArray[np.uint8]]]
 _cache = OrderedDict()
@@ -55,7 +83,7 @@ def _style_rng(seed: int, style: str) -> np.random.Generator:
 
 
 def render_sample(
-    seed: int, style: str, size: tuple[int, int] = (128, 256)
+    seed: int, style: str, size: tuple[int, int] = IMAGE_SIZE
 ) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
     """Render scene ``seed`` in ``style``: an (H, W, 3) uint8 image and (H, W) train ids."""
     if style not in STYLES:
@@ -85,7 +113,7 @@ def _cached_sample(
 
 
 def render_styles(
-    seed: int, size: tuple[int, int] = (128, 256)
+    seed: int, size: tuple[int, int] = IMAGE_SIZE
 ) -> tuple[dict[str, NDArray[np.uint8]], NDArray[np.int64]]:
     """Render one scene in every style: ``({style: (H, W, 3) uint8}, (H, W) train ids)``."""
     scene = _scene(seed, size)
@@ -94,7 +122,7 @@ def render_styles(
 
 
 def style_grid(
-    seeds: Sequence[int], size: tuple[int, int] = (128, 256), gap: int = 2
+    seeds: Sequence[int], size: tuple[int, int] = IMAGE_SIZE, gap: int = 2
 ) -> NDArray[np.uint8]:
     """A qualitative grid: one row per scene seed, one column per style (white gaps)."""
     height, width = size
@@ -117,17 +145,24 @@ class SyntheticStreets(SegmentationDataset):
     ``style`` is one of :data:`~fishertune.data.synthetic.styles.STYLES` (``"source"`` is the
     labelled training domain). Items are ``(uint8 (3, H, W), int64 (H, W) train ids)`` like
     every :class:`~fishertune.data.base.SegmentationDataset`, passed through ``transform``.
+    The styles are the data set's :attr:`domains`; its images are tested at their own size
+    under every protocol (a run on it uses that size as the protocol's default size).
     """
 
     splits = ("train", "val", "test")
+    train_split = "train"
+    eval_split = "val"
+    test_sizes = per_protocol(rein=None, fullres=None, synthetic=None)
+    label_conversion = None  # generated as train ids
+    domains = STYLES
 
     def __init__(
         self,
         split: str,
         style: str,
         *,
-        size: tuple[int, int] = (128, 256),
-        length: int = 500,
+        size: tuple[int, int] = IMAGE_SIZE,
+        length: int = SPLIT_LENGTH,
         seed: int = 0,
         transform: Transform | None = None,
     ) -> None:

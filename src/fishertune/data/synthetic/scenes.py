@@ -42,6 +42,7 @@ from fishertune.label_space import (
 )
 
 __all__ = [
+    "IMAGE_SIZE",
     "SKY_DEPTH",
     "Light",
     "Scene",
@@ -49,6 +50,9 @@ __all__ = [
     "generate_scene",
     "value_noise",
 ]
+
+IMAGE_SIZE = (128, 256)
+"""The default image size ``(H, W)`` of a scene."""
 
 SKY_DEPTH = 1000.0
 """Depth (metres) assigned to sky pixels."""
@@ -661,7 +665,7 @@ def _place_things(canvas: _Canvas, rng: np.random.Generator, street: _Street) ->
         paint(canvas, rng, *args)
 
 
-def generate_scene(rng: np.random.Generator, size: tuple[int, int] = (128, 256)) -> Scene:
+def generate_scene(rng: np.random.Generator, size: tuple[int, int] = IMAGE_SIZE) -> Scene:
     """Generate a random street scene of ``size = (H, W)`` pixels from ``rng``."""
     height, width = size
     camera = _Camera(
