@@ -135,6 +135,17 @@ def test_usage_errors_are_one_line(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("action", ["check", "convert"])
+def test_the_generated_benchmark_has_no_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str
+) -> None:
+    status, out, err = run(["data", action, "synthetic", str(tmp_path)], capsys)
+    assert (status, out) == (2, "")
+    assert len(err.strip().splitlines()) == 1
+    assert "dataset 'synthetic' is generated, not read from files" in err
+    assert "gtav" in err
+
+
 def loader_labels(name: str, root: Path) -> list[NDArray[np.int64]]:
     """The train-id labels the loader returns for every sample, in order."""
     dataset = build_dataset(name, root)

@@ -263,3 +263,31 @@ def test_synthetic_targets_are_styles_and_sizes_may_be_pairs() -> None:
     assert config.data.crop_size == (64, 128)
     with pytest.raises(ValueError, match=re.escape("data.targets[1]: 'cityscapes' is not one")):
         load_config(overrides=["data.source=synthetic", "data.targets=[fog, cityscapes]"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["data.source=dark_zurich"],
+            "data.source: 'dark_zurich' is not one of the allowed values ['synthetic', 'gtav', ",
+        ),
+        (
+            ["data.targets=[cityscapes, synthetic]"],
+            "data.targets[1]: 'synthetic' is not one of the allowed datasets ['acdc', ",
+        ),
+        (
+            ["data.source=synthetic", "data.targets=[source]"],
+            "data.targets[0]: 'source' is not one of the allowed domains of 'synthetic' ",
+        ),
+    ],
+)
+def test_sources_train_and_targets_are_domains(overrides: list[str], message: str) -> None:
+    """A source must declare a training split; a source of several domains (the benchmark) is
+    evaluated on its other domains, any other source on data sets of one domain."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(overrides=overrides)
+    assert load_config(overrides=["data.targets=[dark_zurich, gtav]"]).data.targets == [
+        "dark_zurich",
+        "gtav",
+    ]

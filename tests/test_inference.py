@@ -1,4 +1,5 @@
-"""Evaluation and prediction from checkpoints (fishertune.workflows.inference) on a tiny run."""
+"""Evaluation and prediction from checkpoints (fishertune.workflows.checkpoint_evaluation and
+fishertune.workflows.prediction) on a tiny run."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ from PIL import Image
 from data_fixtures import build_cityscapes
 from fishertune.data.base import DatasetError
 from fishertune.data.synthetic import SyntheticStreets
-from fishertune.engine.data import evaluation_transform
+from fishertune.engine.batches import evaluation_transform
 from fishertune.engine.model import load_trained
 from fishertune.engine.trainer import Trainer
 from fishertune.evaluation.domains import evaluate_domains
 from fishertune.label_space import CITYSCAPES_CLASSES
 from fishertune.models import ViTBackbone
 from fishertune.reporting.palette import colorize, overlay
-from fishertune.workflows.inference import evaluate_checkpoint, predict_images
+from fishertune.workflows.checkpoint_evaluation import evaluate_checkpoint
+from fishertune.workflows.prediction import predict_images
 from run_fixtures import tiny_config
 
 

@@ -15,15 +15,15 @@ import torch
 from data_fixtures import build_cityscapes, build_gtav
 from fishertune.engine import estimate_file as estimate_file_module
 from fishertune.engine import run_checkpoints as run_checkpoints_module
+from fishertune.engine.batches import StepSampler, sample_seed
 from fishertune.engine.checkpoint import load_checkpoint
-from fishertune.engine.data import StepSampler, sample_seed
 from fishertune.engine.estimate_file import saved_quality
 from fishertune.engine.model import build_model, load_trained
 from fishertune.engine.precision import autocast
 from fishertune.engine.trainer import NonFiniteLossError, Trainer, lr_factor
 from fishertune.sensitivity import Agreement, EstimateQuality
 from fishertune.tuners.scoring import ScoredTuner
-from fishertune.workflows.inference import evaluate_checkpoint
+from fishertune.workflows.checkpoint_evaluation import evaluate_checkpoint
 from run_fixtures import tiny_config
 
 

@@ -62,7 +62,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from fishertune.workflows.inference import evaluate_checkpoint
+    from fishertune.workflows.checkpoint_evaluation import evaluate_checkpoint
 
     results = evaluate_checkpoint(
         args.checkpoint,
@@ -83,7 +83,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from fishertune.workflows.inference import predict_images
+    from fishertune.workflows.prediction import predict_images
 
     predictions = predict_images(
         args.checkpoint,

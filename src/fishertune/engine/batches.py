@@ -1,4 +1,5 @@
-"""The run's data: datasets from the configuration and a step-indexed, resumable batch stream.
+"""The run's batches: a step-indexed, resumable training stream, in-order evaluation loaders,
+and the transforms of both.
 
 Every random choice of the training data is a function of the seed and the position in the
 run, never of a generator's history: micro-batch ``m`` of optimisation step ``s`` takes the
@@ -13,41 +14,26 @@ step. The loader's own generator is seeded too, so it never draws from torch's g
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from fishertune.data.base import SegmentationDataset, Transform
-from fishertune.data.registry import DATASETS, build_dataset
-from fishertune.data.synthetic import SyntheticStreets
+from fishertune.data.base import Transform
 from fishertune.data.transforms import Compose, test_transform, train_transform
-from fishertune.engine.config import SYNTHETIC, RunConfig
-from fishertune.evaluation.protocols import EvalProtocol, get_protocol
 
 __all__ = [
-    "SOURCE_DOMAIN",
     "StepSampler",
     "eval_loader",
-    "eval_protocol",
-    "eval_split",
-    "source_train_set",
-    "source_val_set",
-    "target_datasets",
+    "evaluation_transform",
+    "sample_seed",
     "train_loader",
+    "training_transform",
 ]
-
-SOURCE_DOMAIN = "source"
-"""Name under which the source domain's validation images are evaluated and reported."""
 
 _MIX = 0x9E3779B97F4A7C15
 _MASK = (1 << 63) - 1
-
-EVAL_SPLITS = ("val", "validation", "test")
-TRAIN_SPLITS = ("train", "training", "all")
 
 
 def sample_seed(seed: int, position: int) -> int:
@@ -179,100 +165,18 @@ def eval_loader(
     return DataLoader(_Transformed(dataset, transform), batch_size=batch_size, num_workers=workers)
 
 
-def _first_split(cls: type[SegmentationDataset], preferred: tuple[str, ...]) -> str:
-    for split in preferred:
-        if split in cls.splits:
-            return split
-    return cls.splits[0]
-
-
-def eval_split(name: str) -> str:
-    """The split of dataset ``name`` used for evaluation (val, validation or test)."""
-    return _first_split(DATASETS[name], EVAL_SPLITS)
-
-
-def _limit(dataset: SegmentationDataset, count: int | None) -> Dataset[tuple[Tensor, Tensor]]:
-    if count is None or count >= len(dataset):
-        return dataset
-    return Subset(dataset, range(count))
-
-
-def _synthetic(config: RunConfig, split: str, style: str, length: int) -> SyntheticStreets:
-    height, width = config.data.synthetic_size
-    return SyntheticStreets(
-        split, style, size=(height, width), length=length, seed=config.data.synthetic_seed
-    )
-
-
-def _source_root(config: RunConfig) -> str:
-    if config.data.root is None:
-        raise ValueError(
-            f"data.root: the source dataset {config.data.source!r} needs its root directory"
-        )
-    return config.data.root
-
-
-def source_train_set(config: RunConfig) -> Dataset[tuple[Tensor, Tensor]]:
-    """The source training set (untransformed)."""
-    data = config.data
-    if data.source == SYNTHETIC:
-        return _synthetic(config, "train", "source", data.train_images or 500)
-    split = _first_split(DATASETS[data.source], TRAIN_SPLITS)
-    dataset = build_dataset(data.source, _source_root(config), split)
-    return _limit(dataset, data.train_images)
-
-
-def source_val_set(config: RunConfig) -> Dataset[tuple[Tensor, Tensor]] | None:
-    """The source's validation set (untransformed); ``None`` when the source has no split
-    besides its training one (e.g. GTAV)."""
-    data = config.data
-    if data.source == SYNTHETIC:
-        return _synthetic(config, "val", "source", data.eval_images or 500)
-    split = eval_split(data.source)
-    if split == _first_split(DATASETS[data.source], TRAIN_SPLITS):
-        return None
-    return _limit(build_dataset(data.source, _source_root(config), split), data.eval_images)
-
-
-def target_datasets(config: RunConfig) -> dict[str, Dataset[tuple[Tensor, Tensor]]]:
-    """Each target domain's evaluation set (untransformed), in ``data.targets`` order."""
-    data = config.data
-    if data.source == SYNTHETIC:
-        return {
-            style: _synthetic(config, "val", style, data.eval_images or 500)
-            for style in data.targets
-        }
-    targets: dict[str, Dataset[tuple[Tensor, Tensor]]] = {}
-    for name in data.targets:
-        root = data.roots.get(name)
-        if root is None:
-            raise ValueError(
-                f"data.roots.{name}: the target dataset {name!r} needs its root directory "
-                f"(e.g. --set data.roots.{name}=/data/{name})"
-            )
-        targets[name] = _limit(build_dataset(name, Path(root), eval_split(name)), data.eval_images)
-    return targets
-
-
 def training_transform(
-    config: RunConfig, mean: tuple[float, ...], std: tuple[float, ...]
+    crop: tuple[int, int],
+    scale_range: Sequence[float],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
 ) -> Compose:
-    """Rein's training pipeline at the configured crop (rescaled around the crop's short side)."""
-    crop = config.data.crop_size
-    low, high = config.data.scale_range
+    """Rein's training pipeline at ``crop`` ``(H, W)``, rescaled by a ratio in ``scale_range``
+    ``[low, high]`` around the crop's short side."""
+    low, high = scale_range
     return train_transform(mean, std, crop=crop, scale=min(crop), ratio_range=(low, high))
 
 
 def evaluation_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> Compose:
     """Normalisation only (the protocol resizes)."""
     return test_transform(mean, std)
-
-
-def eval_protocol(config: RunConfig) -> EvalProtocol:
-    """The configured protocol in the configured mode; for the synthetic benchmark its default
-    size is the benchmark's image size."""
-    protocol = get_protocol(config.evaluation.protocol).with_mode(config.evaluation.mode)
-    if config.data.source == SYNTHETIC:
-        height, width = config.data.synthetic_size
-        protocol = dataclasses.replace(protocol, default_size=(width, height))
-    return protocol

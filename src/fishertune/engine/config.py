@@ -26,8 +26,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from fishertune.data.registry import DATASETS
-from fishertune.data.synthetic import TARGET_STYLES
+from fishertune.data.registry import DATASETS, TRAINABLE_DATASETS
+from fishertune.data.synthetic import SyntheticSettings
 from fishertune.evaluation.protocols import PROTOCOLS
 from fishertune.label_space import CITYSCAPES_CLASSES
 from fishertune.tuners import available_tuners, tuner_class
@@ -35,9 +35,6 @@ from fishertune.tuners.base import check_option_names
 
 LOCATION_KEYS = frozenset({"output.run_dir"})
 """Configuration keys that say where a run lives, not what it is."""
-
-SYNTHETIC = "synthetic"
-"""``data.source`` of the embedded benchmark (its targets are the styles)."""
 
 __all__ = [
     "LOCATION_KEYS",
@@ -106,10 +103,12 @@ class DataConfig:
 
     Attributes:
         source: source (training) dataset name, e.g. ``"gtav"``, or ``"synthetic"`` (the
-            embedded benchmark's labelled source style).
+            embedded benchmark, trained on its labelled source style); a registered data set
+            that declares a training split.
         root: the source dataset's root directory (``None`` for synthetic data).
         targets: unseen target domains evaluated during and after training: dataset names,
-            or style names of the embedded benchmark when the source is ``"synthetic"``.
+            or, for a source of several domains (the embedded benchmark), its other domains
+            (the styles).
         roots: root directory of each target dataset (not needed for synthetic styles).
         crop: training crop size: one int (square) or ``[H, W]``.
         batch_size: images per micro-batch on each process.
@@ -135,7 +134,7 @@ class DataConfig:
     workers: int = 4
     train_images: int | None = None
     eval_images: int | None = None
-    synthetic_size: list[int] = field(default_factory=lambda: [128, 256])
+    synthetic_size: list[int] = field(default_factory=lambda: list(SyntheticSettings().size))
     synthetic_seed: int = 0
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
 
@@ -143,6 +142,12 @@ class DataConfig:
     def crop_size(self) -> tuple[int, int]:
         """``crop`` as ``(H, W)``."""
         return _pair(self.crop)
+
+    @property
+    def synthetic(self) -> SyntheticSettings:
+        """``synthetic_size`` and ``synthetic_seed``: the embedded benchmark's settings."""
+        height, width = self.synthetic_size
+        return SyntheticSettings(size=(height, width), seed=self.synthetic_seed)
 
 
 @dataclass
@@ -370,16 +375,19 @@ def _check_method_options(method: MethodConfig) -> None:
 
 
 def _check_data_names(data: DataConfig) -> None:
-    """Source and target names must be known datasets, or styles of the synthetic benchmark."""
-    if data.source == SYNTHETIC:
-        allowed, what = TARGET_STYLES, "styles of the synthetic benchmark"
-    elif data.source in DATASETS:
-        allowed, what = tuple(DATASETS), "datasets"
-    else:
+    """The source must be a registered data set with a training split; the targets the source's
+    other domains when it has several (the synthetic benchmark's styles), else data sets."""
+    if data.source not in TRAINABLE_DATASETS:
         raise ValueError(
             f"data.source: {data.source!r} is not one of the allowed values "
-            f"{[SYNTHETIC, *sorted(DATASETS)]}"
+            f"{list(TRAINABLE_DATASETS)} (the data sets with a training split)"
         )
+    domains = DATASETS[data.source].domains
+    if domains:
+        allowed, what = domains[1:], f"domains of {data.source!r}"
+    else:
+        allowed = tuple(name for name, cls in DATASETS.items() if not cls.domains)
+        what = "datasets"
     for i, target in enumerate(data.targets):
         if target not in allowed:
             raise ValueError(

@@ -3,11 +3,13 @@
 :func:`evaluate_segmentor` builds each dataset's in-order loader (this rank's shard under
 torch.distributed), runs the images under the run's mixed precision and evaluates with
 :func:`~fishertune.evaluation.domains.evaluate_domains` over the label space's class names;
-the trainer's periodic evaluation and ``fishertune evaluate`` both go through it.
+the trainer's periodic evaluation and ``fishertune evaluate`` both go through it, under the
+protocol :func:`eval_protocol` gives.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
@@ -15,13 +17,28 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fishertune.data.base import Transform
-from fishertune.engine.data import eval_loader
+from fishertune.data.registry import FILE_DATASETS
+from fishertune.data.synthetic import SyntheticSettings
+from fishertune.engine.batches import eval_loader
 from fishertune.engine.precision import autocast
 from fishertune.evaluation.domains import DomainResults, Predictor, evaluate_domains
-from fishertune.evaluation.protocols import EvalProtocol
+from fishertune.evaluation.protocols import EvalProtocol, get_protocol
 from fishertune.label_space import CITYSCAPES_CLASSES
 
-__all__ = ["evaluate_segmentor"]
+__all__ = ["eval_protocol", "evaluate_segmentor"]
+
+
+def eval_protocol(
+    name: str, mode: str, *, source: str, synthetic: SyntheticSettings
+) -> EvalProtocol:
+    """The registered protocol ``name`` in ``mode`` for a run trained on the data set
+    ``source``. When the source is generated (the embedded benchmark, at the ``synthetic``
+    settings), its image size replaces the protocol's default size, which every domain without
+    a declared size of its own (the benchmark's styles) is tested at."""
+    protocol = get_protocol(name).with_mode(mode)
+    if source in FILE_DATASETS:
+        return protocol
+    return dataclasses.replace(protocol, default_size=synthetic.test_size)
 
 
 def evaluate_segmentor(

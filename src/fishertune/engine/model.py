@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fishertune.data.transforms import Compose
+from fishertune.engine.batches import evaluation_transform
 from fishertune.engine.checkpoint import (
     checkpoint_name,
     load_checkpoint,
@@ -23,7 +25,9 @@ from fishertune.engine.checkpoint import (
     weights_reference,
 )
 from fishertune.engine.config import RunConfig, config_from_dict
-from fishertune.models import build_segmentor
+from fishertune.engine.evaluate import eval_protocol
+from fishertune.evaluation.protocols import EvalProtocol
+from fishertune.models import Backbone, build_segmentor
 from fishertune.models.segmentor import Segmentor
 from fishertune.tuners import build_tuner, tuner_class
 from fishertune.tuners.base import Tuner
@@ -88,6 +92,25 @@ class TrainedModel:
     tuner: Tuner
     state: dict[str, Any]
     path: Path
+
+    def evaluation_transform(self) -> Compose:
+        """The run's evaluation transform: normalisation by the backbone's statistics."""
+        backbone = self.segmentor.backbone
+        if not isinstance(backbone, Backbone):
+            raise TypeError(f"{self.path}: the segmentor's backbone is not a ViTBackbone")
+        return evaluation_transform(backbone.mean, backbone.std)
+
+    def protocol(self, name: str | None = None, mode: str | None = None) -> EvalProtocol:
+        """The run's evaluation protocol, or the registered protocol ``name``, in the run's mode
+        or ``mode`` (:func:`~fishertune.engine.evaluate.eval_protocol`: a run on the embedded
+        benchmark keeps its image size as the default test size whichever protocol is named)."""
+        data, evaluation = self.config.data, self.config.evaluation
+        return eval_protocol(
+            name or evaluation.protocol,
+            mode or evaluation.mode,
+            source=data.source,
+            synthetic=data.synthetic,
+        )
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:

@@ -12,7 +12,7 @@ stages; the trainer asks the tuner, never which method it holds:
    elements; ``tuner.on_step(t, T3)`` grows the selection (§7).
 
 Every other method runs one ``train`` stage of T1 + T3 steps, so all methods make the same
-number of weight updates on the same batches (:mod:`fishertune.engine.data`).
+number of weight updates on the same batches (:mod:`fishertune.engine.batches`).
 
 One optimisation step: ``grad_accumulation`` micro-batches (losses divided by their number),
 gradients averaged over ranks, the tuner's gradient hook, optional clipping of the global norm,
@@ -49,18 +49,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fishertune.data.base import SegmentationDataset
-from fishertune.engine.config import RunConfig
-from fishertune.engine.data import (
-    SOURCE_DOMAIN,
+from fishertune.engine.batches import (
     StepSampler,
-    eval_protocol,
     evaluation_transform,
-    source_train_set,
-    source_val_set,
-    target_datasets,
     train_loader,
     training_transform,
 )
+from fishertune.engine.config import RunConfig
+from fishertune.engine.datasets import SOURCE_DOMAIN, evaluation_sets, source_train_set
 from fishertune.engine.distributed import (
     DistributedContext,
     average_gradients,
@@ -70,7 +66,7 @@ from fishertune.engine.distributed import (
 )
 from fishertune.engine.ema import WeightAverage
 from fishertune.engine.estimate_file import read_estimate, save_estimate
-from fishertune.engine.evaluate import evaluate_segmentor
+from fishertune.engine.evaluate import eval_protocol, evaluate_segmentor
 from fishertune.engine.model import build_model
 from fishertune.engine.precision import autocast
 from fishertune.engine.run_checkpoints import (
@@ -161,18 +157,27 @@ class Trainer:
         schedule = config.schedule
         self.warmup_steps = schedule.warmup_steps if self.tuner.estimates else 0
         self.total_steps = config.total_steps
-        self.train_set = source_train_set(config)
-        source_val = source_val_set(config)
-        self.eval_sets: dict[str, Dataset[tuple[Tensor, Tensor]]] = {}
-        if source_val is not None:
-            self.eval_sets[SOURCE_DOMAIN] = source_val
-        self.eval_sets.update(target_datasets(config))
-        self.protocol = eval_protocol(config)
+        data = config.data
+        self.train_set = source_train_set(
+            data.source, data.root, limit=data.train_images, synthetic=data.synthetic
+        )
+        self.eval_sets: dict[str, Dataset[tuple[Tensor, Tensor]]] = evaluation_sets(
+            data.source,
+            data.root,
+            data.targets,
+            data.roots,
+            limit=data.eval_images,
+            synthetic=data.synthetic,
+        )
+        evaluation = config.evaluation
+        self.protocol = eval_protocol(
+            evaluation.protocol, evaluation.mode, source=data.source, synthetic=data.synthetic
+        )
         backbone = self.segmentor.backbone
         if not isinstance(backbone, Backbone):
             raise TypeError("the trainer needs a segmentor with a ViTBackbone")
         mean, std = backbone.mean, backbone.std
-        self.train_transform = training_transform(config, mean, std)
+        self.train_transform = training_transform(data.crop_size, data.scale_range, mean, std)
         self.eval_transform = evaluation_transform(mean, std)
         self.optimizer: torch.optim.Optimizer | None = None
         self.optimizer_stage = ""
@@ -307,7 +312,7 @@ class Trainer:
         self, *, seed: int, start: int, stop: int, accumulation: int = 1
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """This rank's augmented source micro-batches of steps ``start … stop − 1`` of the
-        stream seeded ``seed`` (:class:`~fishertune.engine.data.StepSampler`), on the device."""
+        stream seeded ``seed`` (:class:`~fishertune.engine.batches.StepSampler`), on the device."""
         config = self.config
         sampler = StepSampler(
             len(self.train_set),  # type: ignore[arg-type]

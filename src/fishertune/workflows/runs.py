@@ -22,7 +22,7 @@ from torch import Tensor
 
 from fishertune.atomic import atomic_write
 from fishertune.engine.config import RunConfig, config_from_dict
-from fishertune.engine.data import SOURCE_DOMAIN
+from fishertune.engine.datasets import SOURCE_DOMAIN
 from fishertune.engine.estimate_file import read_estimate
 from fishertune.engine.run_checkpoints import has_checkpoint
 from fishertune.engine.trainer import Trainer, TrainResult
@@ -44,7 +44,7 @@ from fishertune.reporting import (
     write_report,
 )
 from fishertune.sensitivity import EstimateQuality
-from fishertune.workflows.inference import predict_ids
+from fishertune.workflows.prediction import predict_ids
 from fishertune.workflows.validity import check_validity
 
 __all__ = [

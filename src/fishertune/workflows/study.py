@@ -35,7 +35,7 @@ import numpy as np
 
 from fishertune.atomic import atomic_write
 from fishertune.engine.config import RunConfig, config_from_dict
-from fishertune.engine.data import SOURCE_DOMAIN
+from fishertune.engine.datasets import SOURCE_DOMAIN
 from fishertune.engine.run_checkpoints import has_checkpoint
 from fishertune.engine.trainer import Trainer
 from fishertune.evaluation.intervals import (

@@ -1,0 +1,127 @@
+"""The run's data sets: the source's training and validation sets and each evaluated domain.
+
+Every function takes the names, roots and counts it uses and opens the data sets through
+:func:`~fishertune.data.registry.open_dataset`, on the splits each data set declares; a missing
+root raises ValueError naming the configuration key that gives it. Items are untransformed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from fishertune.data.registry import FILE_DATASETS, dataset_class, open_dataset
+from fishertune.data.synthetic import SyntheticSettings
+
+__all__ = [
+    "SOURCE_DOMAIN",
+    "evaluation_set",
+    "evaluation_sets",
+    "source_train_set",
+    "source_val_set",
+    "target_sets",
+]
+
+SOURCE_DOMAIN = "source"
+"""Name under which the source domain's validation images are evaluated and reported."""
+
+EvalSet = Dataset[tuple[Tensor, Tensor]]
+
+
+def _checked_root(name: str, root: str | None, key: str, role: str) -> str | None:
+    """``root``, which must be given when the data set ``name`` is read from files; the
+    ValueError names the configuration ``key`` that gives it."""
+    if root is None and name in FILE_DATASETS:
+        raise ValueError(
+            f"{key}: the {role} dataset {name!r} needs its root directory "
+            f"(e.g. --set {key}=/data/{name})"
+        )
+    return root
+
+
+def source_train_set(
+    source: str, root: str | None, *, limit: int | None, synthetic: SyntheticSettings
+) -> EvalSet:
+    """The training split of the data set ``source`` (at ``root``, ``data.root``): its first
+    ``limit`` items, in its training domain."""
+    split = dataset_class(source).train_split
+    if split is None:
+        raise ValueError(f"data.source: {source!r} has no training split (evaluation only)")
+    checked = _checked_root(source, root, "data.root", "source")
+    return open_dataset(source, split, root=checked, limit=limit, synthetic=synthetic)
+
+
+def source_val_set(
+    source: str, root: str | None, *, limit: int | None, synthetic: SyntheticSettings
+) -> EvalSet | None:
+    """The evaluation split of the data set ``source`` (its first ``limit`` items, in its
+    training domain); ``None`` when it is the training split (e.g. GTAV), without opening it."""
+    cls = dataset_class(source)
+    if cls.eval_split == cls.train_split:
+        return None
+    checked = _checked_root(source, root, "data.root", "source")
+    return open_dataset(source, cls.eval_split, root=checked, limit=limit, synthetic=synthetic)
+
+
+def evaluation_set(
+    name: str,
+    *,
+    root: str | None = None,
+    domain: str | None = None,
+    limit: int | None = None,
+    synthetic: SyntheticSettings | None = None,
+) -> EvalSet:
+    """The first ``limit`` items of the evaluation split of the data set ``name`` (at ``root``),
+    in ``domain`` for a data set of several domains (see
+    :func:`~fishertune.data.registry.open_dataset`)."""
+    split = dataset_class(name).eval_split
+    return open_dataset(name, split, root=root, domain=domain, limit=limit, synthetic=synthetic)
+
+
+def target_sets(
+    source: str,
+    targets: Sequence[str],
+    roots: Mapping[str, str],
+    *,
+    limit: int | None,
+    synthetic: SyntheticSettings,
+) -> dict[str, EvalSet]:
+    """Each target's evaluation set, in ``targets`` order: for a source of several domains (the
+    embedded benchmark) the targets are its domains, otherwise data sets at ``roots[name]``
+    (``data.roots``)."""
+    if dataset_class(source).domains:
+        return {
+            domain: evaluation_set(source, domain=domain, limit=limit, synthetic=synthetic)
+            for domain in targets
+        }
+    return {
+        name: evaluation_set(
+            name,
+            root=_checked_root(name, roots.get(name), f"data.roots.{name}", "target"),
+            limit=limit,
+            synthetic=synthetic,
+        )
+        for name in targets
+    }
+
+
+def evaluation_sets(
+    source: str,
+    root: str | None,
+    targets: Sequence[str],
+    roots: Mapping[str, str],
+    *,
+    limit: int | None,
+    synthetic: SyntheticSettings,
+) -> dict[str, EvalSet]:
+    """Every domain a run is evaluated on: the source's validation set as
+    :data:`SOURCE_DOMAIN` when it has one (:func:`source_val_set`), then the targets
+    (:func:`target_sets`), each limited to ``limit`` items."""
+    sets: dict[str, EvalSet] = {}
+    source_val = source_val_set(source, root, limit=limit, synthetic=synthetic)
+    if source_val is not None:
+        sets[SOURCE_DOMAIN] = source_val
+    sets.update(target_sets(source, targets, roots, limit=limit, synthetic=synthetic))
+    return sets

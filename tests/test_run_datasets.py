@@ -1,0 +1,81 @@
+"""The run's data sets and protocol from names, roots and counts (fishertune.engine.datasets,
+fishertune.engine.evaluate.eval_protocol)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_fixtures import build_cityscapes
+from fishertune.data.cityscapes import Cityscapes
+from fishertune.data.synthetic import SyntheticSettings, SyntheticStreets
+from fishertune.engine.datasets import (
+    SOURCE_DOMAIN,
+    evaluation_set,
+    evaluation_sets,
+    source_train_set,
+    source_val_set,
+    target_sets,
+)
+from fishertune.engine.evaluate import eval_protocol
+from fishertune.evaluation.protocols import get_protocol
+
+SMALL = SyntheticSettings(size=(32, 64), seed=2)
+
+
+def test_the_benchmark_gives_its_source_and_styles() -> None:
+    train = source_train_set("synthetic", None, limit=6, synthetic=SMALL)
+    assert isinstance(train, SyntheticStreets)
+    assert (train.split, train.style, train.size, train.seed, len(train)) == (
+        "train",
+        "source",
+        (32, 64),
+        2,
+        6,
+    )
+    sets = evaluation_sets("synthetic", None, ["night", "fog"], {}, limit=3, synthetic=SMALL)
+    assert list(sets) == [SOURCE_DOMAIN, "night", "fog"]
+    for style, dataset in zip(("source", "night", "fog"), sets.values(), strict=True):
+        assert isinstance(dataset, SyntheticStreets)
+        assert (dataset.split, dataset.style, len(dataset)) == ("val", style, 3)
+
+
+def test_files_need_their_roots_named_by_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^data\.root: the source dataset 'gtav' needs its root"):
+        source_train_set("gtav", None, limit=None, synthetic=SMALL)
+    # GTAV evaluates on its training split: no validation set, and its root is not needed
+    assert source_val_set("gtav", None, limit=None, synthetic=SMALL) is None
+    with pytest.raises(ValueError, match=r"^data\.roots\.bdd100k: the target dataset 'bdd100k'"):
+        target_sets("gtav", ["bdd100k"], {}, limit=None, synthetic=SMALL)
+
+
+def test_a_data_set_evaluates_on_its_declared_split(tmp_path: Path) -> None:
+    build_cityscapes(tmp_path, "val", [0, 1, 255], "labelTrainIds")
+    whole = evaluation_set("cityscapes", root=str(tmp_path))
+    assert isinstance(whole, Cityscapes)
+    assert (whole.split, len(whole)) == ("val", 3)
+    assert len(evaluation_set("cityscapes", root=str(tmp_path), limit=2)) == 2
+    sets = evaluation_sets(
+        "cityscapes",
+        str(tmp_path),
+        ["cityscapes"],
+        {"cityscapes": str(tmp_path)},
+        limit=1,
+        synthetic=SMALL,
+    )
+    assert {name: len(dataset) for name, dataset in sets.items()} == {
+        SOURCE_DOMAIN: 1,
+        "cityscapes": 1,
+    }
+
+
+def test_a_run_on_the_benchmark_tests_at_its_image_size() -> None:
+    rein = eval_protocol("rein", "whole", source="synthetic", synthetic=SMALL)
+    assert (rein.name, rein.mode, rein.default_size) == ("rein", "whole", (64, 32))
+    assert rein.size_for("fog") == (64, 32)
+    assert rein.size_for("cityscapes") == (1024, 512)
+    real = eval_protocol("fullres", "slide", source="gtav", synthetic=SMALL)
+    assert real == get_protocol("fullres")
+    with pytest.raises(ValueError, match="unknown evaluation protocol 'nope'"):
+        eval_protocol("nope", "slide", source="gtav", synthetic=SMALL)
