@@ -28,6 +28,7 @@ from fishertune.data.labels import LabelConversion, LabelMap
 
 __all__ = [
     "DatasetError",
+    "EvaluationTreeDataset",
     "LabelCandidate",
     "Pair",
     "SegmentationDataset",
@@ -286,3 +287,14 @@ class TreeDataset(SegmentationDataset):
     def find_pairs(self, base: Path) -> list[Pair]:
         """Every (image, label) pair of ``self.split`` under the root ``base``."""
         raise NotImplementedError
+
+
+class EvaluationTreeDataset(TreeDataset):
+    """A labelled test set read from files (the night and fog targets): never trained on, its
+    labels train ids already, tested at 1024×512 under every real-data protocol (Rein's size
+    for a data set it names none for). Subclasses declare :attr:`splits` and
+    :attr:`eval_split`."""
+
+    train_split = None
+    test_sizes = per_protocol(rein=(1024, 512), fullres=(1024, 512), synthetic=None)
+    label_conversion = None

@@ -18,13 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fishertune.data.base import (
-    LabelCandidate,
-    Pair,
-    TreeDataset,
-    pair_by_image,
-    per_protocol,
-)
+from fishertune.data.base import EvaluationTreeDataset, LabelCandidate, Pair, pair_by_image
 from fishertune.data.labels import TRAIN_ID_MAP
 
 __all__ = ["FoggyDriving", "FoggyZurich"]
@@ -50,27 +44,21 @@ def _pair_by_label(root: Path) -> list[Pair]:
     return pairs
 
 
-class FoggyZurich(TreeDataset):
+class FoggyZurich(EvaluationTreeDataset):
     """Foggy Zurich's labelled test images with their train-id labels."""
 
     splits = ("test",)
-    train_split = None
     eval_split = "test"
-    test_sizes = per_protocol(rein=(1024, 512), fullres=(1024, 512), synthetic=None)
-    label_conversion = None
 
     def find_pairs(self, base: Path) -> list[Pair]:
         return _pair_by_label(base)
 
 
-class FoggyDriving(TreeDataset):
+class FoggyDriving(EvaluationTreeDataset):
     """Foggy Driving test images with fine (else coarse) train-id labels."""
 
     splits = ("test",)
-    train_split = None
     eval_split = "test"
-    test_sizes = per_protocol(rein=(1024, 512), fullres=(1024, 512), synthetic=None)
-    label_conversion = None
 
     def find_pairs(self, base: Path) -> list[Pair]:
 

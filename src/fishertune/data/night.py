@@ -14,20 +14,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fishertune.data.base import LabelCandidate, Pair, TreeDataset, pair_by_image, per_protocol
+from fishertune.data.base import EvaluationTreeDataset, LabelCandidate, Pair, pair_by_image
 from fishertune.data.labels import TRAIN_ID_MAP
 
 __all__ = ["DarkZurich", "NighttimeDriving"]
 
 
-class DarkZurich(TreeDataset):
+class DarkZurich(EvaluationTreeDataset):
     """Dark Zurich nighttime images with train-id labels (the labelled val split)."""
 
     splits = ("val",)
-    train_split = None
     eval_split = "val"
-    test_sizes = per_protocol(rein=(1024, 512), fullres=(1024, 512), synthetic=None)
-    label_conversion = None
 
     def find_pairs(self, base: Path) -> list[Pair]:
 
@@ -40,14 +37,11 @@ class DarkZurich(TreeDataset):
         return pair_by_image(base, pattern, candidates)
 
 
-class NighttimeDriving(TreeDataset):
+class NighttimeDriving(EvaluationTreeDataset):
     """Nighttime Driving test images with their coarse train-id labels."""
 
     splits = ("test",)
-    train_split = None
     eval_split = "test"
-    test_sizes = per_protocol(rein=(1024, 512), fullres=(1024, 512), synthetic=None)
-    label_conversion = None
 
     def find_pairs(self, base: Path) -> list[Pair]:
         labels = base / "gtCoarse_daytime_trainvaltest" / self.split / "night"
