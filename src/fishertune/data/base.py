@@ -30,6 +30,7 @@ __all__ = [
     "DatasetError",
     "EvaluationTreeDataset",
     "LabelCandidate",
+    "LabelledImages",
     "Pair",
     "SegmentationDataset",
     "TestSize",
@@ -46,6 +47,10 @@ Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 LabelCandidate = tuple[Path, Callable[[], LabelMap]]
 """A label file that may exist for an image, and (lazily) the id table its values use."""
+
+LabelledImages = Dataset[tuple[Tensor, Tensor]]
+"""Any data set of ``(image, label)`` items: a :class:`SegmentationDataset`, a ``Subset`` of one,
+the embedded benchmark, a transformed view."""
 
 TestSize = tuple[int, int] | None
 """A data set's test scale ``(W, H)`` under one protocol; ``None``: the protocol's default size

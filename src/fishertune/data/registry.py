@@ -10,11 +10,10 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch import Tensor
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 
 from fishertune.data.acdc import ACDC
-from fishertune.data.base import SegmentationDataset, TestSize, TreeDataset
+from fishertune.data.base import LabelledImages, SegmentationDataset, TestSize, TreeDataset
 from fishertune.data.bdd100k import BDD100K
 from fishertune.data.cityscapes import Cityscapes
 from fishertune.data.foggy import FoggyDriving, FoggyZurich
@@ -58,8 +57,6 @@ TRAINABLE_DATASETS: tuple[str, ...] = tuple(
     name for name, cls in DATASETS.items() if cls.train_split is not None
 )
 """The registered data sets a run can train on (those declaring a training split)."""
-
-EvalSet = Dataset[tuple[Tensor, Tensor]]
 
 
 def dataset_class(name: str) -> type[SegmentationDataset]:
@@ -111,7 +108,7 @@ def open_dataset(
     domain: str | None = None,
     limit: int | None = None,
     synthetic: SyntheticSettings | None = None,
-) -> EvalSet:
+) -> LabelledImages:
     """The first ``limit`` items (all for ``None``) of ``split`` of the data set ``name``.
 
     A data set read from files needs its ``root``. The generated benchmark is generated with

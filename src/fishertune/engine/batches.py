@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from fishertune.data.base import Transform
+from fishertune.data.base import LabelledImages, Transform
 from fishertune.data.transforms import Compose, test_transform, train_transform
 
 __all__ = [
@@ -46,7 +46,7 @@ def sample_seed(seed: int, position: int) -> int:
 class _Keyed(Dataset[tuple[Tensor, Tensor]]):
     """Items ``(index, seed)`` → ``transform(dataset[index])`` drawing from ``seed``."""
 
-    def __init__(self, dataset: Dataset[tuple[Tensor, Tensor]], transform: Compose) -> None:
+    def __init__(self, dataset: LabelledImages, transform: Compose) -> None:
         self.dataset = dataset
         self.transform = transform
 
@@ -115,7 +115,7 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
 
 
 def train_loader(
-    dataset: Dataset[tuple[Tensor, Tensor]],
+    dataset: LabelledImages,
     transform: Compose,
     sampler: StepSampler,
     *,
@@ -136,7 +136,7 @@ def train_loader(
 class _Transformed(Dataset[tuple[Tensor, Tensor]]):
     """A dataset with a deterministic (evaluation) transform applied."""
 
-    def __init__(self, dataset: Dataset[tuple[Tensor, Tensor]], transform: Transform) -> None:
+    def __init__(self, dataset: LabelledImages, transform: Transform) -> None:
         self.dataset = dataset
         self.transform = transform
 
@@ -149,7 +149,7 @@ class _Transformed(Dataset[tuple[Tensor, Tensor]]):
 
 
 def eval_loader(
-    dataset: Dataset[tuple[Tensor, Tensor]],
+    dataset: LabelledImages,
     transform: Transform,
     *,
     batch_size: int,

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from torch import Tensor
-from torch.utils.data import Dataset
-
+from fishertune.data.base import LabelledImages
 from fishertune.data.registry import FILE_DATASETS, dataset_class, open_dataset
 from fishertune.data.synthetic import SyntheticSettings
 
@@ -27,8 +25,6 @@ __all__ = [
 SOURCE_DOMAIN = "source"
 """Name under which the source domain's validation images are evaluated and reported."""
 
-EvalSet = Dataset[tuple[Tensor, Tensor]]
-
 
 def _checked_root(name: str, root: str | None, key: str, role: str) -> str | None:
     """``root``, which must be given when the data set ``name`` is read from files; the
@@ -43,7 +39,7 @@ def _checked_root(name: str, root: str | None, key: str, role: str) -> str | Non
 
 def source_train_set(
     source: str, root: str | None, *, limit: int | None, synthetic: SyntheticSettings
-) -> EvalSet:
+) -> LabelledImages:
     """The training split of the data set ``source`` (at ``root``, ``data.root``): its first
     ``limit`` items, in its training domain."""
     split = dataset_class(source).train_split
@@ -55,7 +51,7 @@ def source_train_set(
 
 def source_val_set(
     source: str, root: str | None, *, limit: int | None, synthetic: SyntheticSettings
-) -> EvalSet | None:
+) -> LabelledImages | None:
     """The evaluation split of the data set ``source`` (its first ``limit`` items, in its
     training domain); ``None`` when it is the training split (e.g. GTAV), without opening it."""
     cls = dataset_class(source)
@@ -72,7 +68,7 @@ def evaluation_set(
     domain: str | None = None,
     limit: int | None = None,
     synthetic: SyntheticSettings | None = None,
-) -> EvalSet:
+) -> LabelledImages:
     """The first ``limit`` items of the evaluation split of the data set ``name`` (at ``root``),
     in ``domain`` for a data set of several domains (see
     :func:`~fishertune.data.registry.open_dataset`)."""
@@ -87,7 +83,7 @@ def target_sets(
     *,
     limit: int | None,
     synthetic: SyntheticSettings,
-) -> dict[str, EvalSet]:
+) -> dict[str, LabelledImages]:
     """Each target's evaluation set, in ``targets`` order: for a source of several domains (the
     embedded benchmark) the targets are its domains, otherwise data sets at ``roots[name]``
     (``data.roots``)."""
@@ -115,11 +111,11 @@ def evaluation_sets(
     *,
     limit: int | None,
     synthetic: SyntheticSettings,
-) -> dict[str, EvalSet]:
+) -> dict[str, LabelledImages]:
     """Every domain a run is evaluated on: the source's validation set as
     :data:`SOURCE_DOMAIN` when it has one (:func:`source_val_set`), then the targets
     (:func:`target_sets`), each limited to ``limit`` items."""
-    sets: dict[str, EvalSet] = {}
+    sets: dict[str, LabelledImages] = {}
     source_val = source_val_set(source, root, limit=limit, synthetic=synthetic)
     if source_val is not None:
         sets[SOURCE_DOMAIN] = source_val

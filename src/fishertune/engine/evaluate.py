@@ -13,10 +13,8 @@ import dataclasses
 from collections.abc import Mapping
 
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset
 
-from fishertune.data.base import Transform
+from fishertune.data.base import LabelledImages, Transform
 from fishertune.data.registry import FILE_DATASETS
 from fishertune.data.synthetic import SyntheticSettings
 from fishertune.engine.batches import eval_loader
@@ -43,7 +41,7 @@ def eval_protocol(
 
 def evaluate_segmentor(
     segmentor: Predictor,
-    datasets: Mapping[str, Dataset[tuple[Tensor, Tensor]]],
+    datasets: Mapping[str, LabelledImages],
     transform: Transform,
     protocol: EvalProtocol,
     *,

@@ -46,9 +46,8 @@ from typing import Any
 import torch
 import yaml
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from fishertune.data.base import SegmentationDataset
+from fishertune.data.base import LabelledImages, SegmentationDataset
 from fishertune.engine.batches import (
     StepSampler,
     evaluation_transform,
@@ -161,7 +160,7 @@ class Trainer:
         self.train_set = source_train_set(
             data.source, data.root, limit=data.train_images, synthetic=data.synthetic
         )
-        self.eval_sets: dict[str, Dataset[tuple[Tensor, Tensor]]] = evaluation_sets(
+        self.eval_sets: dict[str, LabelledImages] = evaluation_sets(
             data.source,
             data.root,
             data.targets,

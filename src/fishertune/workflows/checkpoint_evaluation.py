@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from torch import Tensor
-from torch.utils.data import Dataset
-
+from fishertune.data.base import LabelledImages
 from fishertune.data.registry import FILE_DATASETS, dataset_class
 from fishertune.data.synthetic import SyntheticSettings
 from fishertune.engine.config import DataConfig
@@ -25,12 +23,10 @@ from fishertune.evaluation.domains import DomainResults
 
 __all__ = ["evaluate_checkpoint"]
 
-EvalSet = Dataset[tuple[Tensor, Tensor]]
-
 
 def _entry_domain(
     entry: str, source: str, synthetic: SyntheticSettings, limit: int | None
-) -> tuple[str, EvalSet]:
+) -> tuple[str, LabelledImages]:
     """The domain named by a ``data`` entry of :func:`evaluate_checkpoint` and its evaluation
     set: ``NAME=ROOT`` a data set read from files, else a domain of the run's ``source`` data
     set (the embedded benchmark's styles, generated at the ``synthetic`` settings); ValueError
@@ -49,14 +45,16 @@ def _entry_domain(
     )
 
 
-def _domains(data: DataConfig, entries: Sequence[str], limit: int | None) -> dict[str, EvalSet]:
+def _domains(
+    data: DataConfig, entries: Sequence[str], limit: int | None
+) -> dict[str, LabelledImages]:
     """The evaluation sets, each limited to ``limit`` items: the run's (``entries`` empty) or
     those ``entries`` name, in order."""
     if not entries:
         return evaluation_sets(
             data.source, data.root, data.targets, data.roots, limit=limit, synthetic=data.synthetic
         )
-    domains: dict[str, EvalSet] = {}
+    domains: dict[str, LabelledImages] = {}
     for entry in entries:
         name, dataset = _entry_domain(entry, data.source, data.synthetic, limit)
         if name in domains:
