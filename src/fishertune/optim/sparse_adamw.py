@@ -111,7 +111,8 @@ class SparseAdamW(Optimizer):
         super().__init__(params, defaults)
         self._parameters: dict[str, Tensor] = dict(parameters or {})
         indices: dict[str, Tensor] = {}
-        for name, param, index in self._checked(selection or Selection.empty({})):
+        given = Selection.empty({}) if selection is None else selection
+        for name, param, index in self._checked(given):
             indices[name] = index
             self.state[param] = {
                 "indices": index,
@@ -143,31 +144,24 @@ class SparseAdamW(Optimizer):
         Parameters ``selection`` does not name keep theirs. Nothing changes if any entry is
         rejected.
         """
-        grown: list[tuple[str, Tensor, Tensor]] = []
-        for name, param, index in self._checked(selection):
-            state = self.state[param]
-            if "indices" not in state:
+        checked = self._checked(selection)
+        for name, param, _ in checked:
+            if "indices" not in self.state[param]:
                 raise ValueError(
                     f"selection[{name!r}]: the parameter ({_describe(param)}) has no selection "
                     "and updates densely; only selected parameters can have their selection grown"
                 )
-            if not bool(torch.isin(state["indices"], index, assume_unique=True).all()):
-                raise ValueError(
-                    f"selections may only grow: the new selection of {name!r} "
-                    f"({_describe(param)}) drops elements that are currently selected"
-                )
-            grown.append((name, param, index))
-        indices = dict(self._selection)
-        for name, param, index in grown:
-            state = self.state[param]
+        grown = self._selection.grow(selection)  # refuses to drop an element; changes nothing
+        for name, param, _ in checked:
+            state, index = self.state[param], grown[name]
             positions = torch.searchsorted(index, state["indices"])
             for key in ("exp_avg", "exp_avg_sq", "step"):
                 old = state[key]
                 state[key] = old.new_zeros(index.numel()).index_copy_(0, positions, old)
             if index.numel() > state["indices"].numel():
                 state["min_step"] = 0
-            state["indices"] = indices[name] = index
-        self._selection = self._held(indices)
+            state["indices"] = index
+        self._selection = grown
         mark_trainable(self._selection, self._parameters)
 
     @overload

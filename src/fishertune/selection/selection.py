@@ -186,7 +186,9 @@ class Selection(Mapping[str, Tensor]):
 
     # ---------------------------------------------------------------- growth
     def grow(self, larger: Selection) -> Selection:
-        """This selection with the tensors of ``larger`` replaced by its (superset) indices.
+        """This selection with the tensors of ``larger`` replaced by its (superset) indices,
+        moved to where this selection's indices live (device and dtype; no copy when they
+        already do).
 
         Every tensor of ``larger`` must be one of this selection's, of the same shape, and hold
         every element selected here (selections only grow, §7); tensors ``larger`` does not name
@@ -195,15 +197,18 @@ class Selection(Mapping[str, Tensor]):
         unknown = sorted(set(larger) - set(self._indices))
         if unknown:
             raise ValueError(f"the grown selection names tensors not selected from: {unknown[:5]}")
+        grown = dict(self._indices)
         for name in larger:
             self._check_same_shape(name, larger)
             old = self._indices[name]
-            new = larger[name].to(device=old.device, dtype=old.dtype)
-            if not bool(torch.isin(old, new, assume_unique=True).all()):
+            grown[name] = larger[name].to(device=old.device, dtype=old.dtype)
+            if not bool(torch.isin(old, grown[name], assume_unique=True).all()):
                 raise ValueError(
-                    f"selections may only grow: the new selection of {name!r} drops elements"
+                    f"selections may only grow: the new selection of {name!r} drops elements "
+                    f"of the tensor of shape {tuple(self._shapes[name])} that are currently "
+                    "selected"
                 )
-        return Selection._trusted({**self._indices, **larger._indices}, dict(self._shapes))
+        return Selection._trusted(grown, dict(self._shapes))
 
     def _check_same_shape(self, name: str, other: Selection) -> None:
         if other.shape(name) != self._shapes[name]:

@@ -81,10 +81,6 @@ def _part_of(what: str, name: str, selection: Selection, score: Tensor) -> Tenso
     return selection[name].to(device=score.device, dtype=torch.int64)
 
 
-def _flat_mask(index: Tensor, numel: int) -> Tensor:
-    return torch.zeros(numel, dtype=torch.bool, device=index.device).index_fill_(0, index, True)
-
-
 def _prepare(
     scores: Mapping[str, Tensor],
     candidates: Selection | None,
@@ -119,7 +115,7 @@ def _prepare(
                     "tensor (an empty one to exclude a tensor)"
                 )
             index = _part_of("candidates", name, candidates, score)
-            cand = _flat_mask(index, flat.numel())
+            cand = candidates.mask(name).to(score.device).reshape(-1)
             n_candidates = index.numel()
         kept = None
         if keep is not None and name in keep:

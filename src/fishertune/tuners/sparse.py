@@ -192,14 +192,13 @@ class SparseTuner(Tuner):
             previous = Selection.empty({n: p.shape for n, p in params.items()}, device)
         grown = previous.grow(selection)
         for name in selection:
-            param, index = params[name], grown[name].to(params[name].device)
+            param, index = params[name], grown[name]  # on the tensor's device, as `previous`
             if grown.is_whole(name):
                 self._reference.pop(name, None)  # saved whole, no reference needed
                 continue
             values = param.detach().reshape(-1)[index.long()]
             if name in self._reference:
-                old = previous[name].to(index.device)
-                values[torch.searchsorted(index, old)] = self._reference[name]
+                values[torch.searchsorted(index, previous[name])] = self._reference[name]
             self._reference[name] = values
         self._selection = grown
         if self._optimizer is None:
@@ -299,11 +298,9 @@ class SparseTuner(Tuner):
         if missing:
             raise ValueError(f"saved state lacks decoder keys of {self.name!r}: {missing[:10]}")
         if selected:
-            # every candidate gets an entry, as after a selection: unsaved ones select nothing
-            shapes = {n: p.shape for n, p in params.items()}
-            empty = Selection.empty(shapes, device=next(iter(params.values())).device)
+            # candidates the state does not name select nothing (select() gives them an entry)
             try:
-                saved = Selection({**empty, **selected}, shapes)
+                saved = Selection(selected, {n: params[n].shape for n in selected})
             except (TypeError, ValueError) as error:
                 raise ValueError(f"saved state: {error}") from None
             self.select(saved)  # records the pretrained values first
