@@ -30,6 +30,7 @@ __all__ = [
     "build_dataset",
     "dataset_class",
     "declared_test_size",
+    "file_dataset_class",
     "open_dataset",
 ]
 
@@ -67,15 +68,17 @@ def dataset_class(name: str) -> type[SegmentationDataset]:
         raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}") from None
 
 
-def _file_class(name: str) -> type[TreeDataset]:
-    """The class of the data set ``name`` read from files; ValueError for any other name."""
-    if name not in FILE_DATASETS:
+def file_dataset_class(name: str) -> type[TreeDataset]:
+    """The class of the data set ``name`` read from files; ValueError naming the data sets with
+    files for an unknown name or the generated benchmark."""
+    cls = DATASETS.get(name)
+    if cls is None:
+        raise ValueError(f"unknown dataset {name!r}; choose from {list(FILE_DATASETS)}")
+    if not issubclass(cls, TreeDataset):
         raise ValueError(
-            f"unknown dataset {name!r}; the data sets read from a directory are "
+            f"dataset {name!r} is generated, not read from files; the data sets with files are "
             f"{list(FILE_DATASETS)}"
         )
-    cls = DATASETS[name]
-    assert issubclass(cls, TreeDataset)
     return cls
 
 
@@ -84,7 +87,8 @@ def build_dataset(
 ) -> TreeDataset:
     """Read the data set ``name`` from ``root``; ``options``: ``transform``, ``check``, and
     ``conditions`` for ACDC. ValueError for a name that is not read from files."""
-    factory: Callable[..., TreeDataset] = _file_class(name)  # the families share (root, split)
+    # the families share (root, split, ...)
+    factory: Callable[..., TreeDataset] = file_dataset_class(name)
     return factory(root, split, **options)
 
 

@@ -39,7 +39,7 @@ from fishertune.data.base import (
     check_root,
 )
 from fishertune.data.labels import LabelMap, LabelValueError
-from fishertune.data.registry import DATASETS, FILE_DATASETS, build_dataset
+from fishertune.data.registry import DATASETS, build_dataset, file_dataset_class
 from fishertune.progress import track
 
 __all__ = [
@@ -80,17 +80,11 @@ def default_workers() -> int:
 
 
 def _dataset_class(name: str) -> type[TreeDataset]:
-    """The class of the data set ``name`` read from files; :class:`UsageError` for any other
-    name (the generated benchmark has no files)."""
-    cls = DATASETS.get(name)
-    if cls is None:
-        raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(FILE_DATASETS)}")
-    if not issubclass(cls, TreeDataset):
-        raise UsageError(
-            f"dataset {name!r} is generated, not read from files; the data sets with files are "
-            f"{', '.join(FILE_DATASETS)}"
-        )
-    return cls
+    """:func:`~fishertune.data.registry.file_dataset_class`, its error a :class:`UsageError`."""
+    try:
+        return file_dataset_class(name)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _root(root: str | os.PathLike[str]) -> Path:

@@ -27,10 +27,10 @@ from fishertune.engine.checkpoint import (
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.engine.evaluate import eval_protocol
 from fishertune.evaluation.protocols import EvalProtocol
-from fishertune.models import Backbone, build_segmentor
+from fishertune.models import build_segmentor
 from fishertune.models.segmentor import Segmentor
 from fishertune.tuners import build_tuner, tuner_class
-from fishertune.tuners.base import Tuner
+from fishertune.tuners.base import Tuner, backbone_of
 
 __all__ = [
     "EMA_PREFIX",
@@ -95,9 +95,7 @@ class TrainedModel:
 
     def evaluation_transform(self) -> Compose:
         """The run's evaluation transform: normalisation by the backbone's statistics."""
-        backbone = self.segmentor.backbone
-        if not isinstance(backbone, Backbone):
-            raise TypeError(f"{self.path}: the segmentor's backbone is not a ViTBackbone")
+        backbone = backbone_of(self.segmentor, str(self.path))
         return evaluation_transform(backbone.mean, backbone.std)
 
     def protocol(self, name: str | None = None, mode: str | None = None) -> EvalProtocol:

@@ -75,9 +75,8 @@ from fishertune.engine.run_checkpoints import (
 )
 from fishertune.engine.run_log import RunLog
 from fishertune.evaluation.domains import DomainResults
-from fishertune.models import Backbone
 from fishertune.progress import StepBar
-from fishertune.tuners.base import TrainableCount, no_estimation_stage
+from fishertune.tuners.base import TrainableCount, backbone_of, no_estimation_stage
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "has_checkpoint", "lr_factor"]
 
@@ -172,9 +171,7 @@ class Trainer:
         self.protocol = eval_protocol(
             evaluation.protocol, evaluation.mode, source=data.source, synthetic=data.synthetic
         )
-        backbone = self.segmentor.backbone
-        if not isinstance(backbone, Backbone):
-            raise TypeError("the trainer needs a segmentor with a ViTBackbone")
+        backbone = backbone_of(self.segmentor, "the trainer")
         mean, std = backbone.mean, backbone.std
         self.train_transform = training_transform(data.crop_size, data.scale_range, mean, std)
         self.eval_transform = evaluation_transform(mean, std)
