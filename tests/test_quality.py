@@ -11,6 +11,7 @@ from scipy.stats import spearmanr
 
 from fishertune.sensitivity import (
     Agreement,
+    DomainTerm,
     EstimateQuality,
     score_agreement,
     spearman,
@@ -94,3 +95,31 @@ def test_quality_report_round_trips_and_warns_near_chance() -> None:
     assert "diagonal Fisher only at chance" in warnings[1]
     assert any("gamma 1e-09" in line for line in quality.describe())
     assert EstimateQuality({"F": good}, good, "variational", {}).warnings() == []
+
+
+@pytest.mark.parametrize(
+    ("overlap_f", "overlap_df", "warning"),
+    [
+        (0.97, 0.10, "is 97.0% the F selection; the domain term ΔF does not count"),
+        (0.30, 0.95, "is 95.0% the ΔF selection; the task Fisher F does not count"),
+        (0.60, 0.50, None),
+    ],
+)
+def test_domain_term_check_warns_when_one_term_decides(
+    overlap_f: float, overlap_df: float, warning: str | None
+) -> None:
+    term = DomainTerm("normalised", 0.135, overlap_f, overlap_df, 0.4, 50, 1000)
+    quality = EstimateQuality({}, None, "diagonal", {"floor": 1e-7}, term)
+    stored = json.loads(json.dumps(quality.to_dict(), sort_keys=True))
+    assert EstimateQuality.from_dict(stored) == quality
+    warnings = quality.warnings()
+    if warning is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1
+        assert warning in warnings[0]
+    described = [line for line in quality.describe() if line.startswith("domain term")]
+    assert described == [
+        f"domain term: DRF (normalised, c 0.135) shares {100 * overlap_f:.1f}% of its top-5% "
+        f"with F, {100 * overlap_df:.1f}% with ΔF; Spearman(F, ΔF) 0.40"
+    ]

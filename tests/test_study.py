@@ -66,8 +66,15 @@ def test_arms_shared_by_parts_are_one_run_and_different_arms_are_not() -> None:
     assert keys["perturbation"]["Rein + FP"] == "rein-train_perturbation=true"
     for part in keys.values():
         assert len(set(part.values())) == len(part)  # no two arms of a part are one run
+    selection = keys["selection"]
+    assert selection["F"] == keys["scores"]["F"]
+    assert selection["DRF normalised"] == keys["scores"]["DRF"]
+    assert selection["ΔF"] == keys["scores"]["ΔF"]
+    assert selection["F shuffled"] == "fishertune-allocation=shuffled-schedule=constant-variant=F"
+    assert selection["DRF paper"] == "fishertune-combine=paper-schedule=constant"
+    assert selection["Full"] == "full"
     distinct = {key for part in keys.values() for key in part.values()}
-    assert len(distinct) == 27
+    assert len(distinct) == 32
 
 
 def test_a_part_refuses_unknown_arms_and_repeated_labels() -> None:
@@ -221,14 +228,22 @@ def test_the_quick_study_writes_every_part_with_verdicts_and_figures(
     estimator = record["parts"]["estimator"]["arms"]
     assert "split-half ρ F" in estimator["F stable"]["quality"]
     assert "stable F vs diagonal ρ" in estimator["DRF stable"]["quality"]
+    # Eq. 15 as printed selects exactly F here: its arm reuses F's runs, with its own estimate
+    selection = record["parts"]["selection"]["arms"]
+    assert selection["DRF paper"]["quality"]["DRF top-k ∩ F"]["mean"] == 1.0
+    assert selection["DRF paper"]["seeds"] == selection["F"]["seeds"]
+    paper_run = out / "runs" / selection["DRF paper"]["key"] / "seed0" / "study_run.json"
+    assert json.loads(paper_run.read_text(encoding="utf-8"))["reused"]["options"]["variant"] == "F"
+    assert selection["DRF normalised"]["quality"]["DRF top-k ∩ F"]["mean"] < 1.0
+    assert selection["DRF normalised"]["seeds"] != selection["F"]["seeds"]
     capacity = record["parts"]["capacity"]["arms"]
     assert capacity["Freeze"]["trainable"] == 0 < capacity["Rein"]["trainable"]
     assert capacity["Full"]["trainable"] > capacity["FisherTune"]["trainable"]
     figures = {name: f"figures/{name}.png" for name in record["parts"]}
     figures["sensitivity"] = "figures/fig6_sensitivity.png"
     assert (out / "study.md").read_text(encoding="utf-8") == render_markdown(record, figures)
-    # Each arm ran once however many parts list it: 27 distinct arms × 2 seeds.
-    assert len(list((out / "runs").glob("*/seed*/study_run.json"))) == 54
+    # Each arm ran once however many parts list it: 32 distinct arms × 2 seeds.
+    assert len(list((out / "runs").glob("*/seed*/study_run.json"))) == 64
 
 
 def test_a_study_refuses_to_overwrite_and_resume_reuses_finished_runs(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from scipy.stats import spearmanr
 from torch import Tensor
 
 import fishertune.tuners.childtune
@@ -170,9 +171,12 @@ def test_load_saved_rejects_foreign_keys() -> None:
         fresh.load_saved({**state, **bad_delta})
 
 
-def test_growth_follows_the_schedule_and_stays_nested() -> None:
+@pytest.mark.parametrize("allocation", ["global", "per_tensor", "shuffled"])
+def test_growth_follows_the_schedule_and_stays_nested(allocation: str) -> None:
     total_steps, refresh = 10, 3
-    tuner = prepared("fishertune", estimator="diagonal", refresh_every=refresh)
+    tuner = prepared(
+        "fishertune", estimator="diagonal", refresh_every=refresh, allocation=allocation
+    )
     assert isinstance(tuner, ScoredTuner)
     total = tuner.backbone_total
     assert tuner.selected_count == round(0.01 * total)  # δ_min right after estimation
@@ -224,7 +228,7 @@ def test_constant_schedule_selects_the_budget_at_once() -> None:
 
 
 def test_variants_give_different_masks() -> None:
-    """F, dF and DRF rank differently; DRF = F + c·ΔF (Eq. 7).
+    """F, dF and DRF rank differently; with ``combine="paper"`` DRF = F + c·ΔF (Eq. 7).
 
     With the diagonal estimator the dimensionless ΔF (~1e-2 here) swamps F (~1e-9) unless c is
     small, so the shift scale s = 8 (c = e^-16) makes all three rankings differ.
@@ -236,6 +240,7 @@ def test_variants_give_different_masks() -> None:
             "fishertune",
             estimator="diagonal",
             variant=variant,
+            combine="paper",
             schedule="constant",
             perturbation_scale=scale,
         )
@@ -251,7 +256,13 @@ def test_variants_give_different_masks() -> None:
 def test_variational_estimator_combines_by_eq_15() -> None:
     scores, masks = {}, {}
     for variant in ("F", "dF", "DRF"):
-        tuner = prepared("fishertune", variant=variant, variational_steps=4, schedule="constant")
+        tuner = prepared(
+            "fishertune",
+            variant=variant,
+            variational_steps=4,
+            schedule="constant",
+            combine="paper",
+        )
         assert isinstance(tuner, ScoredTuner)
         scores[variant], masks[variant] = tuner.scores, tuner.selection.as_masks()
         assert all(bool(s.isfinite().all()) for s in tuner.scores.values())
@@ -259,6 +270,52 @@ def test_variational_estimator_combines_by_eq_15() -> None:
     coef = math.exp(-2.0)
     for name, drf in scores["DRF"].items():
         torch.testing.assert_close(drf, scores["F"][name] + coef * scores["dF"][name])
+
+
+@pytest.mark.parametrize("estimator", ["diagonal", "variational"])
+def test_default_combination_is_normalised_and_reports_the_domain_term(estimator: str) -> None:
+    """DRF = F/mean(F) + c·ΔF̃/mean(ΔF̃) over the candidates (method.md §5), and the estimate
+    reports how much of the DRF selection is the F and the ΔF̃ selection, and ρ(F, ΔF̃)."""
+    options = {"estimator": estimator, "variational_steps": 4, "schedule": "constant"}
+    tuners = {v: prepared("fishertune", variant=v, **options) for v in ("F", "dF", "DRF")}
+    scores = {v: tuner.scores for v, tuner in tuners.items()}  # type: ignore[attr-defined]
+
+    def mean(values: dict[str, Tensor]) -> float:
+        finite = torch.cat([v[v.isfinite()].flatten() for v in values.values()])
+        return float(finite.double().mean())
+
+    coef = math.exp(-2.0)
+    f_mean, d_mean = mean(scores["F"]), mean(scores["dF"])
+    for name, drf in scores["DRF"].items():
+        finite = drf.isfinite()
+        want = scores["F"][name] / f_mean + coef * scores["dF"][name] / d_mean
+        torch.testing.assert_close(drf[finite], want[finite].float())
+    term = tuners["DRF"].quality.domain_term  # type: ignore[attr-defined]
+    assert term is not None
+    assert term.combine == "normalised"
+    assert term.coef == coef
+    budget = tuners["DRF"].budget()
+    assert term.count == budget
+    drf_selection = tuners["DRF"].selection
+    assert term.overlap_f == drf_selection.overlap(tuners["F"].selection) / budget
+    assert term.overlap_df == drf_selection.overlap(tuners["dF"].selection) / budget
+    f_flat = torch.cat([v[v.isfinite()] for v in scores["F"].values()]).double().numpy()
+    d_flat = torch.cat([v[v.isfinite()] for v in scores["dF"].values()]).double().numpy()
+    assert term.spearman_f_df == pytest.approx(spearmanr(f_flat, d_flat).statistic, abs=1e-6)
+    assert tuners["F"].quality.domain_term is None  # type: ignore[attr-defined]
+    described = "\n".join(tuners["DRF"].quality.describe())  # type: ignore[attr-defined]
+    assert "domain term: DRF (normalised" in described
+
+
+def test_the_printed_eq_15_warns_that_the_domain_term_does_not_count() -> None:
+    tuner = prepared("fishertune", variational_steps=4, schedule="constant", combine="paper")
+    term = tuner.quality.domain_term  # type: ignore[attr-defined]
+    assert term is not None
+    assert term.overlap_f == 1.0
+    warnings = tuner.quality.warnings()  # type: ignore[attr-defined]
+    assert any(
+        "is 100.0% the F selection; the domain term ΔF does not count" in w for w in warnings
+    )
 
 
 def test_childtune_d_is_the_top_k_of_the_fisher_among_candidates() -> None:
@@ -353,6 +410,9 @@ def test_training_needs_the_estimation_stage(name: str) -> None:
     [
         ("fishertune", {"fraction": 0.05, "count": 10}, "not both"),
         ("fishertune", {"variant": "G"}, "variant must be one of"),
+        ("fishertune", {"combine": "sum"}, "combine must be one of"),
+        ("fishertune", {"allocation": "layer"}, "allocation must be one of"),
+        ("childtune_d", {"allocation": "per-tensor"}, "allocation must be one of"),
         ("fishertune", {"estimator": "exact"}, "estimator must be one of"),
         ("fishertune", {"labels": "batch"}, "needs estimator='diagonal'"),
         ("fishertune", {"count": 100}, "min_fraction=0.01 exceeds"),

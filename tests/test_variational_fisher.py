@@ -230,7 +230,7 @@ def test_stable_dr_fim_from_clean_and_shifted_precisions() -> None:
         **kwargs,
     )
     score = stable_dr_fim(
-        clean, shifted, gamma=1e-3, tau=0.1, coef=perturbation.coef, variant="DRF"
+        clean, shifted, gamma=1e-3, tau=0.1, coef=perturbation.coef, combine="paper"
     )["head.weight"]
     task_only = stable_dr_fim(clean, shifted, gamma=1e-3, tau=0.1, coef=1.0, variant="F")
     assert bool((score >= task_only["head.weight"]).all())

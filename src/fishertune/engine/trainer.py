@@ -370,6 +370,10 @@ class Trainer:
         if quality.agreement is not None:
             values["estimate/agreement_diagonal_spearman"] = quality.agreement.spearman
             values["estimate/agreement_diagonal_overlap"] = quality.agreement.overlap
+        if quality.domain_term is not None:
+            values["estimate/domain_term_overlap_F"] = quality.domain_term.overlap_f
+            values["estimate/domain_term_overlap_dF"] = quality.domain_term.overlap_df
+            values["estimate/domain_term_spearman_F_dF"] = quality.domain_term.spearman_f_df
         if self.log is not None:
             self.log.scalars(self.loop.step, values)
         for line in quality.warnings():
@@ -487,13 +491,14 @@ class Trainer:
             dict(self.peak_memory_mb),
         )
 
-    def estimate_sensitivity(self) -> dict[str, Tensor]:
-        """Run only the warm-up and estimation stages; return the scores (also saved as
+    def estimate_sensitivity(self, *, resume: bool = False) -> dict[str, Tensor]:
+        """Run only the warm-up and estimation stages (``resume``: continue them from the run's
+        checkpoints, or read back scores already saved); return the scores (also saved as
         ``checkpoints/sensitivity``). Only for methods that select by sensitivity."""
         if not self.tuner.estimates:
             raise no_estimation_stage(self.tuner.name)
         self._stop = self.warmup_steps
-        self.run(resume=False, final_evaluation=False)
+        self.run(resume=resume, final_evaluation=False)
         return self.tuner.scores
 
     def _begin_stage(self, stage: str) -> None:

@@ -4,11 +4,20 @@ Everything here works on any ``nn.Module`` and any subset of its parameters.
 """
 
 from fishertune.sensitivity.diagonal import diagonal_fisher
-from fishertune.sensitivity.dr_fim import dr_fim, shift_coefficient, stable_dr_fim
+from fishertune.sensitivity.dr_fim import (
+    COMBINES,
+    dr_fim,
+    median_floor,
+    quantiles,
+    relative_shift,
+    shift_coefficient,
+    stable_dr_fim,
+)
 from fishertune.sensitivity.losses import per_image_loss, sample_labels
 from fishertune.sensitivity.perturbation import FeaturePerturbation
 from fishertune.sensitivity.quality import (
     Agreement,
+    DomainTerm,
     EstimateQuality,
     score_agreement,
     spearman,
@@ -27,8 +36,10 @@ from fishertune.sensitivity.variational import (
 )
 
 __all__ = [
+    "COMBINES",
     "CURVATURES",
     "Agreement",
+    "DomainTerm",
     "EstimateQuality",
     "FeaturePerturbation",
     "VariationalFit",
@@ -36,9 +47,12 @@ __all__ = [
     "dr_fim",
     "fit_variational",
     "gaussian_kl",
+    "median_floor",
     "merge_fits",
     "per_image_loss",
     "prior_scales",
+    "quantiles",
+    "relative_shift",
     "sample_labels",
     "score_agreement",
     "shift_coefficient",

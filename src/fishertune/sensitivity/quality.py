@@ -28,7 +28,9 @@ from fishertune.selection import Selection, top_k
 __all__ = [
     "NEAR_CHANCE_OVERLAP",
     "NEAR_CHANCE_SPEARMAN",
+    "ONE_TERM_OVERLAP",
     "Agreement",
+    "DomainTerm",
     "EstimateQuality",
     "score_agreement",
     "spearman",
@@ -40,6 +42,9 @@ NEAR_CHANCE_SPEARMAN = 0.2
 """Below this rank correlation an agreement is reported as near chance."""
 NEAR_CHANCE_OVERLAP = 2.0
 """A top-k overlap below this multiple of the chance overlap k/N is reported as near chance."""
+ONE_TERM_OVERLAP = 0.95
+"""A DRF selection that shares at least this share of its elements with the F selection or the
+ΔF̃ selection is (almost) that selection: the other term does not count (method.md §5)."""
 _RANK_SAMPLE = 2**24
 """Spearman's ρ is computed on at most this many elements (an even stride over all tensors):
 the ranks of a ViT-L's 300M candidates would take gigabytes, a 16M sample changes ρ by < 1e-3."""
@@ -195,6 +200,54 @@ def split_batches(batches: Sequence[T]) -> tuple[list[T], list[T]]:
 
 
 @dataclass(frozen=True)
+class DomainTerm:
+    """Whether the DRF's two terms both count (method.md §5): how far the DRF selection is the
+    selection of F alone or of the domain term ΔF̃ alone, at the budget's k.
+
+    Attributes:
+        combine: how F and ΔF̃ were combined (``"normalised"``, ``"rank"`` or ``"paper"``).
+        coef: c, the weight of the domain term.
+        overlap_f: |top-k(DRF) ∩ top-k(F)| / k.
+        overlap_df: |top-k(DRF) ∩ top-k(ΔF̃)| / k.
+        spearman_f_df: Spearman's ρ of F and ΔF̃ over the candidates (1: the domain term ranks
+            as F does and cannot change a selection; low: it carries its own information).
+        count: k, the size of the compared top sets (the final budget).
+        elements: the number of candidate elements.
+    """
+
+    combine: str
+    coef: float
+    overlap_f: float
+    overlap_df: float
+    spearman_f_df: float
+    count: int
+    elements: int
+
+    def warnings(self) -> list[str]:
+        """One line when the DRF selection is (≥ 95%) the F or the ΔF̃ selection."""
+        for share, same, other in (
+            (self.overlap_f, "F", "the domain term ΔF"),
+            (self.overlap_df, "ΔF", "the task Fisher F"),
+        ):
+            if share >= ONE_TERM_OVERLAP:
+                return [
+                    f"DR-FIM ({self.combine}): the DRF selection is {100 * share:.1f}% the "
+                    f"{same} selection; {other} does not count"
+                ]
+        return []
+
+    def describe(self) -> str:
+        """E.g. ``DRF (normalised, c 0.135) shares 62.0% of its top-5% with F, 41.0% with ΔF;
+        Spearman(F, ΔF) 0.31``."""
+        share = 100 * self.count / self.elements if self.elements else math.nan
+        return (
+            f"DRF ({self.combine}, c {self.coef:.3g}) shares {100 * self.overlap_f:.1f}% of its "
+            f"top-{share:.3g}% with F, {100 * self.overlap_df:.1f}% with ΔF; "
+            f"Spearman(F, ΔF) {self.spearman_f_df:.2f}"
+        )
+
+
+@dataclass(frozen=True)
 class EstimateQuality:
     """What an estimation stage knows about its own scores.
 
@@ -206,13 +259,17 @@ class EstimateQuality:
             gradients, the same label mode) on the same batches; None for the diagonal
             estimator itself or when not computed.
         estimator: ``"variational"`` or ``"diagonal"``.
-        hyper: the values the estimate used (e.g. γ, the range of τ and of the floor γ/τ²).
+        hyper: the values the estimate used (e.g. γ, the range of τ and of the floor γ/τ²,
+            or the diagonal estimate's floor φ, the median of F).
+        domain_term: whether both terms of the DRF count (:class:`DomainTerm`); None when no
+            shifted estimate was made (the score ``"F"``).
     """
 
     reliability: dict[str, Agreement]
     agreement: Agreement | None
     estimator: str
     hyper: dict[str, float]
+    domain_term: DomainTerm | None = None
 
     def warnings(self) -> list[str]:
         """One line per figure that is near chance (:attr:`Agreement.near_chance`)."""
@@ -228,6 +285,8 @@ class EstimateQuality:
                 "sensitivity estimate: the stable F agrees with the diagonal Fisher only at "
                 f"chance level ({self.agreement.describe()}); check gamma and tau"
             )
+        if self.domain_term is not None:
+            lines.extend(self.domain_term.warnings())
         return lines
 
     def describe(self) -> list[str]:
@@ -242,6 +301,8 @@ class EstimateQuality:
             lines.append(
                 f"stable F vs diagonal Fisher on the same batches: {self.agreement.describe()}"
             )
+        if self.domain_term is not None:
+            lines.append(f"domain term: {self.domain_term.describe()}")
         if self.hyper:
             lines.append(
                 "hyper-parameters: " + ", ".join(f"{k} {v:.3g}" for k, v in self.hyper.items())
@@ -255,6 +316,7 @@ class EstimateQuality:
             "reliability": {k: v.to_dict() for k, v in self.reliability.items()},
             "agreement": None if self.agreement is None else self.agreement.to_dict(),
             "hyper": dict(self.hyper),
+            "domain_term": None if self.domain_term is None else asdict(self.domain_term),
         }
 
     @classmethod
@@ -272,16 +334,28 @@ class EstimateQuality:
         raw = data.get("agreement")
         reliability = data["reliability"]
         hyper = data.get("hyper", {})
+        term = data.get("domain_term")
         return cls(
             {k: agreement(reliability[k]) for k in sorted(reliability, key=_rank(SCORE_ORDER))},
             None if raw is None else agreement(raw),
             str(data["estimator"]),
             {k: float(hyper[k]) for k in sorted(hyper, key=_rank(HYPER_ORDER))},
+            None
+            if term is None
+            else DomainTerm(
+                str(term["combine"]),
+                float(term["coef"]),
+                float(term["overlap_f"]),
+                float(term["overlap_df"]),
+                float(term["spearman_f_df"]),
+                int(term["count"]),
+                int(term["elements"]),
+            ),
         )
 
 
 SCORE_ORDER = ("F", "dF", "DRF")
-HYPER_ORDER = ("gamma", "tau_min", "tau_max", "floor_min", "floor_max")
+HYPER_ORDER = ("gamma", "tau_min", "tau_max", "floor_min", "floor_max", "floor")
 
 
 def _rank(order: Sequence[str]) -> Callable[[str], tuple[int, str]]:

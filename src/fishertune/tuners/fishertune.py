@@ -3,20 +3,22 @@
 Stages (method.md §8): the engine warms the decoder up with the backbone frozen; then
 :meth:`FisherTuneTuner.estimate` scores every candidate element (Q, K, V, FFN of every block,
 paper Eq. 3) by the Domain-Related Fisher (§5, Eq. 7) or its stable variational form (§6,
-Eq. 15) and selects the top δ_min; during tuning :meth:`FisherTuneTuner.on_step` grows the
+Eq. 15), F and the domain term combined scale-free by default (§5, ``combine``), and selects
+the top δ_min; during tuning :meth:`FisherTuneTuner.on_step` grows the
 nested selection to δ_max (§7) and :class:`~fishertune.optim.SparseAdamW` updates only it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import Tensor, nn
 
 from fishertune.sensitivity import (
     CURVATURES,
+    DomainTerm,
     EstimateQuality,
     FeaturePerturbation,
     VariationalFit,
@@ -27,7 +29,7 @@ from fishertune.sensitivity import (
     stable_dr_fim,
 )
 from fishertune.sensitivity._common import LABEL_MODES
-from fishertune.sensitivity.dr_fim import VARIANTS
+from fishertune.sensitivity.dr_fim import COMBINES, VARIANTS, median_floor
 from fishertune.sensitivity.variational import FLOOR_QUANTILE, TAU_SCALE
 from fishertune.tuners.base import entry_perturbation
 from fishertune.tuners.registry import register
@@ -51,7 +53,13 @@ class FisherTuneConfig(ScoredConfig):
 
     Attributes:
         variant: the score (paper Table 4): ``"F"`` (task-only Fisher), ``"dF"`` (the domain
-            term ΔF alone) or ``"DRF"`` (F + c·ΔF, the method).
+            term alone) or ``"DRF"`` (F and c × the domain term, the method).
+        combine: how F and the domain term make the DRF (method.md §5, decided 2026-12-03):
+            ``"normalised"`` (default: F/mean(F) + c·ΔF̃/mean(ΔF̃), ΔF̃ the relative shift
+            with the resolution floor φ), ``"rank"`` (the sum of their quantiles, c-weighted)
+            or ``"paper"`` (Eqs. 7 and 15 as printed, where the units of the loss decide which
+            term ranks). Every estimate reports whether the DRF selection is the F or the ΔF̃
+            selection (:class:`~fishertune.sensitivity.DomainTerm`).
         estimator: ``"variational"`` (the stable estimate, §6, Eqs. 11–15: Λ_x and Λ_x' fitted
             by :func:`~fishertune.sensitivity.fit_variational`, combined by ``stable_dr_fim``)
             or ``"diagonal"`` (per image squared gradients, §3, Eqs. 8–9, combined by
@@ -84,6 +92,7 @@ class FisherTuneConfig(ScoredConfig):
 
     schedule: str = "grow"
     variant: str = "DRF"
+    combine: str = "normalised"
     estimator: str = "variational"
     labels: str | None = None
     gamma: float | None = None
@@ -98,6 +107,8 @@ class FisherTuneConfig(ScoredConfig):
         super().__post_init__()
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         if self.labels is not None and self.labels not in LABEL_MODES:
@@ -157,6 +168,36 @@ class FisherTuneTuner(ScoredTuner):
             return self._diagonal_scores(parts, params, shift, variants, progress)
         return self._stable_scores(batches, parts, params, shift, variants, progress)
 
+    def _finish(
+        self,
+        score: Callable[[int | None, str], dict[str, Tensor]],
+        parts: int,
+        variants: Sequence[str],
+        quality: EstimateQuality,
+        coef: float,
+    ) -> tuple[dict[str, Tensor], EstimateQuality]:
+        """The merged score of the configured variant, with the split-half reliability of every
+        variant and (when a shifted estimate was made) the :class:`DomainTerm` check added to
+        ``quality``. ``score(half, variant)`` scores one half (0, 1) or the merged estimate
+        (None)."""
+        quality = replace(
+            quality, reliability=self.reliability(parts, variants, lambda h, v: score(h, v))
+        )
+        if self.config.variant == "F":
+            return score(None, "F"), quality
+        merged = {v: score(None, v) for v in VARIANTS}
+        together = self.agreement(merged["F"], merged["dF"])
+        term = DomainTerm(
+            self.config.combine,
+            coef,
+            self.overlap(merged["DRF"], merged["F"]),
+            self.overlap(merged["DRF"], merged["dF"]),
+            together.spearman,
+            together.count,
+            together.elements,
+        )
+        return merged[self.config.variant], replace(quality, domain_term=term)
+
     def _stable_scores(
         self,
         batches: Sequence[Any],
@@ -193,10 +234,12 @@ class FisherTuneTuner(ScoredTuner):
 
         clean = [fit(i, None) for i in range(len(parts))]
         shifted = clean if cfg.variant == "F" else [fit(i, shift) for i in range(len(parts))]
+        merged, merged_shifted = merge_fits(clean), merge_fits(shifted)
+        candidates = self.candidates()
 
-        def scores(
-            lam: VariationalFit, lam_shifted: VariationalFit, variant: str
-        ) -> dict[str, Tensor]:
+        def score(half: int | None, variant: str) -> dict[str, Tensor]:
+            lam = merged if half is None else clean[half]
+            lam_shifted = merged_shifted if half is None else shifted[half]
             return stable_dr_fim(
                 lam.precision,
                 lam_shifted.precision,
@@ -204,12 +247,10 @@ class FisherTuneTuner(ScoredTuner):
                 tau=lam.tau,
                 coef=shift.coef,
                 variant=variant,
+                combine=cfg.combine,
+                candidates=candidates,
             )
 
-        reliability = self.reliability(
-            len(parts), variants, lambda half, v: scores(clean[half], shifted[half], v)
-        )
-        merged, merged_shifted = merge_fits(clean), merge_fits(shifted)
         agreement = None
         if cfg.diagnostics:
             reference = diagonal_fisher(
@@ -223,7 +264,7 @@ class FisherTuneTuner(ScoredTuner):
             agreement = self.agreement(merged.fisher(), reference)
         floors = merged.floors().values()
         quality = EstimateQuality(
-            reliability,
+            {},
             agreement,
             "variational",
             {
@@ -234,7 +275,7 @@ class FisherTuneTuner(ScoredTuner):
                 "floor_max": max(floors),
             },
         )
-        return scores(merged, merged_shifted, cfg.variant), quality
+        return self._finish(score, len(parts), variants, quality, shift.coef)
 
     def _diagonal_scores(
         self,
@@ -260,12 +301,22 @@ class FisherTuneTuner(ScoredTuner):
 
         clean = [fisher(part, None) for part in parts]
         shifted = clean if cfg.variant == "F" else [fisher(part, shift) for part in parts]
-        reliability = self.reliability(
-            len(parts),
-            variants,
-            lambda half, v: dr_fim(clean[half], shifted[half], coef=shift.coef, variant=v),
-        )
         merged = merge_means(clean, parts)
         merged_shifted = merge_means(shifted, parts)
-        quality = EstimateQuality(reliability, None, "diagonal", {})
-        return dr_fim(merged, merged_shifted, coef=shift.coef, variant=cfg.variant), quality
+        candidates = self.candidates()
+
+        def score(half: int | None, variant: str) -> dict[str, Tensor]:
+            f = merged if half is None else clean[half]
+            f_shifted = merged_shifted if half is None else shifted[half]
+            return dr_fim(
+                f,
+                f_shifted,
+                coef=shift.coef,
+                variant=variant,
+                combine=cfg.combine,
+                candidates=candidates,
+            )
+
+        hyper = {} if cfg.combine == "paper" else {"floor": median_floor(merged, candidates)}
+        quality = EstimateQuality({}, None, "diagonal", hyper)
+        return self._finish(score, len(parts), variants, quality, shift.coef)

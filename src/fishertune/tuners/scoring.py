@@ -1,9 +1,10 @@
 """Score-driven selection: the estimation stage and the growth schedule (method.md §7–§8).
 
-FisherTune and ChildTune-D select the global top-k of per-element sensitivity scores computed
-from source data (:meth:`ScoredTuner.estimate`, Algorithm 1 step 2) and, with the ``grow``
-schedule, enlarge the selection during tuning (Algorithm 1 step 3, paper Eq. 16 as method.md §7
-reads it) through :meth:`ScoredTuner.on_step`.
+FisherTune and ChildTune-D select the top-k of per-element sensitivity scores computed from
+source data (:meth:`ScoredTuner.estimate`, Algorithm 1 step 2) and, with the ``grow`` schedule,
+enlarge the selection during tuning (Algorithm 1 step 3, paper Eq. 16 as method.md §7 reads it)
+through :meth:`ScoredTuner.on_step`. The top-k is global (the paper's) or allocated per tensor
+or shuffled within the global per-tensor counts (:func:`~fishertune.selection.allocated_top_k`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,26 @@ import torch
 from torch import Tensor, nn
 
 from fishertune.models.segmentor import Segmentor
-from fishertune.selection import SCHEDULE_KINDS, Selection, top_k, trainable_fraction
-from fishertune.sensitivity import Agreement, EstimateQuality, score_agreement, split_batches
+from fishertune.selection import (
+    ALLOCATIONS,
+    SCHEDULE_KINDS,
+    Selection,
+    allocated_top_k,
+    trainable_fraction,
+)
+from fishertune.sensitivity import (
+    Agreement,
+    EstimateQuality,
+    score_agreement,
+    split_batches,
+    topk_overlap,
+)
 from fishertune.tuners.base import TunerConfig
-from fishertune.tuners.sparse import BudgetConfig, BudgetTuner, estimate_first
+from fishertune.tuners.sparse import BudgetConfig, BudgetTuner, estimate_first, seeded_generator
+
+SHUFFLE_STREAM = 104_729
+"""Added to ``seed`` for the generator of the random keys of ``allocation="shuffled"`` (apart
+from the estimators' streams, which use ``seed`` and the next few integers)."""
 
 
 @dataclass
@@ -36,11 +53,17 @@ class ScoredConfig(BudgetConfig):
             exactly δ_max). Algorithm 1 re-thresholds every step; with 40k steps p(t) moves by
             at most ~1.6e-6 of the backbone per step, so 100 steps between top-k refreshes (each
             a pass over all candidate scores) change the schedule negligibly.
+        allocation: where the budget goes (:func:`~fishertune.selection.allocated_top_k`):
+            ``"global"`` (default, the paper's global top-k), ``"per_tensor"`` (each candidate
+            tensor a share proportional to its candidates, top-k by score within it) or
+            ``"shuffled"`` (global top-k's per-tensor counts, drawn at random within each
+            tensor: the control that separates where the budget goes from which elements).
     """
 
     schedule: str = "constant"
     min_fraction: float = 0.01
     refresh_every: int = 100
+    allocation: str = "global"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,15 +73,18 @@ class ScoredConfig(BudgetConfig):
             raise ValueError(f"min_fraction must lie in [0, 1], got {self.min_fraction}")
         if self.refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
 
 
 class ScoredTuner(BudgetTuner):
-    """Selection by the global top-k of sensitivity scores, grown by the schedule (§7, Alg. 1).
+    """Selection by the top-k of sensitivity scores, grown by the schedule (§7, Alg. 1).
 
     :meth:`estimate` (method.md §8 step 2) computes the scores with :meth:`compute_scores` and
     selects the first share p(0); :meth:`on_step` grows the selection to
-    round(p(t) × all backbone parameters) elements by ``top_k(..., keep=previous)``, so the
-    selected sets are nested, and hands the grown selection to the optimiser.
+    round(p(t) × all backbone parameters) elements under the configured ``allocation``, keeping
+    the previous selection, so the selected sets are nested, and hands the grown selection to
+    the optimiser.
     """
 
     config_class = ScoredConfig
@@ -68,6 +94,7 @@ class ScoredTuner(BudgetTuner):
     def __init__(self, config: TunerConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
         self._scores: dict[str, Tensor] | None = None
+        self._random_keys: dict[str, Tensor] | None = None
 
     def attach(self, segmentor: Segmentor) -> None:
         """As :meth:`SparseTuner.attach`, also checking δ_min ≤ δ_max."""
@@ -97,15 +124,27 @@ class ScoredTuner(BudgetTuner):
             out[name] = scores[name].float().masked_fill(~chosen.mask(name), -math.inf)
         return out
 
+    def top_count(self) -> int:
+        """k of the compared top sets of the diagnostics: the final budget (at least 1)."""
+        return max(min(self.budget(), self.candidate_count), 1)
+
+    def overlap(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
+        """|top-k(a) ∩ top-k(b)| / k over the candidate elements, k the final budget."""
+        candidates = self.candidates()
+        return topk_overlap(
+            self.candidate_scores(a, candidates),
+            self.candidate_scores(b, candidates),
+            self.top_count(),
+        )
+
     def agreement(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Agreement:
         """:func:`~fishertune.sensitivity.score_agreement` of two estimates over the candidate
         elements, the top sets being the size of the final budget."""
-        count = min(self.budget(), self.candidate_count)
         candidates = self.candidates()
         return score_agreement(
             self.candidate_scores(a, candidates),
             self.candidate_scores(b, candidates),
-            count=max(count, 1),
+            count=self.top_count(),
         )
 
     def reliability(
@@ -161,8 +200,27 @@ class ScoredTuner(BudgetTuner):
                     f"{tuple(param.shape)}"
                 )
         self._scores = {name: scores[name].to(params[name].device) for name in params}
+        if self.config.allocation == "shuffled":
+            device = next(iter(params.values())).device
+            generator = seeded_generator(device, self.config.seed + SHUFFLE_STREAM)
+            self._random_keys = {
+                name: torch.rand(param.shape, generator=generator, device=device).to(param.device)
+                for name, param in params.items()
+            }
         if select:
-            self.select(top_k(self._scores, count=self.scheduled_count(0, 1)))
+            self.select(self.allocate(self.scheduled_count(0, 1)))
+
+    def allocate(self, count: int) -> Selection:
+        """``count`` candidate elements by the scores under the configured ``allocation``,
+        keeping the current selection (nested growth)."""
+        return allocated_top_k(
+            self.scores,
+            count,
+            allocation=self.config.allocation,
+            candidates=self.candidates(),
+            keep=self._selection,
+            random_keys=self._random_keys,
+        )
 
     @property
     def has_scores(self) -> bool:
@@ -198,12 +256,11 @@ class ScoredTuner(BudgetTuner):
 
     def on_step(self, step: int, total_steps: int) -> None:
         """Grow the selection every ``refresh_every`` steps and at the last step."""
-        scores = self.scores
         if step % self.config.refresh_every and step != total_steps - 1:
             return
         count = self.scheduled_count(step, total_steps)
         if count != self.selected_count:
-            self.select(top_k(scores, count=count, keep=self.selection))
+            self.select(self.allocate(count))
 
 
 def halves(batches: Sequence[Any]) -> list[list[Any]]:

@@ -168,6 +168,35 @@ def _train(
     }
 
 
+def _reused(
+    config: RunConfig,
+    reference: Mapping[str, Any],
+    *,
+    resume: bool,
+    progress: bool,
+    device: str | None,
+) -> dict[str, Any] | None:
+    """The record of an arm whose DRF selection may be its F arm's (:attr:`Arm.same_as_f`):
+    runs the warm-up and the estimation only; when the DRF selection is exactly the F
+    selection (overlap 1 at the budget, the only selection of a constant schedule), returns
+    ``reference``'s numbers with this arm's identity and estimate, marked ``reused``; None
+    otherwise (the run is then trained on from its estimation stage)."""
+    trainer = Trainer(config, progress=progress, device=device)
+    trainer.estimate_sensitivity(resume=resume)
+    quality = trainer.tuner.quality
+    term = None if quality is None else quality.domain_term
+    if term is None or term.overlap_f != 1.0:
+        return None
+    assert quality is not None
+    return {
+        **reference,
+        "identity": config.identity(),
+        "quality": quality.to_dict(),
+        "sensitivity": _sensitivity_table(trainer),
+        "reused": reference["identity"]["method"],
+    }
+
+
 def _read_record(path: Path, config: RunConfig) -> dict[str, Any] | None:
     """The record at ``path`` when it exists; refuses one made with other settings."""
     if not path.is_file():
@@ -189,15 +218,22 @@ class _Job:
     key: str
     arm: Arm
     seed: int
+    same_as_f: str | None = None
+    """The key of the arm whose run this one reuses when its DRF selection is F's."""
 
 
 def _jobs(parts: Sequence[Part], config: RunConfig, seeds: Sequence[int]) -> list[_Job]:
-    """Every distinct arm × seed of ``parts``, in study order (shared arms once)."""
-    keys: dict[str, Arm] = {}
+    """Every distinct arm × seed of ``parts`` (shared arms once), seed by seed: an interrupted
+    study has every arm at its first seeds, which is what paired comparisons need."""
+    keys: dict[str, tuple[Arm, str | None]] = {}
+    base = (config.method.name, config.method.options)
     for part in parts:
         for arm in part.arms:
-            keys.setdefault(arm.key(config.method.name, config.method.options), arm)
-    return [_Job(key, arm, seed) for key, arm in keys.items() for seed in seeds]
+            reference = None if arm.same_as_f is None else part.arm(arm.same_as_f).key(*base)
+            keys.setdefault(arm.key(*base), (arm, reference))
+    return [
+        _Job(key, arm, seed, reference) for seed in seeds for key, (arm, reference) in keys.items()
+    ]
 
 
 def _duration(seconds: float) -> str:
@@ -253,7 +289,15 @@ def _collect(
     for index, (job, run_dir, run_config) in enumerate(pending):
         started = time.perf_counter()
         resumable = resume and has_checkpoint(run_dir)
-        record = _train(run_config, resume=resumable, progress=progress, device=device)
+        reference = None if job.same_as_f is None else records.get((job.same_as_f, job.seed))
+        record = None
+        if reference is not None:
+            record = _reused(
+                run_config, reference, resume=resumable, progress=progress, device=device
+            )
+            resumable = resumable or record is None  # continue after the estimation stage
+        if record is None:
+            record = _train(run_config, resume=resumable, progress=progress, device=device)
         seconds = time.perf_counter() - started
         _write_text(run_dir / RECORD, json.dumps(record, indent=1, ensure_ascii=False))
         records[(job.key, job.seed)] = record
@@ -290,6 +334,11 @@ def _quality_values(record: Mapping[str, Any]) -> dict[str, float]:
     if quality.get("agreement"):
         values["stable F vs diagonal ρ"] = float(quality["agreement"]["spearman"])
         values["stable F vs diagonal top-k overlap"] = float(quality["agreement"]["overlap"])
+    term = quality.get("domain_term")
+    if term:
+        values["DRF top-k ∩ F"] = float(term["overlap_f"])
+        values["DRF top-k ∩ ΔF"] = float(term["overlap_df"])
+        values["ρ(F, ΔF)"] = float(term["spearman_f_df"])
     return values
 
 

@@ -44,11 +44,23 @@ class Arm:
         options: option overrides, as (name, value) pairs, on top of the study configuration's
             ``method.options`` when ``method`` is its method, the method's defaults otherwise
             (:func:`~fishertune.workflows.runs.method_config`).
+        same_as_f: the label of the part's arm that selects by F alone (same estimator and
+            seeds, constant schedule). When this arm's estimate shows its DRF selection to be
+            exactly that F selection (:class:`~fishertune.sensitivity.DomainTerm` overlap with
+            F of 100%), the study reuses that arm's run instead of training the same selection
+            again (e.g. Eq. 15 as printed, whose domain term is scaled by γ).
     """
 
     label: str
     method: str
     options: tuple[tuple[str, Any], ...] = ()
+    same_as_f: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.same_as_f is not None and ("schedule", "constant") not in self.options:
+            raise ValueError(
+                f"study arm {self.label}: same_as_f needs the constant schedule (one selection)"
+            )
 
     def key(self, base_method: str, base_options: Mapping[str, Any]) -> str:
         """The run folder of this arm: the method, then each overridden option whose value
@@ -125,6 +137,7 @@ class Part:
             *(x for claim in self.claims for x in (claim.arm, claim.reference)),
             *(label for _, series in self.groups for _, label in series),
         }
+        named |= {arm.same_as_f for arm in self.arms if arm.same_as_f is not None}
         unknown = sorted(named - set(labels))
         if unknown:
             raise ValueError(f"study part {self.name}: unknown arms {unknown}")
@@ -176,6 +189,34 @@ _ESTIMATORS = (
 )
 
 _PERTURBED = (_ADAPTFORMER, _VPT, _REIN, _FISHERTUNE)
+
+_F = Arm("F", "fishertune", (CONSTANT, ("variant", "F")))
+_SELECTION = (
+    Arm("Random", "random"),
+    _F,
+    Arm("F per-tensor", "fishertune", (*_F.options, ("allocation", "per_tensor"))),
+    Arm("F shuffled", "fishertune", (*_F.options, ("allocation", "shuffled"))),
+    Arm("ΔF", "fishertune", (CONSTANT, ("variant", "dF"))),
+    Arm("DRF normalised", "fishertune", (CONSTANT,)),
+    Arm("DRF rank", "fishertune", (CONSTANT, ("combine", "rank"))),
+    Arm("DRF paper", "fishertune", (CONSTANT, ("combine", "paper")), same_as_f="F"),
+    Arm("DRF per-tensor", "fishertune", (CONSTANT, ("allocation", "per_tensor"))),
+    _FULL,
+    _FREEZE,
+)
+"""Issue 21's arms: every score and allocation at a constant 5% with the stable estimator."""
+
+_SELECTION_CLAIMS = (
+    Claim("DRF normalised", "F"),
+    Claim("DRF normalised", "Random"),
+    Claim("F per-tensor", "F"),
+    Claim("Random", "F shuffled"),
+    Claim("F shuffled", "F"),
+)
+"""Written before any run of the part (commit of the part's definition): the paper's Table 4
+claims for the decided combination, and the three that tell why random beats F: global top-k's
+concentration hurts (per-tensor > global), the allocation alone explains the gap (random >
+shuffled), and the elements matter too (shuffled > global)."""
 
 _BUDGETS = ((0.01, 0.002), (0.02, 0.004), (0.05, 0.01), (0.10, 0.02), (0.20, 0.04))
 """(δ_max, δ_min): δ_min is a fifth of δ_max, as the defaults 1% → 5%."""
@@ -265,6 +306,22 @@ PARTS: tuple[Part, ...] = (
         pairs=tuple((arm.label, "Full") for arm in (_FREEZE, _LORA, _REIN, _FISHERTUNE)),
         claims=(Claim("Rein", "Full", LOSS), Claim("Rein", "Full")),
         figure="capacity",
+    ),
+    Part(
+        name="selection",
+        paper="Table 4, and why random beats Fisher",
+        claim="the decided DRF beats F and random selection; F's loss to random comes from "
+        "where global top-k puts the budget and from which elements it picks",
+        arms=_SELECTION,
+        pairs=(
+            *((arm.label, "F") for arm in _SELECTION[2:9]),
+            ("DRF normalised", "Random"),
+            ("Random", "F shuffled"),
+            ("DRF per-tensor", "DRF normalised"),
+            ("Random", "Full"),
+            ("Full", "Freeze"),
+        ),
+        claims=_SELECTION_CLAIMS,
     ),
 )
 
