@@ -239,8 +239,16 @@ def test_the_quick_study_writes_every_part_with_verdicts_and_figures(
     capacity = record["parts"]["capacity"]["arms"]
     assert capacity["Freeze"]["trainable"] == 0 < capacity["Rein"]["trainable"]
     assert capacity["Full"]["trainable"] > capacity["FisherTune"]["trainable"]
+    # every sparse arm's run recorded where its budget went; Full how far its weights moved
+    assert selection["F per-tensor"]["diagnostics"]["selection"]["gini"] < 0.02  # rounding
+    assert selection["F"]["diagnostics"]["selection"]["gini"] > 0.05
+    assert selection["Full"]["diagnostics"]["selection"] is None
+    assert all(c["relative"] > 0 for c in selection["Full"]["diagnostics"]["weight_change"])
     figures = {name: f"figures/{name}.png" for name in record["parts"]}
     figures["sensitivity"] = "figures/fig6_sensitivity.png"
+    for name in ("scores", "selection"):  # the bar parts whose arms select elements
+        figures[f"{name}_diagnostics"] = f"figures/{name}_diagnostics.png"
+        assert (out / figures[f"{name}_diagnostics"]).is_file()
     assert (out / "study.md").read_text(encoding="utf-8") == render_markdown(record, figures)
     # Each arm ran once however many parts list it: 32 distinct arms × 2 seeds.
     assert len(list((out / "runs").glob("*/seed*/study_run.json"))) == 64

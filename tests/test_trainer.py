@@ -64,7 +64,8 @@ def test_step_sampler_is_a_function_of_the_position() -> None:
 
 def test_fishertune_runs_warmup_estimate_tune_and_writes_its_run(tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "run")
-    result = Trainer(config, progress=False).run()
+    trainer = Trainer(config, progress=False)
+    result = trainer.run()
     run = tmp_path / "run"
     assert result.steps == 8
     rows = _rows(run)
@@ -88,12 +89,19 @@ def test_fishertune_runs_warmup_estimate_tune_and_writes_its_run(tmp_path: Path)
     assert result.results is not None
     assert list(result.results.domains) == ["source", "fog", "night"]
     assert set(result.stage_seconds) == {"warmup", "estimate", "tune"}
-    # the checkpoint holds only the method's part of the backbone: deltas at selected elements
+    # the checkpoint holds only the method's part of the backbone: deltas at selected elements,
+    # and as is the (small) tensors that the selection holds whole
     tensors, state = load_checkpoint(run / "checkpoints", "last")
     assert state["step"] == 8
     backbone = [k for k in tensors if k.startswith("model.backbone.")]
-    assert backbone
-    assert all(k.endswith((":index", ":delta")) for k in backbone)
+    assert any(k.endswith((":index", ":delta")) for k in backbone)
+    selection = trainer.tuner.selected()
+    assert selection is not None
+    for key in backbone:
+        name = key.removeprefix("model.backbone.")
+        if not key.endswith((":index", ":delta")):
+            assert selection.is_whole(name), key
+            assert tensors[key].numel() < 100, key  # only biases here, never a weight matrix
 
 
 def test_evaluating_during_training_changes_nothing_the_run_learns(tmp_path: Path) -> None:

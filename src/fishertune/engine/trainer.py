@@ -28,6 +28,13 @@ one stays. Checkpoints (``checkpoints/last``, and ``checkpoints/best`` by source
 selecting on the unseen targets would leak them) are written and read by
 :class:`~fishertune.engine.run_checkpoints.RunCheckpoints`; ``resume=True`` continues from the
 newest and reaches the same final weights as an uninterrupted run on CPU.
+
+At the end, ``summary.json`` holds the stage times, peak memory, trainable size, best
+checkpoint and the tuner's :mod:`~fishertune.tuners.selection_diagnostics`: where a sparse
+method's final selection lies (``selection``) and how far each block's weights moved
+(``weight_change``, for methods that change the backbone's own weights); the trainer asks the
+tuner to keep its pretrained values (:meth:`~fishertune.tuners.Tuner.keep_pretrained`) as it
+is built, before any step or restored checkpoint.
 """
 
 from __future__ import annotations
@@ -77,6 +84,7 @@ from fishertune.engine.run_log import RunLog
 from fishertune.evaluation.domains import DomainResults
 from fishertune.progress import StepBar
 from fishertune.tuners.base import TrainableCount, backbone_of, no_estimation_stage
+from fishertune.tuners.selection_diagnostics import TuningDiagnostics, tuning_diagnostics
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "has_checkpoint", "lr_factor"]
 
@@ -147,6 +155,8 @@ class Trainer:
         self.device = self.context.device
         self.run_dir = Path(config.output.run_dir)
         self.segmentor, self.tuner = build_model(config, self.device)
+        if self.context.is_main:
+            self.tuner.keep_pretrained()  # the weight change is reported on rank 0
         if self.tuner.perturbs_batch_statistics and config.data.batch_size < 2:
             raise ValueError(
                 f"data.batch_size: 1, but method {self.tuner.name!r} perturbs features by their "
@@ -185,6 +195,8 @@ class Trainer:
         self.peak_memory_mb: dict[str, float] = {}
         self.log: RunLog | None = None
         self.results: DomainResults | None = None
+        self.diagnostics: TuningDiagnostics | None = None
+        """The tuner's diagnostics at the end of :meth:`run` (rank 0; None before)."""
         self._stop = self.total_steps
 
     # ---------------------------------------------------------------- helpers
@@ -474,11 +486,13 @@ class Trainer:
             results = self.evaluate()
         if self.is_main and results is not None:
             results.to_json(self.run_dir / "results.json")
+            self.diagnostics = tuning_diagnostics(self.tuner)
             summary = {
                 "stage_seconds": self.loop.stage_seconds,
                 "peak_memory_mb": self.peak_memory_mb,
                 "trainable": self.tuner.count().backbone,
                 "best": self.loop.best,
+                **self.diagnostics_record(),
             }
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return TrainResult(
@@ -490,6 +504,14 @@ class Trainer:
             dict(self.loop.stage_seconds),
             dict(self.peak_memory_mb),
         )
+
+    def diagnostics_record(self) -> dict[str, Any]:
+        """The finished run's ``selection`` and ``weight_change`` as ``summary.json`` holds
+        them (:meth:`TuningDiagnostics.to_dict`, JSON-ready). Raises RuntimeError before
+        :meth:`run` has finished with an evaluation, and on ranks other than 0."""
+        if self.diagnostics is None:
+            raise RuntimeError("the run's diagnostics exist once run() has finished, on rank 0")
+        return self.diagnostics.to_dict()
 
     def estimate_sensitivity(self, *, resume: bool = False) -> dict[str, Tensor]:
         """Run only the warm-up and estimation stages (``resume``: continue them from the run's

@@ -4,7 +4,8 @@
 :mod:`~fishertune.reporting.plots` draws the paper's Fig. 6-style sensitivity heatmap
 (:func:`sensitivity_by_block` → :func:`sensitivity_heatmap`), the training curves of a run's
 ``metrics.csv``, qualitative image / ground truth / prediction grids and per-domain bars;
-:mod:`~fishertune.reporting.report` writes ``report.md`` and Table-1-style comparisons.
+:mod:`~fishertune.reporting.report` writes ``report.md`` and Table-1-style comparisons;
+:mod:`~fishertune.reporting.selection_report` puts a run's selection diagnostics into it.
 Plots render with matplotlib's Agg canvas and never touch pyplot's global state.
 """
 
@@ -31,6 +32,7 @@ from fishertune.reporting.report import (
     seed_intervals,
     write_report,
 )
+from fishertune.reporting.selection_report import selection_figure, selection_tables
 
 __all__ = [
     "AVERAGE_HEADER",
@@ -52,6 +54,8 @@ __all__ = [
     "read_metrics_csv",
     "seed_intervals",
     "selected_share_by_block",
+    "selection_figure",
+    "selection_tables",
     "sensitivity_by_block",
     "sensitivity_heatmap",
     "train_ids",

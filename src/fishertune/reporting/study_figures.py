@@ -3,8 +3,9 @@
 :func:`interval_curves` draws the budget curve (Appendix C) and the capacity curves (Rein's
 Fig. 5: training loss and target mIoU as the trainable parameters grow), each point a mean over
 seeds with its 95% half-width; :func:`sensitivity_panels` draws the paper's Fig. 6 (F, ΔF and
-DRF per block and kind) side by side, each on its own colour scale. Bars use
-:func:`~fishertune.reporting.plots.domain_bars`.
+DRF per block and kind) side by side, each on its own colour scale; :func:`selection_curves`
+draws, per arm, where its selection put the budget and how far each block's weights moved. Bars
+use :func:`~fishertune.reporting.plots.domain_bars`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from fishertune.reporting.plots import (
     grey_nan_colormap,
     heat_panel,
     log10_positive,
+    method_colors,
     save_figure,
 )
 
-__all__ = ["CurvePanel", "interval_curves", "sensitivity_panels"]
+__all__ = ["CurvePanel", "interval_curves", "selection_curves", "sensitivity_panels"]
 
 
 @dataclass(frozen=True)
@@ -112,4 +114,49 @@ def sensitivity_panels(
             cmap=grey_nan_colormap("viridis"),
         )
     figure.suptitle(title)
+    return save_figure(figure, path)
+
+
+def _block_tick(block: int | None) -> str:
+    return "rest" if block is None else str(block)
+
+
+def selection_curves(
+    diagnostics: Mapping[str, Mapping[str, object]], path: str | Path, *, title: str
+) -> Path:
+    """Per arm (its run's ``TuningDiagnostics.to_dict()``), the share of the selected budget per
+    block with the Gini coefficient in the legend (arms with a selection) and the relative
+    weight change ‖θ_end − θ_pre‖ / ‖θ_pre‖ per block (log scale; arms that change the
+    backbone's weights)."""
+    figure = Figure(figsize=(11.0, 4.2), layout="constrained")
+    share_ax, change_ax = figure.subplots(1, 2)
+    colours = method_colors(len(diagnostics))
+    for index, (label, record) in enumerate(diagnostics.items()):
+        style = {"marker": "o", "color": colours[index], "label": label}
+        selection = record.get("selection")
+        if isinstance(selection, Mapping):
+            rows = selection["share_by_block"]
+            gini = selection["gini"]
+            share_ax.plot(
+                [_block_tick(r["block"]) for r in rows],
+                [100 * (r["share"] or 0.0) for r in rows],
+                **{**style, "label": f"{label} (Gini {gini:.2f})" if gini is not None else label},
+            )
+        changes = record.get("weight_change")
+        if isinstance(changes, Sequence):
+            change_ax.plot(
+                [_block_tick(c["block"]) for c in changes],
+                [100 * c["relative"] if c["relative"] else math.nan for c in changes],
+                **style,
+            )
+    share_ax.set_xlabel("block")
+    share_ax.set_ylabel("share of the selected budget (%)")
+    share_ax.legend(fontsize=7)
+    change_ax.set_xlabel("block")
+    change_ax.set_ylabel("‖θ_end − θ_pre‖ / ‖θ_pre‖ (%)")
+    change_ax.set_yscale("log")
+    change_ax.legend(fontsize=7)
+    for ax in (share_ax, change_ax):
+        ax.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=10)
     return save_figure(figure, path)

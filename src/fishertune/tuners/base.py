@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from fishertune.models.backbone import Backbone
+from fishertune.models.parameter_groups import ParameterGroup
 from fishertune.models.segmentor import Segmentor
 from fishertune.selection import Selection
 from fishertune.sensitivity import EstimateQuality, FeaturePerturbation
@@ -265,6 +266,23 @@ class Tuner:
         """The elements of the backbone's own weights the method has selected to train; None
         for methods that select none (adapters, prompts, full and frozen backbones) and before
         a sparse method's selection exists."""
+        return None
+
+    def selectable_groups(self) -> list[ParameterGroup]:
+        """The backbone elements the method selects among (its candidates, as groups of
+        :func:`~fishertune.models.parameter_groups`); empty for methods that select none."""
+        return []
+
+    def keep_pretrained(self) -> None:
+        """Start keeping what :meth:`pretrained_backbone` needs; call once, right after
+        :meth:`apply` and before any training step, selection or loaded state. Nothing to keep
+        for methods that leave the backbone's own weights as they are (this default)."""
+
+    def pretrained_backbone(self) -> Iterator[tuple[str, Tensor]] | None:
+        """Every parameter of the backbone as it was before tuning, by the names of
+        ``segmentor.backbone.named_parameters()``, one tensor at a time; None for methods that
+        leave the backbone's own weights as they are (this default) and, for the others, when
+        :meth:`keep_pretrained` was not called."""
         return None
 
     def trainable_now(self) -> int:

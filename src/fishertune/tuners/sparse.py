@@ -17,7 +17,11 @@ train a subset of the backbone's own elements, chosen among the candidates of me
   selection grown during training reaches it by ``update_selection``;
 - saving: the decoder plus, per partly selected tensor, the selected flat indices and their
   deltas from the pretrained values (a tensor selected whole is saved as is), never the whole
-  backbone; loading applies them to a fresh segmentor with the same pretrained weights.
+  backbone; loading applies them to a fresh segmentor with the same pretrained weights;
+- the pretrained backbone, for the weight change a run reports: the current values with the
+  pretrained values of the selected elements put back (unselected elements never change), from
+  the references kept for the deltas and, after :meth:`SparseTuner.keep_pretrained`, a CPU
+  copy of each tensor selected whole.
 
 The data-driven selection of FisherTune and ChildTune-D (scores, top-k, growth schedule) is in
 :mod:`fishertune.tuners.scoring`.
@@ -25,7 +29,7 @@ The data-driven selection of FisherTune and ChildTune-D (scores, top-k, growth s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +99,8 @@ class SparseTuner(Tuner):
         self._n_candidates = 0
         self._selection: Selection | None = None
         self._reference: dict[str, Tensor] = {}
+        self._keeps_pretrained = False
+        self._pretrained_whole: dict[str, Tensor] = {}
         self._optimizer: SparseAdamW | None = None
         self._sparse_names: set[str] = set()
 
@@ -139,6 +145,10 @@ class SparseTuner(Tuner):
         """The final budget, as the paper reports it (15.21M on ViT-L for a 5% budget)."""
         return self.budget()
 
+    def selectable_groups(self) -> list[ParameterGroup]:
+        """The candidate groups (:meth:`candidate_groups` of the backbone's groups)."""
+        return list(self._groups)
+
     def candidate_params(self) -> dict[str, nn.Parameter]:
         """Backbone tensors holding candidate elements, by backbone name."""
         names = {g.name for g in self._groups}
@@ -178,9 +188,11 @@ class SparseTuner(Tuner):
         """Set or grow the selection (it may only grow: the selected sets are nested, §7).
 
         The pretrained value of every newly selected element is recorded for the saved deltas;
-        it is still the current value because unselected elements never change. A live
-        optimiser receives the grown selection; before one exists the tensors holding a
-        selected element get ``requires_grad`` (:func:`~fishertune.selection.mark_trainable`).
+        it is still the current value because unselected elements never change. A tensor
+        selected whole is saved as is and needs no reference; after :meth:`keep_pretrained`
+        its pretrained values are copied to the CPU instead. A live optimiser receives the
+        grown selection; before one exists the tensors holding a selected element get
+        ``requires_grad`` (:func:`~fishertune.selection.mark_trainable`).
         """
         params = self.candidate_params()
         unknown = sorted(set(selection) - set(params))
@@ -194,7 +206,10 @@ class SparseTuner(Tuner):
         for name in selection:
             param, index = params[name], grown[name]  # on the tensor's device, as `previous`
             if grown.is_whole(name):
-                self._reference.pop(name, None)  # saved whole, no reference needed
+                reference = self._reference.pop(name, None)  # saved whole, no reference needed
+                if self._keeps_pretrained and name not in self._pretrained_whole:
+                    before = _with_reference(param, previous[name], reference)
+                    self._pretrained_whole[name] = before.cpu()
                 continue
             values = param.detach().reshape(-1)[index.long()]
             if name in self._reference:
@@ -207,6 +222,37 @@ class SparseTuner(Tuner):
             self._optimizer.update_selection(
                 grown.restrict([n for n in selection if n in self._sparse_names])
             )
+
+    def keep_pretrained(self) -> None:
+        """Keep, from now on, a CPU copy of the pretrained values of every tensor that gets
+        selected whole (partly selected tensors keep their references on the device anyway):
+        host memory for the selected whole tensors only (e.g. all candidates for ChildTune-F,
+        the listed groups for the manual study), never the rest of the backbone."""
+        if self._selection is not None:
+            raise RuntimeError(
+                f"tuner {self.name!r}: keep_pretrained() must come before the selection"
+            )
+        self._keeps_pretrained = True
+
+    def pretrained_backbone(self) -> Iterator[tuple[str, Tensor]] | None:
+        """Every backbone parameter before tuning: the current values with the references of
+        the selected elements put back (a copy per selected tensor, made one at a time), the
+        kept copies of tensors selected whole, the unselected tensors as they are (they never
+        change, §7). None without :meth:`keep_pretrained`."""
+        if not self._keeps_pretrained:
+            return None
+        return self._pretrained_tensors()
+
+    def _pretrained_tensors(self) -> Iterator[tuple[str, Tensor]]:
+        selection = self._selection
+        for name, param in self.segmentor.backbone.named_parameters():
+            reference = self._reference.get(name)
+            if name in self._pretrained_whole:
+                yield name, self._pretrained_whole[name]
+            elif selection is not None and reference is not None and reference.numel():
+                yield name, _with_reference(param, selection[name], reference)
+            else:
+                yield name, param.detach()
 
     # ---------------------------------------------------------------- optimisation
     def make_optimizer(
@@ -312,6 +358,14 @@ class SparseTuner(Tuner):
 
     def merge(self) -> None:
         """Nothing to fold: the tuned elements are the backbone's own weights."""
+
+
+def _with_reference(param: Tensor, index: Tensor, reference: Tensor | None) -> Tensor:
+    """A copy of ``param`` with ``reference`` at its flat ``index`` (no reference: no index)."""
+    values = param.detach().clone(memory_format=torch.contiguous_format)
+    if reference is not None:
+        values.view(-1)[index.to(values.device).long()] = reference.to(values.device)
+    return values
 
 
 def _candidate_name(key: str, params: Mapping[str, Tensor]) -> str:

@@ -2,9 +2,11 @@
 
 :func:`train_and_report` runs one configuration and writes ``report.md`` beside its
 checkpoints: the configuration, the per-domain table, the training curves, the Fig. 6-style
-sensitivity heatmap (methods that estimate one) and a qualitative grid of one validation image
-per domain. :func:`compare` runs several methods on the same configuration, one run directory
-each, and writes the Table-1-style comparison with a bar chart. :func:`sensitivity_map` runs
+sensitivity heatmap (methods that estimate one), a qualitative grid of one validation image
+per domain and the tuner's selection diagnostics (where a sparse method's budget went, how far
+each block's weights moved; :mod:`fishertune.reporting.selection_report`). :func:`compare`
+runs several methods on the same configuration, one run directory each, and writes the
+Table-1-style comparison with a bar chart. :func:`sensitivity_map` runs
 only the warm-up and estimation stages and draws the heatmap.
 """
 
@@ -38,6 +40,8 @@ from fishertune.reporting import (
     read_metrics_csv,
     seed_intervals,
     selected_share_by_block,
+    selection_figure,
+    selection_tables,
     sensitivity_by_block,
     sensitivity_heatmap,
     training_curves,
@@ -142,6 +146,12 @@ def report_run(trainer: Trainer, result: TrainResult) -> Path:
         figures["Image / ground truth / prediction per domain"] = qualitative_grid(
             _qualitative_rows(trainer), run_dir / FIGURES / "qualitative.png"
         )
+    tables: dict[str, str] = {}
+    if trainer.diagnostics is not None:
+        tables = selection_tables(trainer.diagnostics)
+        picture = selection_figure(trainer.diagnostics, run_dir / FIGURES / "selection.png")
+        if picture is not None:
+            figures["Selected budget and weight change per block"] = picture
     config = trainer.config
     return write_report(
         run_dir,
@@ -151,6 +161,7 @@ def report_run(trainer: Trainer, result: TrainResult) -> Path:
         source_domain=_source_name(result.results),
         figures=figures,
         notes=_notes(result) + _quality_notes(trainer),
+        extra_tables=tables,
     )
 
 

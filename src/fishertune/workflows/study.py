@@ -46,7 +46,12 @@ from fishertune.evaluation.intervals import (
     t_interval,
 )
 from fishertune.reporting import AVERAGE_HEADER, domain_bars, read_metrics_csv
-from fishertune.reporting.study_figures import CurvePanel, interval_curves, sensitivity_panels
+from fishertune.reporting.study_figures import (
+    CurvePanel,
+    interval_curves,
+    selection_curves,
+    sensitivity_panels,
+)
 from fishertune.workflows.demo import DEMO_SETTINGS, merge_settings
 from fishertune.workflows.runs import method_config, saved_sensitivity
 from fishertune.workflows.study_parts import PARTS, TARGET, Arm, Claim, Part, part_names
@@ -165,6 +170,7 @@ def _train(
         "trainable": result.trainable.backbone,
         "quality": None if quality is None else quality.to_dict(),
         "sensitivity": _sensitivity_table(trainer),
+        "diagnostics": trainer.diagnostics_record(),
     }
 
 
@@ -378,6 +384,7 @@ def _part_record(
             "method": arm.method,
             "options": dict(arm.options),
             "trainable": runs[0]["trainable"],
+            "diagnostics": runs[0].get("diagnostics"),
             "seeds": {
                 str(seed): {c: json_number(v) for c, v in values.items()}
                 for seed, values in zip(seeds, per_arm[arm.label], strict=True)
@@ -588,8 +595,9 @@ def render_markdown(study: Mapping[str, Any], figures: Mapping[str, str] | None 
     ]
     for name, part in study["parts"].items():
         out += ["", f"## {name}: {part['paper']}", "", part_block(study, name)]
-        if figures and name in figures:
-            out += ["", f"![{name}]({figures[name]})"]
+        for figure in (name, f"{name}_diagnostics"):
+            if figures and figure in figures:
+                out += ["", f"![{figure}]({figures[figure]})"]
     if study.get("sensitivity") and figures and "sensitivity" in figures:
         out += [
             "",
@@ -676,6 +684,17 @@ def draw_figures(study: Mapping[str, Any], folder: Path) -> dict[str, str]:
                 },
             )
         paths[name] = f"{folder.name}/{path.name}"
+        diagnostics = {
+            label: arm["diagnostics"] for label, arm in arms.items() if arm.get("diagnostics")
+        }
+        if part["figure"] == "bars" and diagnostics:
+            selection_curves(
+                diagnostics,
+                folder / f"{name}_diagnostics.png",
+                title=f"{name}: where the budget went and how far the weights moved "
+                f"(seed {study['seeds'][0]})",
+            )
+            paths[f"{name}_diagnostics"] = f"{folder.name}/{name}_diagnostics.png"
     sensitivity = study.get("sensitivity")
     if sensitivity:
         tables = {
