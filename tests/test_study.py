@@ -3,6 +3,7 @@ and a kill at a random moment followed by --resume."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -187,6 +188,16 @@ def test_document_blocks_are_refilled_from_the_record() -> None:
     )
     with pytest.raises(ValueError, match="study block 'budget'"):
         fill_blocks("<!-- study:budget -->\nx\n<!-- /study:budget -->", record)
+    # a part run later into its own folder fills its block from its own record
+    later = copy.deepcopy(record)
+    later["parts"] = {"budget": copy.deepcopy(record["parts"]["capacity"])}
+    later["parts"]["budget"]["claim"] = "a later part"
+    both = fill_blocks(stale + "<!-- study:budget -->\n<!-- /study:budget -->", record, later)
+    assert both.endswith(
+        f"<!-- study:budget -->\n{part_block(later, 'budget')}\n<!-- /study:budget -->"
+    )
+    assert "Claim: a later part." in both
+    assert both.startswith(filled)  # the verdicts and the first record's parts as before
 
 
 def test_bad_options_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:

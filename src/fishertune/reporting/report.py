@@ -21,7 +21,8 @@ AVERAGE_HEADER = "Avg. (targets)"
 _NO_TABLES: Mapping[str, str] = MappingProxyType({})
 
 
-def _percent(value: float) -> str:
+def percent(value: float) -> str:
+    """A fraction as a percentage with two decimals, ``-`` for NaN (table cells)."""
     return "-" if math.isnan(value) else f"{100 * value:.2f}"
 
 
@@ -56,13 +57,13 @@ def _comparison(
         ]
         for r in results.values()
     ]
-    cells = [[_percent(v) for v in row] for row in table]
+    cells = [[percent(v) for v in row] for row in table]
     if bold:
         for col in range(len(header) - 1):
             finite = [row[col] for row in table if not math.isnan(row[col])]
             if not finite:
                 continue
-            best = _percent(max(finite))
+            best = percent(max(finite))
             for row in cells:
                 if row[col] == best:
                     row[col] = f"**{best}**"
@@ -206,8 +207,8 @@ def _summary(results: DomainResults | None, source_domain: str | None) -> str:
     targets = [name for name in results.domains if name != source_domain]
     facts = []
     if source_domain is not None and source_domain in results.domains:
-        facts.append(f"source {source_domain} {_percent(results.domains[source_domain].miou)}")
-    average = _percent(_target_average(results, targets))
+        facts.append(f"source {source_domain} {percent(results.domains[source_domain].miou)}")
+    average = percent(_target_average(results, targets))
     facts.append(f"mean over {len(targets)} unseen target domain(s) {average}")
     head = f"`{results.method}` under protocol `{results.protocol.name}`"
     return f"{head}: mIoU (%) " + "; ".join(facts) + "."

@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from fishertune.reporting.plots import save_figure
+from fishertune.reporting.report import percent
 from fishertune.tuners.selection_diagnostics import (
     COLUMNS,
     BlockChange,
@@ -37,10 +38,6 @@ def _block_label(block: int | None) -> str:
     return "outside blocks" if block is None else str(block)
 
 
-def _percent(value: float) -> str:
-    return "-" if math.isnan(value) else f"{100 * value:.2f}"
-
-
 def _share_table(diagnostics: SelectionDiagnostics) -> str:
     kinds = diagnostics.kinds
     lines = [
@@ -50,15 +47,15 @@ def _share_table(diagnostics: SelectionDiagnostics) -> str:
     by_block = diagnostics.share_by_block()
     for block in diagnostics.blocks:
         cells = [
-            _percent(diagnostics.share(block, kind)) if (block, kind) in diagnostics.counts else "-"
+            percent(diagnostics.share(block, kind)) if (block, kind) in diagnostics.counts else "-"
             for kind in kinds
         ]
         lines.append(
-            f"| {_block_label(block)} | " + " | ".join(cells) + f" | {_percent(by_block[block])} |"
+            f"| {_block_label(block)} | " + " | ".join(cells) + f" | {percent(by_block[block])} |"
         )
     by_kind = diagnostics.share_by_kind()
-    total = _percent(math.fsum(by_kind.values()))  # 100 (NaN with nothing selected)
-    lines.append("| All | " + " | ".join(_percent(by_kind[k]) for k in kinds) + f" | {total} |")
+    total = percent(math.fsum(by_kind.values()))  # 100 (NaN with nothing selected)
+    lines.append("| All | " + " | ".join(percent(by_kind[k]) for k in kinds) + f" | {total} |")
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fishertune.evaluation.intervals import json_number
 from fishertune.models.parameter_groups import ParameterGroup, parameter_groups
 from fishertune.selection import Selection
 from fishertune.tuners.base import Tuner
@@ -71,10 +72,6 @@ def _cell_order(cell: tuple[Block, str]) -> tuple[tuple[bool, int], int]:
 
 def _ratio(part: float, whole: float) -> float:
     return part / whole if whole else math.nan
-
-
-def _json_number(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def weighted_gini(values: Sequence[float], weights: Sequence[float]) -> float:
@@ -162,18 +159,18 @@ class SelectionDiagnostics:
                     "block": block,
                     "kind": kind,
                     "selected": count,
-                    "share": _json_number(self.share(block, kind)),
+                    "share": json_number(self.share(block, kind)),
                 }
                 for (block, kind), count in sorted(
                     self.counts.items(), key=lambda item: _cell_order(item[0])
                 )
             ],
             "share_by_block": [
-                {"block": block, "share": _json_number(share)}
+                {"block": block, "share": json_number(share)}
                 for block, share in self.share_by_block().items()
             ],
-            "share_by_kind": {k: _json_number(v) for k, v in self.share_by_kind().items()},
-            "gini": _json_number(self.gini),
+            "share_by_kind": {k: json_number(v) for k, v in self.share_by_kind().items()},
+            "gini": json_number(self.gini),
             "gini_of": "per-tensor selected fractions, weighted by candidate elements",
             "candidate_tensors": self.tensors,
             "empty_tensors": list(self.empty),
@@ -249,7 +246,7 @@ class BlockChange:
             "block": self.block,
             "change_norm": self.change,
             "pretrained_norm": self.pretrained,
-            "relative": _json_number(self.relative),
+            "relative": json_number(self.relative),
         }
 
 

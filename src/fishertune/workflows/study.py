@@ -561,18 +561,21 @@ MARKER = re.compile(r"(<!-- study:([a-z0-9_]+) -->\n)(?:.*?\n)?(<!-- /study:\2 -
 with NAME ``verdicts`` (:func:`verdict_table`) or a part's name (:func:`part_block`)."""
 
 
-def fill_blocks(text: str, study: Mapping[str, Any]) -> str:
-    """``text`` (e.g. the README) with every study block refilled from ``study``; an unknown
-    block name raises ValueError naming it."""
+def fill_blocks(text: str, study: Mapping[str, Any], *more: Mapping[str, Any]) -> str:
+    """``text`` (e.g. the README) with every study block refilled: ``verdicts`` from
+    ``study``, a part's block from the first of ``study``, ``*more`` that has the part (e.g.
+    a part run later into its own folder); an unknown block name raises ValueError naming
+    it."""
 
     def fill(match: re.Match[str]) -> str:
         name = match.group(2)
+        owner = next((s for s in (study, *more) if name in s["parts"]), None)
         if name == "verdicts":
             body = verdict_table(study)
-        elif name in study["parts"]:
-            body = part_block(study, name)
+        elif owner is not None:
+            body = part_block(owner, name)
         else:
-            raise ValueError(f"study block {name!r}: not 'verdicts' nor a part of this study")
+            raise ValueError(f"study block {name!r}: not 'verdicts' nor a part of these studies")
         return match.group(1) + body + "\n" + match.group(3)
 
     return MARKER.sub(fill, text)
