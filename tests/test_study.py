@@ -74,6 +74,7 @@ def test_arms_shared_by_parts_are_one_run_and_different_arms_are_not() -> None:
     assert selection["F shuffled"] == "fishertune-allocation=shuffled-schedule=constant-variant=F"
     assert selection["DRF paper"] == "fishertune-combine=paper-schedule=constant"
     assert selection["Full"] == "full"
+    assert selection["FisherTune"] == fishertune  # table1's arm, with the new defaults
     distinct = {key for part in keys.values() for key in part.values()}
     assert len(distinct) == 32
 

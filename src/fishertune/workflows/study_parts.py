@@ -203,8 +203,11 @@ _SELECTION = (
     Arm("DRF per-tensor", "fishertune", (CONSTANT, ("allocation", "per_tensor"))),
     _FULL,
     _FREEZE,
+    _FISHERTUNE,
 )
-"""Issue 21's arms: every score and allocation at a constant 5% with the stable estimator."""
+"""Issue 21's arms: every score and allocation at a constant 5% with the stable estimator, and
+FisherTune with its defaults (the growing schedule and the decided combination; table1's arm
+re-run, compared in pairs only: the part's claims were fixed before it was added)."""
 
 _SELECTION_CLAIMS = (
     Claim("DRF normalised", "F"),
@@ -320,6 +323,10 @@ PARTS: tuple[Part, ...] = (
             ("DRF per-tensor", "DRF normalised"),
             ("Random", "Full"),
             ("Full", "Freeze"),
+            ("FisherTune", "Random"),
+            ("FisherTune", "Full"),
+            ("FisherTune", "Freeze"),
+            ("FisherTune", "DRF normalised"),
         ),
         claims=_SELECTION_CLAIMS,
     ),
