@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -276,6 +277,23 @@ def test_a_study_refuses_to_overwrite_and_resume_reuses_finished_runs(
     assert main([*args, "--no-progress", "--only", "capacity"]) == 0
     assert "runs done" not in capsys.readouterr().err  # every run read back, none retrained
     assert _part(out, "capacity") == record["parts"]["capacity"]
+
+
+def test_report_only_writes_the_outputs_of_finished_runs_and_trains_nothing(
+    quick_study: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, record = quick_study
+    copy_ = tmp_path / "copy"
+    shutil.copytree(out / "runs", copy_ / "runs")
+    args = ["study", "--quick", "--out", str(copy_), "--only", "selection", "--report-only"]
+    assert main([*args, "--seeds", "2", "--no-progress"]) == 0
+    assert "runs done" not in capsys.readouterr().err
+    assert _part(copy_, "selection") == record["parts"]["selection"]
+    assert (copy_ / "figures" / "selection_diagnostics.png").is_file()
+    assert main([*args, "--seeds", "3"]) == 2  # seed 2 never ran: one line, nothing trained
+    err = capsys.readouterr().err
+    assert "--report-only: 12 run(s) of these parts and seeds have not finished" in err
+    assert not list((copy_ / "runs").glob("*/seed2"))
 
 
 def test_a_killed_study_resumes_to_the_same_numbers(

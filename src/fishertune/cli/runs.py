@@ -202,6 +202,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         quick=args.quick,
         progress=not args.no_progress,
         device=args.device,
+        report_only=args.report_only,
     )
     print()
     for name, part in study.record["parts"].items():
@@ -370,11 +371,13 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="the paper's experiments on the embedded benchmark, with seeds and verdicts",
         description=(
             "Runs the parts of the study (table1, scores, estimator, perturbation, budget, "
-            "capacity: the paper's Table 1, Table 4, Fig. 5, Table 5, Appendix C and Rein's "
-            "Fig. 5) with the demo's settings and the same seeds for every arm, and writes "
-            "study.md, study.json and the figures. Each claim's verdict comes from the 95% "
-            "interval of its paired difference. Arms shared by parts run once; --resume "
-            "continues a killed study. Prints the remaining time as it goes."
+            "capacity, selection: the paper's Table 1, Table 4, Fig. 5, Table 5, Appendix C, "
+            "Rein's Fig. 5 and why random selection beats Fisher selection) with the demo's "
+            "settings and the same seeds for every arm, and writes study.md, study.json and "
+            "the figures. Each claim's verdict comes from the 95% interval of its paired "
+            "difference. Arms shared by parts run once; --resume continues a killed study; "
+            "--report-only writes the outputs from the runs already finished. Prints the "
+            "remaining time as it goes."
         ),
     )
     study.add_argument(
@@ -386,6 +389,12 @@ def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     study.add_argument("--out", default=None, help="output folder (default runs/study[_quick])")
     study.add_argument("--resume", action="store_true", help="continue an interrupted study")
     study.add_argument("--quick", action="store_true", help="every part at the smoke-test size")
+    study.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write study.json, study.md and the figures from the finished runs' records of "
+        "--out, training nothing (every run of the parts and seeds must have finished)",
+    )
     _common(study)
     study.set_defaults(func=_cmd_study)
 

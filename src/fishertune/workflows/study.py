@@ -270,6 +270,33 @@ class _Clock:
         return total
 
 
+def _run_paths(job: _Job, config: RunConfig, out: Path) -> tuple[Path, RunConfig]:
+    """The run folder of ``job`` and its run configuration."""
+    run_dir = out / "runs" / job.key / f"seed{job.seed}"
+    return run_dir, _run_config(config, job.arm, run_dir, job.seed)
+
+
+def _finished(
+    jobs: Sequence[_Job], config: RunConfig, out: Path
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """The records of every job, all of which must have finished (``--report-only``)."""
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    missing = []
+    for job in jobs:
+        run_dir, run_config = _run_paths(job, config, out)
+        record = _read_record(run_dir / RECORD, run_config)
+        if record is None:
+            missing.append(f"{job.key} seed {job.seed}")
+        else:
+            records[(job.key, job.seed)] = record
+    if missing:
+        raise ValueError(
+            f"--report-only: {len(missing)} run(s) of these parts and seeds have not finished "
+            f"(e.g. {missing[0]}); choose finished seeds, or continue the study with --resume"
+        )
+    return records
+
+
 def _collect(
     jobs: Sequence[_Job],
     config: RunConfig,
@@ -283,8 +310,7 @@ def _collect(
     records: dict[tuple[str, int], dict[str, Any]] = {}
     pending: list[tuple[_Job, Path, RunConfig]] = []
     for job in jobs:
-        run_dir = out / "runs" / job.key / f"seed{job.seed}"
-        run_config = _run_config(config, job.arm, run_dir, job.seed)
+        run_dir, run_config = _run_paths(job, config, out)
         record = _read_record(run_dir / RECORD, run_config) if resume else None
         if record is not None:
             records[(job.key, job.seed)] = record
@@ -730,8 +756,11 @@ def run_study(
     quick: bool = False,
     progress: bool = True,
     device: str | None = None,
+    report_only: bool = False,
 ) -> Study:
-    """Run the study's parts (``only``: those named) with ``seeds`` and write its outputs."""
+    """Run the study's parts (``only``: those named) with ``seeds`` and write its outputs;
+    ``report_only``: from the finished runs' records in ``out_dir`` alone, training nothing
+    (e.g. the seeds finished so far of a study still running)."""
     names = list(only) if only else part_names()
     unknown = sorted(set(names) - set(part_names()))
     if unknown:
@@ -740,14 +769,16 @@ def run_study(
         raise ValueError(f"--seeds: the study needs at least two distinct seeds, got {list(seeds)}")
     config = study_config(quick=quick, out_dir=out_dir)
     out = Path(config.output.run_dir)
-    if not resume and (out / "runs").exists():
+    if not (resume or report_only) and (out / "runs").exists():
         raise FileExistsError(
             f"{out} already holds a study; pass --resume to continue it, or choose another --out"
         )
     parts = [p for p in PARTS if p.name in names]
-    records = _collect(
-        _jobs(parts, config, seeds), config, out, resume=resume, progress=progress, device=device
-    )
+    jobs = _jobs(parts, config, seeds)
+    if report_only:
+        records = _finished(jobs, config, out)
+    else:
+        records = _collect(jobs, config, out, resume=resume, progress=progress, device=device)
     seed_list = list(seeds)
     study: dict[str, Any] = {
         "settings": config.identity(),
