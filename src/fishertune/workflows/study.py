@@ -374,6 +374,34 @@ def _quality_values(record: Mapping[str, Any]) -> dict[str, float]:
     return values
 
 
+def _selection_values(record: Mapping[str, Any]) -> dict[str, float]:
+    """Where the run's selection put the budget (Gini, the Q / K / V / FFN shares) and how far
+    the backbone moved (the mean over blocks of ‖θ_end − θ_pre‖ / ‖θ_pre‖), from its
+    diagnostics; empty for runs without them."""
+    diagnostics = record.get("diagnostics") or {}
+    values: dict[str, float] = {}
+    selection = diagnostics.get("selection")
+    if selection:
+        values["Gini"] = number(selection["gini"])
+        shares = selection["share_by_kind"]
+        for kind in ("Q", "K", "V", "FFN"):
+            values[f"{kind} share"] = number(shares.get(kind, 0.0))
+    changes = [c for c in diagnostics.get("weight_change") or () if c["block"] is not None]
+    if changes:
+        relative = [number(c["relative"]) for c in changes]
+        values["‖Δθ‖/‖θ‖ per block"] = math.fsum(relative) / len(relative)
+    return values
+
+
+def _intervals(rows: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+    """Per name that every row has, the interval of its values over the rows (seeds)."""
+    return {
+        name: t_interval([row[name] for row in rows]).to_dict()
+        for name in rows[0]
+        if all(name in row for row in rows)
+    }
+
+
 def _verdict(difference: Interval, higher: bool) -> str:
     if not difference.excludes_zero:
         return NOT_RESOLVED
@@ -403,7 +431,6 @@ def _part_record(
         key = arm.key(config.method.name, config.method.options)
         runs = [records[(key, seed)] for seed in seeds]
         per_arm[arm.label] = [_values(r) for r in runs]
-        quality = [_quality_values(r) for r in runs]
         columns = list(per_arm[arm.label][0])
         arms[arm.label] = {
             "key": key,
@@ -416,12 +443,11 @@ def _part_record(
                 for seed, values in zip(seeds, per_arm[arm.label], strict=True)
             },
             "mean": {c: t_interval([v[c] for v in per_arm[arm.label]]).to_dict() for c in columns},
-            "quality": {
-                name: t_interval([q[name] for q in quality]).to_dict()
-                for name in quality[0]
-                if all(name in q for q in quality)
-            },
+            "quality": _intervals([_quality_values(r) for r in runs]),
         }
+        selection = _intervals([_selection_values(r) for r in runs])
+        if selection:
+            arms[arm.label]["selection"] = selection
     pairs = []
     for label, reference in part.pairs:
         columns = list(per_arm[label][0])
@@ -518,20 +544,32 @@ def pair_table(part: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def quality_table(part: Mapping[str, Any]) -> str | None:
-    """Per arm, its estimate's reliability and agreement figures (mean ± 95% CI), if any."""
-    arms = {label: arm["quality"] for label, arm in part["arms"].items() if arm["quality"]}
+def _figures_table(part: Mapping[str, Any], field: str, header: str) -> str | None:
+    """Per arm with figures under ``field``, each figure's mean ± 95% CI; None when no arm
+    has any."""
+    arms = {label: arm[field] for label, arm in part["arms"].items() if arm.get(field)}
     if not arms:
         return None
-    names = list(dict.fromkeys(name for quality in arms.values() for name in quality))
-    lines = ["| " + " | ".join(["Estimate", *names]) + " |", "| --- |" + " ---: |" * len(names)]
-    for label, quality in arms.items():
+    names = list(dict.fromkeys(name for figures in arms.values() for name in figures))
+    lines = ["| " + " | ".join([header, *names]) + " |", "| --- |" + " ---: |" * len(names)]
+    for label, figures in arms.items():
         cells = [
-            Interval.from_dict(quality[n]).format(scale=1.0, digits=3) if n in quality else "-"
+            Interval.from_dict(figures[n]).format(scale=1.0, digits=3) if n in figures else "-"
             for n in names
         ]
         lines.append("| " + " | ".join([label, *cells]) + " |")
     return "\n".join(lines)
+
+
+def quality_table(part: Mapping[str, Any]) -> str | None:
+    """Per arm, its estimate's reliability and agreement figures (mean ± 95% CI), if any."""
+    return _figures_table(part, "quality", "Estimate")
+
+
+def selection_table(part: Mapping[str, Any]) -> str | None:
+    """Per arm, where its selection put the budget and how far its weights moved (mean ± 95%
+    CI over seeds), if any arm has the diagnostics."""
+    return _figures_table(part, "selection", "Selection")
 
 
 def claim_lines(part: Mapping[str, Any]) -> list[str]:
@@ -578,6 +616,16 @@ def part_block(study: Mapping[str, Any], name: str) -> str:
             "Estimates' reliability and agreement (Spearman ρ, top-k overlap):",
             "",
             quality,
+        ]
+    selection = selection_table(part)
+    if selection is not None:
+        out += [
+            "",
+            "Where the selection put the budget (Gini over tensors; shares of the selected "
+            "elements) and how far the backbone moved (‖θ_end − θ_pre‖ / ‖θ_pre‖, mean over "
+            "blocks):",
+            "",
+            selection,
         ]
     return "\n".join(out)
 
