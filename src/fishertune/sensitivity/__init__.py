@@ -3,9 +3,11 @@
 Everything here works on any ``nn.Module`` and any subset of its parameters.
 """
 
+from fishertune.sensitivity._common import LABEL_MODES
 from fishertune.sensitivity.diagonal import diagonal_fisher
 from fishertune.sensitivity.dr_fim import (
     COMBINES,
+    VARIANTS,
     dr_fim,
     median_floor,
     quantiles,
@@ -26,6 +28,8 @@ from fishertune.sensitivity.quality import (
 )
 from fishertune.sensitivity.variational import (
     CURVATURES,
+    FLOOR_QUANTILE,
+    TAU_SCALE,
     VariationalFit,
     fit_variational,
     gaussian_kl,
@@ -38,6 +42,10 @@ from fishertune.sensitivity.variational import (
 __all__ = [
     "COMBINES",
     "CURVATURES",
+    "FLOOR_QUANTILE",
+    "LABEL_MODES",
+    "TAU_SCALE",
+    "VARIANTS",
     "Agreement",
     "DomainTerm",
     "EstimateQuality",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+
+from fishertune.sensitivity.dr_fim import shift_coefficient
 
 Offsets = tuple[Tensor, Tensor]
 """Per-call additive offsets ``(a, b)`` of shape ``(B, C)``: α = μ + a and β = σ + b."""
@@ -95,7 +96,7 @@ class FeaturePerturbation:
     @property
     def coef(self) -> float:
         """c = exp(−(s_μ + s_σ)), the weight of ΔF in the DR-FIM (method.md §5)."""
-        return math.exp(-(self.scale_mu + self.scale_sigma))
+        return shift_coefficient(self.scale_mu, self.scale_sigma)
 
     @property
     def active(self) -> bool:

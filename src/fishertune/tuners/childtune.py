@@ -15,8 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from fishertune.selection import Selection
-from fishertune.sensitivity import EstimateQuality, diagonal_fisher
-from fishertune.sensitivity._common import LABEL_MODES
+from fishertune.sensitivity import LABEL_MODES, EstimateQuality, diagonal_fisher
 from fishertune.tuners.base import TunerConfig
 from fishertune.tuners.registry import register
 from fishertune.tuners.scoring import (

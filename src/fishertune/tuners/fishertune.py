@@ -17,7 +17,12 @@ from typing import Any
 from torch import Tensor, nn
 
 from fishertune.sensitivity import (
+    COMBINES,
     CURVATURES,
+    FLOOR_QUANTILE,
+    LABEL_MODES,
+    TAU_SCALE,
+    VARIANTS,
     DomainTerm,
     EstimateQuality,
     FeaturePerturbation,
@@ -25,12 +30,10 @@ from fishertune.sensitivity import (
     diagonal_fisher,
     dr_fim,
     fit_variational,
+    median_floor,
     merge_fits,
     stable_dr_fim,
 )
-from fishertune.sensitivity._common import LABEL_MODES
-from fishertune.sensitivity.dr_fim import COMBINES, VARIANTS, median_floor
-from fishertune.sensitivity.variational import FLOOR_QUANTILE, TAU_SCALE
 from fishertune.tuners.base import entry_perturbation
 from fishertune.tuners.registry import register
 from fishertune.tuners.scoring import (
