@@ -21,7 +21,7 @@ from fishertune.engine.estimate_file import saved_quality
 from fishertune.engine.model import build_model, load_trained
 from fishertune.engine.precision import autocast
 from fishertune.engine.trainer import NonFiniteLossError, Trainer, lr_factor
-from fishertune.sensitivity import Agreement, EstimateQuality
+from fishertune.sensitivity import Agreement, DomainTerm, EstimateQuality
 from fishertune.tuners.scoring import ScoredTuner
 from fishertune.workflows.checkpoint_evaluation import evaluate_checkpoint
 from run_fixtures import tiny_config
@@ -147,6 +147,15 @@ def test_estimation_stage_records_its_quality_and_warns_near_chance(
     warned = capsys.readouterr().err.splitlines()
     assert len(warned) == 2
     assert all(line.startswith("warning: sensitivity estimate:") for line in warned)
+    good = Agreement(0.9, 0.8, 10, 200)
+    for overlap_f, lines in ((0.5, 1), (0.99, 2)):
+        term = DomainTerm("normalised", 0.135, overlap_f, 0.2, 0.3, 10, 200)
+        tuner.quality = EstimateQuality({"F": good}, good, "variational", {}, term)
+        trainer._record_quality()
+        said = capsys.readouterr().err.splitlines()
+        assert len(said) == lines
+        assert said[0].startswith("estimate: domain term: DRF (normalised, c 0.135) shares")
+        assert lines == 1 or "the domain term ΔF does not count" in said[1]
 
 
 def test_other_methods_train_in_one_stage(tmp_path: Path) -> None:

@@ -370,8 +370,9 @@ class Trainer:
         self._record_quality()
 
     def _record_quality(self) -> None:
-        """The estimate's quality into TensorBoard, and one warning line per figure near
-        chance on stderr (rank 0)."""
+        """The estimate's quality into TensorBoard and the CSV log; on stderr (rank 0) the
+        domain-term check (whether the DRF selection is the F or the ΔF̃ selection, method.md
+        §5) and one warning line per figure near chance or term that does not count."""
         quality = self.tuner.quality
         if quality is None or not self.is_main:
             return
@@ -388,6 +389,8 @@ class Trainer:
             values["estimate/domain_term_spearman_F_dF"] = quality.domain_term.spearman_f_df
         if self.log is not None:
             self.log.scalars(self.loop.step, values)
+        if quality.domain_term is not None:  # whether the domain term counts, every time
+            print(f"estimate: domain term: {quality.domain_term.describe()}", file=sys.stderr)
         for line in quality.warnings():
             print(f"warning: {line}", file=sys.stderr)
 
