@@ -1,9 +1,10 @@
-"""The README's study section shows exactly the committed study (issue 13).
+"""The README's study section shows exactly the committed studies (issues 13 and 21).
 
-``docs/study/`` holds the full study's ``study.json``, ``study.md`` and figures as measured;
-the README's tables between ``<!-- study:NAME -->`` markers must be what
-:func:`~fishertune.workflows.study.fill_blocks` makes of that ``study.json``, the verdict
-table and every part present, and every figure the README shows must exist.
+``docs/study/`` holds the full study's ``study.json``, ``study.md`` and figures as measured, and
+``docs/study/selection/`` the ``selection`` part's (a study of its own, issue 21); the README's
+tables between ``<!-- study:NAME -->`` markers must be what
+:func:`~fishertune.workflows.study.fill_blocks` makes of those records, the verdict table and
+every part present, and every figure the README shows must exist.
 """
 
 from __future__ import annotations
@@ -11,29 +12,46 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from fishertune.workflows.study import MARKER, fill_blocks, render_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "docs" / "study"
+STUDIES = (STUDY, STUDY / "selection")
 
 
-def test_the_readme_tables_are_those_of_the_committed_study() -> None:
-    study = json.loads((STUDY / "study.json").read_text(encoding="utf-8"))
+def _record(folder: Path) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+    return record
+
+
+def test_the_readme_tables_are_those_of_the_committed_studies() -> None:
+    first, *more = (_record(folder) for folder in STUDIES)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert [match.group(2) for match in MARKER.finditer(readme)] == ["verdicts", *study["parts"]]
-    assert fill_blocks(readme, study) == readme, (
-        "README.md's study blocks differ from docs/study/study.json; refill them with "
-        "fishertune.workflows.study.fill_blocks"
+    parts = [name for record in (first, *more) for name in record["parts"]]
+    assert [match.group(2) for match in MARKER.finditer(readme)] == ["verdicts", *parts]
+    assert fill_blocks(readme, first, *more) == readme, (
+        "README.md's study blocks differ from docs/study/**/study.json; refill them with "
+        "fishertune.workflows.study.fill_blocks (DEVELOPERS.md)"
     )
 
 
-def test_the_committed_study_md_and_figures_match_its_record() -> None:
-    study = json.loads((STUDY / "study.json").read_text(encoding="utf-8"))
-    markdown = (STUDY / "study.md").read_text(encoding="utf-8")
+@pytest.mark.parametrize("folder", STUDIES, ids=lambda p: p.name)
+def test_the_committed_study_md_and_figures_match_its_record(folder: Path) -> None:
+    study = _record(folder)
+    markdown = (folder / "study.md").read_text(encoding="utf-8")
     figures = dict(re.findall(r"!\[([^\]]+)\]\(([^)]+)\)", markdown))
     assert markdown == render_markdown(study, figures)
+    for path in figures.values():
+        assert (folder / path).is_file(), path
+
+
+def test_every_study_figure_the_readme_shows_exists() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    for path in [*figures.values(), *re.findall(r"\]\((docs/study/[^)]+)\)", readme)]:
-        target = STUDY / path if not path.startswith("docs/") else ROOT / path
-        assert target.is_file(), path
+    shown = re.findall(r"\]\((docs/study/[^)]+)\)", readme)
+    assert shown
+    for path in shown:
+        assert (ROOT / path).is_file(), path
