@@ -20,22 +20,25 @@ from typing import Any
 import pytest
 
 from fishertune.cli import main
-from fishertune.evaluation.intervals import Interval, paired_interval
-from fishertune.tuners import available_tuners
-from fishertune.tuners.registry import tuner_class
-from fishertune.workflows.runs import method_config
-from fishertune.workflows.study import (
+from fishertune.evaluation.intervals import (
     CONTRADICTED,
     NOT_RESOLVED,
     SUPPORTED,
-    _part_verdict,
-    _verdict,
+    Interval,
+    combined_verdict,
+    paired_interval,
+    verdict,
+)
+from fishertune.reporting.study_report import (
     fill_blocks,
     part_block,
     render_markdown,
-    study_config,
     verdict_table,
 )
+from fishertune.tuners import available_tuners
+from fishertune.tuners.registry import tuner_class
+from fishertune.workflows.runs import method_config
+from fishertune.workflows.study import study_config
 from fishertune.workflows.study_parts import PARTS, Arm, Claim, Part, part_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,16 +98,16 @@ def test_verdicts_follow_the_interval_and_the_direction() -> None:
     wide = paired_interval([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
     assert wide.mean == pytest.approx(2.0)
     assert wide.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
-    assert _verdict(wide, higher=True) == NOT_RESOLVED
+    assert verdict(wide, higher=True) == NOT_RESOLVED
     narrow = paired_interval([1.0, 1.1, 1.2], [0.0, 0.0, 0.0])
-    assert _verdict(narrow, higher=True) == SUPPORTED
-    assert _verdict(narrow, higher=False) == CONTRADICTED
+    assert verdict(narrow, higher=True) == SUPPORTED
+    assert verdict(narrow, higher=False) == CONTRADICTED
     below = Interval(-0.5, 0.2, 3)
-    assert _verdict(below, higher=False) == SUPPORTED
-    assert _part_verdict([SUPPORTED, SUPPORTED]) == SUPPORTED
-    assert _part_verdict([SUPPORTED, NOT_RESOLVED]) == NOT_RESOLVED
-    assert _part_verdict([SUPPORTED, CONTRADICTED]) == CONTRADICTED
-    assert _part_verdict([]) == NOT_RESOLVED
+    assert verdict(below, higher=False) == SUPPORTED
+    assert combined_verdict([SUPPORTED, SUPPORTED]) == SUPPORTED
+    assert combined_verdict([SUPPORTED, NOT_RESOLVED]) == NOT_RESOLVED
+    assert combined_verdict([SUPPORTED, CONTRADICTED]) == CONTRADICTED
+    assert combined_verdict([]) == NOT_RESOLVED
 
 
 def _interval(mean: float, half: float | None) -> dict[str, Any]:

@@ -62,7 +62,7 @@ from fishertune.engine.batches import (
     training_transform,
 )
 from fishertune.engine.config import RunConfig
-from fishertune.engine.datasets import SOURCE_DOMAIN, evaluation_sets, source_train_set
+from fishertune.engine.datasets import evaluation_sets, source_train_set
 from fishertune.engine.distributed import (
     DistributedContext,
     average_gradients,
@@ -81,7 +81,7 @@ from fishertune.engine.run_checkpoints import (
     has_checkpoint,
 )
 from fishertune.engine.run_log import RunLog
-from fishertune.evaluation.domains import DomainResults
+from fishertune.evaluation.domains import SOURCE_DOMAIN, DomainResults
 from fishertune.progress import StepBar
 from fishertune.tuners.base import TrainableCount, backbone_of, no_estimation_stage
 from fishertune.tuners.selection_diagnostics import TuningDiagnostics, tuning_diagnostics
@@ -304,9 +304,8 @@ class Trainer:
             )
 
     def _record_evaluation(self, results: DomainResults) -> None:
-        targets = [m.miou for name, m in results.domains.items() if name != SOURCE_DOMAIN]
         values: dict[str, Any] = {f"miou/{n}": m.miou for n, m in results.domains.items()}
-        values["miou/targets"] = sum(targets) / len(targets) if targets else math.nan
+        values["miou/targets"] = results.target_average
         if self.log is not None:
             self.log.write(self.loop.step, values)
         source = results.domains.get(SOURCE_DOMAIN)

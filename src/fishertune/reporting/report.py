@@ -12,11 +12,8 @@ from typing import Any
 import yaml
 
 from fishertune.atomic import atomic_write
-from fishertune.evaluation.domains import DomainResults
+from fishertune.evaluation.domains import AVERAGE_HEADER, DomainResults, target_average
 from fishertune.evaluation.intervals import Interval, paired_interval, t_interval
-
-AVERAGE_HEADER = "Avg. (targets)"
-"""Column of the mean mIoU over the unseen target domains (the source domain excluded)."""
 
 _NO_TABLES: Mapping[str, str] = MappingProxyType({})
 
@@ -39,9 +36,10 @@ def _columns(results: Sequence[DomainResults], source_domain: str | None) -> tup
 
 
 def _target_average(results: DomainResults, targets: Sequence[str]) -> float:
-    """Mean mIoU over ``targets``; NaN when one is missing or NaN (or there are none)."""
-    values = [results.domains[t].miou if t in results.domains else math.nan for t in targets]
-    return sum(values) / len(values) if values else math.nan
+    """:func:`~fishertune.evaluation.domains.target_average` over the table's ``targets``:
+    NaN when the run misses one of them, so that every row averages the same domains."""
+    miou = {t: results.domains[t].miou if t in results.domains else math.nan for t in targets}
+    return target_average(miou, source=None)
 
 
 def _comparison(

@@ -24,11 +24,10 @@ from torch import Tensor
 
 from fishertune.atomic import atomic_write
 from fishertune.engine.config import RunConfig, config_from_dict
-from fishertune.engine.datasets import SOURCE_DOMAIN
 from fishertune.engine.estimate_file import read_estimate
 from fishertune.engine.run_checkpoints import has_checkpoint
 from fishertune.engine.trainer import Trainer, TrainResult
-from fishertune.evaluation.domains import DomainResults
+from fishertune.evaluation.domains import SOURCE_DOMAIN, DomainResults
 from fishertune.models import parameter_groups
 from fishertune.reporting import (
     comparison_table,

@@ -9,13 +9,14 @@ estimate's quality and the Fig. 6 table of its scores); ``--resume`` reads those
 an interrupted run from its last checkpoint and starts the others, so a kill costs at most the
 work since the last checkpoint. The study then writes ``study.json`` (every seed's numbers, the
 intervals, the paired differences and the verdicts, all computed from the runs), ``study.md``
-(rendered from ``study.json`` by :func:`render_markdown`) and the figures.
+(rendered from ``study.json`` by :func:`~fishertune.reporting.study_report.render_markdown`)
+and the figures (:func:`~fishertune.reporting.study_figures.draw_figures`).
 
 Per arm and column, the mean over seeds ± the 95% Student-t half-width; per pair, the mean
 per-seed difference ± its half-width; a claim is *supported* when its difference's interval
 excludes 0 in the paper's direction, *contradicted* when it excludes 0 the other way, *not
 resolved* otherwise; a part is supported when all its claims are, contradicted when any is
-(method.md §11).
+(:func:`~fishertune.evaluation.intervals.verdict`, method.md §11).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -31,51 +31,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fishertune.atomic import atomic_write
 from fishertune.engine.config import RunConfig, config_from_dict
-from fishertune.engine.datasets import SOURCE_DOMAIN
 from fishertune.engine.run_checkpoints import has_checkpoint
 from fishertune.engine.trainer import Trainer
+from fishertune.evaluation.domains import AVERAGE_HEADER, target_average
 from fishertune.evaluation.intervals import (
-    Interval,
+    combined_verdict,
     json_number,
     number,
     paired_interval,
     t_interval,
+    verdict,
 )
-from fishertune.reporting import AVERAGE_HEADER, domain_bars, read_metrics_csv
-from fishertune.reporting.study_figures import (
-    CurvePanel,
-    interval_curves,
-    selection_curves,
-    sensitivity_panels,
-)
+from fishertune.reporting import read_metrics_csv
+from fishertune.reporting.study_figures import draw_figures
+from fishertune.reporting.study_report import LOSS_COLUMN, render_markdown
 from fishertune.workflows.demo import DEMO_SETTINGS, merge_settings
 from fishertune.workflows.runs import method_config, saved_sensitivity
 from fishertune.workflows.study_parts import PARTS, TARGET, Arm, Claim, Part, part_names
 
 __all__ = [
-    "MARKER",
     "QUICK_STUDY_SETTINGS",
     "RECORD",
     "STUDY_SETTINGS",
     "Study",
-    "draw_figures",
-    "fill_blocks",
-    "part_block",
-    "render_markdown",
     "run_study",
     "study_config",
-    "verdict_table",
 ]
 
 RECORD = "study_run.json"
 """A finished run's numbers, beside its checkpoints."""
-
-LOSS_COLUMN = "train loss"
-"""Column of the final source training loss (mean over the last tenth of the updates)."""
 
 STUDY_SETTINGS: dict[str, Any] = {"schedule": {"eval_every": 0}}
 """What the study changes in the demo's settings: each run is evaluated once, at its end (an
@@ -106,10 +92,6 @@ QUICK_STUDY_SETTINGS: dict[str, Any] = {
 }
 """``--quick``: every part and arm at a smoke-test size (tests run it): a randomly
 initialised 2-block, 32-wide ViT of the same family on 32 × 64 scenes, 6 updates."""
-
-SUPPORTED = "supported"
-CONTRADICTED = "contradicted"
-NOT_RESOLVED = "not resolved"
 
 _SENSITIVITY_ARMS = ("F", "ΔF", "DRF")
 """The ``scores`` arms whose estimates draw the paper's Fig. 6."""
@@ -350,9 +332,7 @@ def _collect(
 def _values(record: Mapping[str, Any]) -> dict[str, float]:
     """A run's numbers per column (mIoU as fractions)."""
     miou = {name: number(value) for name, value in record["miou"].items()}
-    targets = [v for name, v in miou.items() if name != SOURCE_DOMAIN]
-    average = math.fsum(targets) / len(targets) if targets else math.nan
-    return {**miou, AVERAGE_HEADER: average, LOSS_COLUMN: number(record["train_loss"])}
+    return {**miou, AVERAGE_HEADER: target_average(miou), LOSS_COLUMN: number(record["train_loss"])}
 
 
 def _quality_values(record: Mapping[str, Any]) -> dict[str, float]:
@@ -400,18 +380,6 @@ def _intervals(rows: Sequence[Mapping[str, float]]) -> dict[str, Any]:
         for name in rows[0]
         if all(name in row for row in rows)
     }
-
-
-def _verdict(difference: Interval, higher: bool) -> str:
-    if not difference.excludes_zero:
-        return NOT_RESOLVED
-    return SUPPORTED if (difference.mean > 0) == higher else CONTRADICTED
-
-
-def _part_verdict(verdicts: Sequence[str]) -> str:
-    if verdicts and all(v == SUPPORTED for v in verdicts):
-        return SUPPORTED
-    return CONTRADICTED if CONTRADICTED in verdicts else NOT_RESOLVED
 
 
 def _claim_column(claim: Claim) -> str:
@@ -475,13 +443,13 @@ def _part_record(
                 "column": column,
                 "higher": claim.higher,
                 "difference": difference.to_dict(),
-                "verdict": _verdict(difference, claim.higher),
+                "verdict": verdict(difference, claim.higher),
             }
         )
     return {
         "paper": part.paper,
         "claim": part.claim,
-        "verdict": _part_verdict([c["verdict"] for c in claims]),
+        "verdict": combined_verdict([c["verdict"] for c in claims]),
         "figure": part.figure,
         "groups": [[group, [list(s) for s in series]] for group, series in part.groups],
         "arms": arms,
@@ -505,286 +473,6 @@ def _sensitivity_record(
             return None
         tables[label] = record["sensitivity"]
     return {"seed": seeds[0], "tables": tables}
-
-
-# ---------------------------------------------------------------------------------------------
-# study.md, rendered from study.json
-
-
-def _cell(interval: Interval, column: str, *, mark: bool = False) -> str:
-    scale, digits = (1.0, 3) if column == LOSS_COLUMN else (100.0, 2)
-    text = interval.format(scale=scale, digits=digits)
-    return f"{text} *" if mark and interval.excludes_zero else text
-
-
-def arm_table(part: Mapping[str, Any], seeds: int) -> str:
-    """The part's table: per arm, the trainable backbone parameters and mean ± 95% CI of each
-    column (mIoU %, the training loss)."""
-    arms = part["arms"]
-    columns = list(next(iter(arms.values()))["mean"])
-    header = [f"Arm (mean ± 95% CI, {seeds} seeds)", "trainable", *columns]
-    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
-    for label, arm in arms.items():
-        cells = [_cell(Interval.from_dict(arm["mean"][c]), c) for c in columns]
-        lines.append("| " + " | ".join([label, f"{arm['trainable']:,}", *cells]) + " |")
-    return "\n".join(lines)
-
-
-def pair_table(part: Mapping[str, Any]) -> str:
-    """The part's paired differences (mIoU points, loss), ``*`` where the interval excludes 0."""
-    pairs = part["pairs"]
-    columns = list(pairs[0]["difference"])
-    lines = [
-        "| " + " | ".join(["Paired difference", *columns]) + " |",
-        "| --- |" + " ---: |" * len(columns),
-    ]
-    for pair in pairs:
-        cells = [_cell(Interval.from_dict(pair["difference"][c]), c, mark=True) for c in columns]
-        lines.append("| " + " | ".join([f"{pair['arm']} − {pair['reference']}", *cells]) + " |")
-    return "\n".join(lines)
-
-
-def _figures_table(part: Mapping[str, Any], field: str, header: str) -> str | None:
-    """Per arm with figures under ``field``, each figure's mean ± 95% CI; None when no arm
-    has any."""
-    arms = {label: arm[field] for label, arm in part["arms"].items() if arm.get(field)}
-    if not arms:
-        return None
-    names = list(dict.fromkeys(name for figures in arms.values() for name in figures))
-    lines = ["| " + " | ".join([header, *names]) + " |", "| --- |" + " ---: |" * len(names)]
-    for label, figures in arms.items():
-        cells = [
-            Interval.from_dict(figures[n]).format(scale=1.0, digits=3) if n in figures else "-"
-            for n in names
-        ]
-        lines.append("| " + " | ".join([label, *cells]) + " |")
-    return "\n".join(lines)
-
-
-def quality_table(part: Mapping[str, Any]) -> str | None:
-    """Per arm, its estimate's reliability and agreement figures (mean ± 95% CI), if any."""
-    return _figures_table(part, "quality", "Estimate")
-
-
-def selection_table(part: Mapping[str, Any]) -> str | None:
-    """Per arm, where its selection put the budget and how far its weights moved (mean ± 95%
-    CI over seeds), if any arm has the diagnostics."""
-    return _figures_table(part, "selection", "Selection")
-
-
-def claim_lines(part: Mapping[str, Any]) -> list[str]:
-    """One line per claim: the comparison, its paired difference and its verdict."""
-    lines = []
-    for claim in part["claims"]:
-        difference = Interval.from_dict(claim["difference"])
-        value = _cell(difference, claim["column"])
-        lines.append(f"- {claim['claim']}: difference {value} → {claim['verdict']}")
-    return lines
-
-
-def verdict_table(study: Mapping[str, Any]) -> str:
-    """One row per part: the paper's experiment, the claim and its verdict."""
-    return "\n".join(
-        [
-            "| Part | Paper | Claim | Verdict |",
-            "| --- | --- | --- | --- |",
-            *(
-                f"| {name} | {part['paper']} | {part['claim']} | {part['verdict']} |"
-                for name, part in study["parts"].items()
-            ),
-        ]
-    )
-
-
-def part_block(study: Mapping[str, Any], name: str) -> str:
-    """Part ``name``'s claim lines, arm table, paired differences and (if any) its estimates'
-    quality, as markdown: the body of its section in ``study.md`` and in the README."""
-    part = study["parts"][name]
-    out = [
-        f"Claim: {part['claim']}. **Verdict: {part['verdict']}.**",
-        "",
-        *claim_lines(part),
-        "",
-        arm_table(part, len(study["seeds"])),
-        "",
-        pair_table(part),
-    ]
-    quality = quality_table(part)
-    if quality is not None:
-        out += [
-            "",
-            "Estimates' reliability and agreement (Spearman ρ, top-k overlap):",
-            "",
-            quality,
-        ]
-    selection = selection_table(part)
-    if selection is not None:
-        out += [
-            "",
-            "Where the selection put the budget (Gini over tensors; shares of the selected "
-            "elements) and how far the backbone moved (‖θ_end − θ_pre‖ / ‖θ_pre‖, mean over "
-            "blocks):",
-            "",
-            selection,
-        ]
-    return "\n".join(out)
-
-
-MARKER = re.compile(r"(<!-- study:([a-z0-9_]+) -->\n)(?:.*?\n)?(<!-- /study:\2 -->)", re.DOTALL)
-"""A block of a document filled from a study: ``<!-- study:NAME -->`` … ``<!-- /study:NAME -->``
-with NAME ``verdicts`` (:func:`verdict_table`) or a part's name (:func:`part_block`)."""
-
-
-def fill_blocks(text: str, study: Mapping[str, Any], *more: Mapping[str, Any]) -> str:
-    """``text`` (e.g. the README) with every study block refilled: ``verdicts`` from
-    ``study``, a part's block from the first of ``study``, ``*more`` that has the part (e.g.
-    a part run later into its own folder); an unknown block name raises ValueError naming
-    it."""
-
-    def fill(match: re.Match[str]) -> str:
-        name = match.group(2)
-        owner = next((s for s in (study, *more) if name in s["parts"]), None)
-        if name == "verdicts":
-            body = verdict_table(study)
-        elif owner is not None:
-            body = part_block(owner, name)
-        else:
-            raise ValueError(f"study block {name!r}: not 'verdicts' nor a part of these studies")
-        return match.group(1) + body + "\n" + match.group(3)
-
-    return MARKER.sub(fill, text)
-
-
-def render_markdown(study: Mapping[str, Any], figures: Mapping[str, str] | None = None) -> str:
-    """``study.md`` from the ``study.json`` record (``figures``: per part, its image path)."""
-    out = [
-        "# FisherTune study on the embedded benchmark",
-        "",
-        f"Seeds {', '.join(map(str, study['seeds']))}; every arm with the same settings "
-        "(`configs/demo.yaml` less the method, evaluated once at the end). mIoU in %, mean "
-        "± 95% Student-t half-width over seeds; paired differences per seed (* the interval "
-        "excludes 0); train loss: the mean source training loss over the last tenth of the "
-        "updates. Verdicts come from the intervals: supported / contradicted when the "
-        "claim's interval excludes 0 in / against the paper's direction, not resolved "
-        "otherwise.",
-        "",
-        verdict_table(study),
-    ]
-    for name, part in study["parts"].items():
-        out += ["", f"## {name}: {part['paper']}", "", part_block(study, name)]
-        for figure in (name, f"{name}_diagnostics"):
-            if figures and figure in figures:
-                out += ["", f"![{figure}]({figures[figure]})"]
-    if study.get("sensitivity") and figures and "sensitivity" in figures:
-        out += [
-            "",
-            "## Fig. 6: sensitivity per block of F, ΔF and DRF",
-            "",
-            f"From the `scores` part's estimates at seed {study['sensitivity']['seed']}.",
-            "",
-            f"![sensitivity]({figures['sensitivity']})",
-        ]
-    return "\n".join(out) + "\n"
-
-
-def draw_figures(study: Mapping[str, Any], folder: Path) -> dict[str, str]:
-    """Each part's figure and Fig. 6 under ``folder``, drawn from the ``study.json`` record
-    alone; returns their paths relative to the folder's parent."""
-    paths: dict[str, str] = {}
-    for name, part in study["parts"].items():
-        arms = part["arms"]
-        means = {
-            label: {c: Interval.from_dict(v) for c, v in arm["mean"].items()}
-            for label, arm in arms.items()
-        }
-        path = folder / f"{name}.png"
-        title = f"{name} ({part['paper']}): 95% CI over {len(study['seeds'])} seeds"
-        if part["figure"] == "domains":
-            domains = [c for c in next(iter(means.values())) if c != LOSS_COLUMN]
-            domain_bars(
-                {label: {c: m[c].mean for c in domains} for label, m in means.items()},
-                path,
-                title=title,
-                errors={label: {c: m[c].half_width for c in domains} for label, m in means.items()},
-            )
-        elif part["figure"] == "grouped":
-            series: dict[str, dict[str, float]] = {}
-            errors: dict[str, dict[str, float]] = {}
-            for group, members in part["groups"]:
-                for name_, label in members:
-                    series.setdefault(name_, {})[group] = means[label][AVERAGE_HEADER].mean
-                    errors.setdefault(name_, {})[group] = means[label][AVERAGE_HEADER].half_width
-            domain_bars(series, path, title=f"{title}; target average", errors=errors)
-        elif part["figure"] in ("budget", "capacity"):
-            order = list(arms)
-            if part["figure"] == "capacity":
-                order.sort(key=lambda label: arms[label]["trainable"])
-            ticks = tuple(
-                label if part["figure"] == "budget" else f"{label}\n{arms[label]['trainable']:,}"
-                for label in order
-            )
-            xlabel = (
-                "δ_max (share of backbone parameters)"
-                if part["figure"] == "budget"
-                else "trainable backbone parameters"
-            )
-            panels = [
-                CurvePanel(
-                    ticks,
-                    tuple(100 * means[label][AVERAGE_HEADER].mean for label in order),
-                    tuple(100 * means[label][AVERAGE_HEADER].half_width for label in order),
-                    "target average mIoU (%)",
-                    xlabel,
-                )
-            ]
-            if part["figure"] == "capacity":
-                panels.insert(
-                    0,
-                    CurvePanel(
-                        ticks,
-                        tuple(means[label][LOSS_COLUMN].mean for label in order),
-                        tuple(means[label][LOSS_COLUMN].half_width for label in order),
-                        "source training loss (last tenth)",
-                        xlabel,
-                    ),
-                )
-            interval_curves(panels, path, title=title)
-        else:
-            domain_bars(
-                {"target average": {label: m[AVERAGE_HEADER].mean for label, m in means.items()}},
-                path,
-                title=title,
-                errors={
-                    "target average": {
-                        label: m[AVERAGE_HEADER].half_width for label, m in means.items()
-                    }
-                },
-            )
-        paths[name] = f"{folder.name}/{path.name}"
-        diagnostics = {
-            label: arm["diagnostics"] for label, arm in arms.items() if arm.get("diagnostics")
-        }
-        if part["figure"] == "bars" and diagnostics:
-            selection_curves(
-                diagnostics,
-                folder / f"{name}_diagnostics.png",
-                title=f"{name}: where the budget went and how far the weights moved "
-                f"(seed {study['seeds'][0]})",
-            )
-            paths[f"{name}_diagnostics"] = f"{folder.name}/{name}_diagnostics.png"
-    sensitivity = study.get("sensitivity")
-    if sensitivity:
-        tables = {
-            label: np.array([[number(v) for v in row] for row in table], dtype=np.float64)
-            for label, table in sensitivity["tables"].items()
-        }
-        sensitivity_panels(
-            tables,
-            folder / "fig6_sensitivity.png",
-            title=f"Mean sensitivity per block (log10), seed {sensitivity['seed']}",
-        )
-        paths["sensitivity"] = f"{folder.name}/fig6_sensitivity.png"
-    return paths
 
 
 @dataclass(frozen=True)
