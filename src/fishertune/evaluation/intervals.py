@@ -26,9 +26,12 @@ __all__ = [
     "NOT_RESOLVED",
     "SUPPORTED",
     "Interval",
+    "Row",
+    "column_intervals",
     "combined_verdict",
     "json_number",
     "number",
+    "paired_columns",
     "paired_interval",
     "t_interval",
     "verdict",
@@ -124,6 +127,34 @@ def paired_interval(
             f"paired values need the same seeds: {len(values)} vs {len(reference)} values"
         )
     return t_interval([a - b for a, b in zip(values, reference, strict=True)], confidence)
+
+
+Row = Mapping[str, float]
+"""One run's numbers by column (e.g. mIoU per domain, the target average, the loss)."""
+
+
+def column_intervals(rows: Sequence[Row]) -> dict[str, Interval]:
+    """Per column that every row has, the :func:`t_interval` of its values over the rows
+    (one row per seed), in the first row's column order."""
+    if not rows:
+        raise ValueError("intervals over seeds need at least one run")
+    return {
+        column: t_interval([row[column] for row in rows])
+        for column in rows[0]
+        if all(column in row for row in rows)
+    }
+
+
+def paired_columns(rows: Sequence[Row], reference: Sequence[Row]) -> dict[str, Interval]:
+    """Per column of ``rows`` (one per seed), the :func:`paired_interval` of its values to
+    those of ``reference`` (the same seeds, in the same order)."""
+    if len(rows) != len(reference) or not rows:
+        raise ValueError(f"paired values need the same seeds: {len(rows)} vs {len(reference)} runs")
+    return {
+        column: paired_interval([row[column] for row in rows], [r[column] for r in reference])
+        for column in rows[0]
+        if all(column in row for row in (*rows, *reference))
+    }
 
 
 SUPPORTED = "supported"

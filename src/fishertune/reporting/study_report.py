@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fishertune.evaluation.intervals import Interval
+from fishertune.reporting.interval_table import interval_markdown
 
 __all__ = [
     "LOSS_COLUMN",
@@ -33,37 +34,43 @@ LOSS_COLUMN = "train loss"
 """Column of the final source training loss (mean over the last tenth of the updates)."""
 
 
-def _cell(interval: Interval, column: str, *, mark: bool = False) -> str:
+def _cell(column: str, interval: Interval) -> str:
+    """mIoU columns in % with two decimals, the training loss as is with three."""
     scale, digits = (1.0, 3) if column == LOSS_COLUMN else (100.0, 2)
-    text = interval.format(scale=scale, digits=digits)
-    return f"{text} *" if mark and interval.excludes_zero else text
+    return interval.format(scale=scale, digits=digits)
+
+
+def _figure_cell(column: str, interval: Interval) -> str:
+    return interval.format(scale=1.0, digits=3)
+
+
+def _intervals(record: Mapping[str, Any]) -> dict[str, Interval]:
+    return {column: Interval.from_dict(value) for column, value in record.items()}
 
 
 def arm_table(part: Mapping[str, Any], seeds: int) -> str:
     """The part's table: per arm, the trainable backbone parameters and mean ± 95% CI of each
     column (mIoU %, the training loss)."""
     arms = part["arms"]
-    columns = list(next(iter(arms.values()))["mean"])
-    header = [f"Arm (mean ± 95% CI, {seeds} seeds)", "trainable", *columns]
-    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
-    for label, arm in arms.items():
-        cells = [_cell(Interval.from_dict(arm["mean"][c]), c) for c in columns]
-        lines.append("| " + " | ".join([label, f"{arm['trainable']:,}", *cells]) + " |")
-    return "\n".join(lines)
+    return interval_markdown(
+        {label: _intervals(arm["mean"]) for label, arm in arms.items()},
+        f"Arm (mean ± 95% CI, {seeds} seeds)",
+        cell=_cell,
+        lead=("trainable", {label: f"{arm['trainable']:,}" for label, arm in arms.items()}),
+    )
 
 
 def pair_table(part: Mapping[str, Any]) -> str:
     """The part's paired differences (mIoU points, loss), ``*`` where the interval excludes 0."""
-    pairs = part["pairs"]
-    columns = list(pairs[0]["difference"])
-    lines = [
-        "| " + " | ".join(["Paired difference", *columns]) + " |",
-        "| --- |" + " ---: |" * len(columns),
-    ]
-    for pair in pairs:
-        cells = [_cell(Interval.from_dict(pair["difference"][c]), c, mark=True) for c in columns]
-        lines.append("| " + " | ".join([f"{pair['arm']} − {pair['reference']}", *cells]) + " |")
-    return "\n".join(lines)
+    return interval_markdown(
+        {
+            f"{pair['arm']} − {pair['reference']}": _intervals(pair["difference"])
+            for pair in part["pairs"]
+        },
+        "Paired difference",
+        cell=_cell,
+        mark=True,
+    )
 
 
 def _figures_table(part: Mapping[str, Any], field: str, header: str) -> str | None:
@@ -72,15 +79,8 @@ def _figures_table(part: Mapping[str, Any], field: str, header: str) -> str | No
     arms = {label: arm[field] for label, arm in part["arms"].items() if arm.get(field)}
     if not arms:
         return None
-    names = list(dict.fromkeys(name for figures in arms.values() for name in figures))
-    lines = ["| " + " | ".join([header, *names]) + " |", "| --- |" + " ---: |" * len(names)]
-    for label, figures in arms.items():
-        cells = [
-            Interval.from_dict(figures[n]).format(scale=1.0, digits=3) if n in figures else "-"
-            for n in names
-        ]
-        lines.append("| " + " | ".join([label, *cells]) + " |")
-    return "\n".join(lines)
+    rows = {label: _intervals(figures) for label, figures in arms.items()}
+    return interval_markdown(rows, header, cell=_figure_cell)
 
 
 def quality_table(part: Mapping[str, Any]) -> str | None:
@@ -99,7 +99,7 @@ def claim_lines(part: Mapping[str, Any]) -> list[str]:
     lines = []
     for claim in part["claims"]:
         difference = Interval.from_dict(claim["difference"])
-        value = _cell(difference, claim["column"])
+        value = _cell(claim["column"], difference)
         lines.append(f"- {claim['claim']}: difference {value} → {claim['verdict']}")
     return lines
 

@@ -37,11 +37,12 @@ from fishertune.engine.run_checkpoints import has_checkpoint
 from fishertune.engine.trainer import Trainer
 from fishertune.evaluation.domains import AVERAGE_HEADER, target_average
 from fishertune.evaluation.intervals import (
+    Row,
+    column_intervals,
     combined_verdict,
     json_number,
     number,
-    paired_interval,
-    t_interval,
+    paired_columns,
     verdict,
 )
 from fishertune.reporting import read_metrics_csv
@@ -373,13 +374,9 @@ def _selection_values(record: Mapping[str, Any]) -> dict[str, float]:
     return values
 
 
-def _intervals(rows: Sequence[Mapping[str, float]]) -> dict[str, Any]:
-    """Per name that every row has, the interval of its values over the rows (seeds)."""
-    return {
-        name: t_interval([row[name] for row in rows]).to_dict()
-        for name in rows[0]
-        if all(name in row for row in rows)
-    }
+def _intervals(rows: Sequence[Row]) -> dict[str, Any]:
+    """:func:`~fishertune.evaluation.intervals.column_intervals` as JSON-ready records."""
+    return {column: i.to_dict() for column, i in column_intervals(rows).items()}
 
 
 def _claim_column(claim: Claim) -> str:
@@ -399,7 +396,6 @@ def _part_record(
         key = arm.key(config.method.name, config.method.options)
         runs = [records[(key, seed)] for seed in seeds]
         per_arm[arm.label] = [_values(r) for r in runs]
-        columns = list(per_arm[arm.label][0])
         arms[arm.label] = {
             "key": key,
             "method": arm.method,
@@ -410,7 +406,7 @@ def _part_record(
                 str(seed): {c: json_number(v) for c, v in values.items()}
                 for seed, values in zip(seeds, per_arm[arm.label], strict=True)
             },
-            "mean": {c: t_interval([v[c] for v in per_arm[arm.label]]).to_dict() for c in columns},
+            "mean": _intervals(per_arm[arm.label]),
             "quality": _intervals([_quality_values(r) for r in runs]),
         }
         selection = _intervals([_selection_values(r) for r in runs])
@@ -418,25 +414,18 @@ def _part_record(
             arms[arm.label]["selection"] = selection
     pairs = []
     for label, reference in part.pairs:
-        columns = list(per_arm[label][0])
+        difference = paired_columns(per_arm[label], per_arm[reference])
         pairs.append(
             {
                 "arm": label,
                 "reference": reference,
-                "difference": {
-                    c: paired_interval(
-                        [v[c] for v in per_arm[label]], [v[c] for v in per_arm[reference]]
-                    ).to_dict()
-                    for c in columns
-                },
+                "difference": {c: i.to_dict() for c, i in difference.items()},
             }
         )
     claims: list[dict[str, Any]] = []
     for claim in part.claims:
         column = _claim_column(claim)
-        difference = paired_interval(
-            [v[column] for v in per_arm[claim.arm]], [v[column] for v in per_arm[claim.reference]]
-        )
+        difference = paired_columns(per_arm[claim.arm], per_arm[claim.reference])[column]
         claims.append(
             {
                 "claim": claim.describe(),
