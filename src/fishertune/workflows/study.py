@@ -414,12 +414,12 @@ def _part_record(
             arms[arm.label]["selection"] = selection
     pairs = []
     for label, reference in part.pairs:
-        difference = paired_columns(per_arm[label], per_arm[reference])
+        differences = paired_columns(per_arm[label], per_arm[reference])
         pairs.append(
             {
                 "arm": label,
                 "reference": reference,
-                "difference": {c: i.to_dict() for c, i in difference.items()},
+                "difference": {c: i.to_dict() for c, i in differences.items()},
             }
         )
     claims: list[dict[str, Any]] = []
