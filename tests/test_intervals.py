@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fishertune.cli.runs import parse_seeds
+from fishertune.cli.model_commands import parse_seeds
 from fishertune.evaluation import AVERAGE_HEADER
 from fishertune.evaluation.intervals import Interval, paired_interval, t_interval
 from fishertune.reporting import interval_table, paired_intervals, paired_table

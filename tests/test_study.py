@@ -37,9 +37,9 @@ from fishertune.reporting.study_report import (
 )
 from fishertune.tuners import available_tuners
 from fishertune.tuners.registry import tuner_class
-from fishertune.workflows.runs import method_config
 from fishertune.workflows.study import study_config
 from fishertune.workflows.study_parts import PARTS, Arm, Claim, Part, part_names
+from fishertune.workflows.training import method_config
 
 REPO = Path(__file__).resolve().parents[1]
 

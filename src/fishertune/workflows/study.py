@@ -33,8 +33,8 @@ from typing import Any
 
 from fishertune.atomic import atomic_write
 from fishertune.engine.config import RunConfig, config_from_dict
-from fishertune.engine.run_checkpoints import has_checkpoint
 from fishertune.engine.trainer import Trainer
+from fishertune.engine.training_state import has_checkpoint
 from fishertune.evaluation.domains import AVERAGE_HEADER, target_average
 from fishertune.evaluation.intervals import (
     Row,
@@ -49,8 +49,8 @@ from fishertune.reporting import read_metrics_csv
 from fishertune.reporting.study_figures import draw_figures
 from fishertune.reporting.study_report import LOSS_COLUMN, render_markdown
 from fishertune.workflows.demo import DEMO_SETTINGS, merge_settings
-from fishertune.workflows.runs import method_config, saved_sensitivity
 from fishertune.workflows.study_parts import PARTS, TARGET, Arm, Claim, Part, part_names
+from fishertune.workflows.training import method_config, saved_sensitivity
 
 __all__ = [
     "QUICK_STUDY_SETTINGS",

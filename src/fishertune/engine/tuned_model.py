@@ -25,7 +25,7 @@ from fishertune.engine.checkpoint import (
     weights_reference,
 )
 from fishertune.engine.config import RunConfig, config_from_dict
-from fishertune.engine.evaluate import eval_protocol
+from fishertune.engine.sharded_eval import eval_protocol
 from fishertune.evaluation.protocols import EvalProtocol
 from fishertune.models import build_segmentor
 from fishertune.models.segmentor import Segmentor
@@ -99,7 +99,7 @@ class TrainedModel:
 
     def protocol(self, name: str | None = None, mode: str | None = None) -> EvalProtocol:
         """The run's evaluation protocol, or the registered protocol ``name``, in the run's mode
-        or ``mode`` (:func:`~fishertune.engine.evaluate.eval_protocol`: a run on the embedded
+        or ``mode`` (:func:`~fishertune.engine.sharded_eval.eval_protocol`: a run on the embedded
         benchmark keeps its image size as the default test size whichever protocol is named)."""
         data, evaluation = self.config.data, self.config.evaluation
         return eval_protocol(

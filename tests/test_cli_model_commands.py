@@ -265,12 +265,12 @@ def test_a_bad_or_absent_device_is_one_line(
 def test_ctrl_c_says_how_to_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fishertune.workflows import runs
+    from fishertune.workflows import training
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs.Trainer, "run", interrupted)
+    monkeypatch.setattr(training.Trainer, "run", interrupted)
     config = _write_config(tmp_path, "full")
     err = _one_line_error(capsys, main(["train", str(config), "--no-progress"]), code=130)
     assert err == (
