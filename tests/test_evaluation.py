@@ -247,6 +247,10 @@ def test_evaluate_domains_tables(tmp_path: Path) -> None:
     assert record["domains"]["alpha"]["iou"] == {"a": 1.0, "b": 1.0, "c": None}
     assert record["domains"]["beta"]["miou"] == pytest.approx(1 / 3)
     assert record["target_average_miou"] == pytest.approx(2 / 3)
+    back = DomainResults.from_dict(record)
+    assert back.to_dict() == record
+    assert back.protocol == protocol
+    assert math.isnan(back.domains["alpha"].iou[2])
 
 
 def test_class_table_has_the_cityscapes_columns() -> None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Parameter
 
-from fishertune.evaluation.intervals import json_number
+from fishertune.evaluation.intervals import json_number, number
 from fishertune.evaluation.metric import SegmentationMetric
 from fishertune.evaluation.protocols import EvalProtocol, get_protocol
 from fishertune.progress import track
@@ -146,6 +146,25 @@ class DomainResults:
             },
             "target_average_miou": json_number(self.target_average),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DomainResults:
+        """Inverse of :meth:`to_dict` (``null`` reads back as NaN)."""
+        names = tuple(str(c) for c in data["class_names"])
+        return cls(
+            str(data["method"]),
+            EvalProtocol.from_dict(data["protocol"]),
+            names,
+            {
+                str(domain): DomainMetrics(
+                    iou=tuple(number(m["iou"][c]) for c in names),
+                    miou=number(m["miou"]),
+                    pixel_acc=number(m["pixel_acc"]),
+                    test_size=(int(m["test_size"][0]), int(m["test_size"][1])),
+                )
+                for domain, m in data["domains"].items()
+            },
+        )
 
     def to_json(self, path: str | Path) -> None:
         """Write :meth:`to_dict` to ``path`` (indented, UTF-8)."""

@@ -1,7 +1,7 @@
 """``fishertune compare``: several methods, each with the same seeds, on one configuration.
 
-:func:`compare` trains every method × seed as its own run (:func:`seed_run_dir`, each with its
-report by :func:`~fishertune.workflows.training.train_and_report`) and writes the
+:func:`compare` trains every method × seed as its own run of the experiment runner
+(:mod:`~fishertune.workflows.grid`, each with its report and record) and writes the
 Table-1-style comparison: one run per method, or with several seeds the mean ± 95% interval
 per domain and the paired difference of every method to a reference (method.md §11), a bar
 chart, optional validity checks, ``report.md`` and ``comparison.json``.
@@ -17,7 +17,6 @@ from typing import Any
 
 from fishertune.atomic import atomic_write
 from fishertune.engine.config import RunConfig
-from fishertune.engine.training_state import has_checkpoint
 from fishertune.evaluation.domains import DomainResults
 from fishertune.reporting import (
     comparison_table,
@@ -28,10 +27,11 @@ from fishertune.reporting import (
     seed_intervals,
     write_report,
 )
-from fishertune.workflows.training import FIGURES, method_config, source_name, train_and_report
+from fishertune.workflows.grid import GridRun, Records, run_folder, run_grid, train_run
+from fishertune.workflows.training import FIGURES, method_config, source_name
 from fishertune.workflows.validity import check_validity
 
-__all__ = ["Comparison", "compare", "seed_run_dir"]
+__all__ = ["Comparison", "compare"]
 
 
 @dataclass
@@ -54,12 +54,6 @@ class Comparison:
     seconds: dict[str, float]
 
 
-def seed_run_dir(base: Path, method: str, seed: int, seeded: bool) -> Path:
-    """Where one method × seed runs: ``base/<method>`` for a single, configured seed,
-    ``base/<method>/seed<k>`` when seeds were asked for."""
-    return base / method / f"seed{seed}" if seeded else base / method
-
-
 def compare(
     config: RunConfig,
     methods: Sequence[str],
@@ -78,12 +72,15 @@ def compare(
 
     ``seeds`` (default: the configured ``schedule.seed`` alone) each set ``schedule.seed``,
     which fixes the decoder's initialisation, the data order and augmentation and the methods'
-    random draws, the pretrained backbone being shared; every method × seed is its own run in
-    :func:`seed_run_dir`. With two or more seeds the report gives mean ± 95% half-width per
-    domain and the paired difference of every method to ``reference`` (method.md §11).
-    ``validity`` adds the benchmark's validity checks V1–V3 on the baselines
-    (:func:`~fishertune.workflows.validity.check_validity`). With ``resume``, runs that already
-    finished are read back and interrupted ones continue.
+    random draws, the pretrained backbone being shared. The comparison is the experiment
+    runner of :mod:`~fishertune.workflows.grid` with one arm per method: every method × seed
+    is its own run in :func:`~fishertune.workflows.grid.run_folder` (``<out>/<method>`` for
+    the configured seed alone) with its report and its record. With two or more seeds the
+    report gives mean ± 95% half-width per domain and the paired difference of every method
+    to ``reference`` (method.md §11). ``validity`` adds the benchmark's validity checks V1–V3
+    on the baselines (:func:`~fishertune.workflows.validity.check_validity`). With
+    ``resume``, runs whose record exists are read back, interrupted ones continue from their
+    last checkpoint (a folder written before records existed continues from its checkpoints).
     """
     if not methods:
         raise ValueError("--methods: give at least one method")
@@ -93,22 +90,38 @@ def compare(
         raise ValueError(f"--seeds: give distinct seeds, got {seed_list}")
     if len(seed_list) > 1 and reference not in methods:
         raise ValueError(f"--reference: {reference!r} is not among --methods {list(methods)}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--methods: give each method once, got {list(methods)}")
     base = Path(out_dir if out_dir is not None else config.output.run_dir)
-    runs: dict[str, list[DomainResults]] = {}
-    seconds: dict[str, float] = {}
-    for method in methods:
-        for seed in seed_list:
-            run_dir = seed_run_dir(base, method, seed, seeded)
-            run_config = method_config(config, method, run_dir, seed if seeded else None)
-            result, _ = train_and_report(
-                run_config,
-                resume=resume and has_checkpoint(run_dir),
-                progress=progress,
-                device=device,
-            )
-            if result.results is not None:
-                runs.setdefault(method, []).append(result.results)
-            seconds[method] = seconds.get(method, 0.0) + sum(result.stage_seconds.values())
+    grid = [
+        GridRun(
+            method,
+            seed,
+            method_config(
+                config,
+                method,
+                run_folder(base, method, seed, seeded=seeded),
+                seed if seeded else None,
+            ),
+        )
+        for seed in seed_list
+        for method in methods
+    ]
+
+    def train(run: GridRun, resumable: bool, records: Records) -> dict[str, Any]:
+        return train_run(
+            run.config, resume=resumable, progress=progress, device=device, report=True
+        )
+
+    records = run_grid(grid, train, resume=resume, command="compare")
+    runs = {
+        method: [DomainResults.from_dict(records[(method, seed)]["results"]) for seed in seed_list]
+        for method in methods
+    }
+    seconds = {
+        method: sum(float(records[(method, seed)]["seconds"]) for seed in seed_list)
+        for method in methods
+    }
     source = source_name(next((r[0] for r in runs.values() if r), None))
     record: dict[str, Any] = {"seeds": seed_list, "methods": {}, "seconds": seconds}
     for method, results in runs.items():
@@ -169,7 +182,7 @@ def compare(
         notes=[
             *notes,
             *(
-                f"{m}: see {seed_run_dir(Path(), m, s, seeded).as_posix()}/report.md"
+                f"{m}: see {run_folder(Path(), m, s, seeded=seeded).as_posix()}/report.md"
                 for m in methods
                 for s in seed_list
             ),

@@ -2,15 +2,17 @@
 
 Every part of :data:`~fishertune.workflows.study_parts.PARTS` runs its arms with the same
 settings (the demo's, :data:`~fishertune.workflows.demo.DEMO_SETTINGS`) and the same seeds.
-An arm × seed is one run in ``OUT/runs/<arm key>/seed<k>``; arms that several parts share run
-once. When a run finishes, its numbers are written to ``study_run.json`` beside it (the
-per-domain mIoU, the final source training loss, the trainable backbone parameters, the
-estimate's quality and the Fig. 6 table of its scores); ``--resume`` reads those back, continues
-an interrupted run from its last checkpoint and starts the others, so a kill costs at most the
-work since the last checkpoint. The study then writes ``study.json`` (every seed's numbers, the
-intervals, the paired differences and the verdicts, all computed from the runs), ``study.md``
-(rendered from ``study.json`` by :func:`~fishertune.reporting.study_report.render_markdown`)
-and the figures (:func:`~fishertune.reporting.study_figures.draw_figures`).
+The study is the experiment runner of :mod:`~fishertune.workflows.grid` with its parts' arms:
+an arm × seed is one run in ``OUT/runs/<arm key>/seed<k>`` (arms that several parts share run
+once) whose record (:func:`~fishertune.workflows.grid.run_record`) is written beside it when it
+finishes; ``--resume`` reads those back, continues an interrupted run from its last checkpoint
+and starts the others, so a kill costs at most the work since the last checkpoint. An arm that
+may reuse its F arm's run (:attr:`~fishertune.workflows.study_parts.Arm.same_as_f`) estimates
+first and reuses it when its selection is F's. The study then writes ``study.json`` (every
+seed's numbers, the intervals, the paired differences and the verdicts, all computed from the
+runs), ``study.md`` (rendered from ``study.json`` by
+:func:`~fishertune.reporting.study_report.render_markdown`) and the figures
+(:func:`~fishertune.reporting.study_figures.draw_figures`).
 
 Per arm and column, the mean over seeds ± the 95% Student-t half-width; per pair, the mean
 per-seed difference ± its half-width; a claim is *supported* when its difference's interval
@@ -24,8 +26,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,6 @@ from typing import Any
 from fishertune.atomic import atomic_write
 from fishertune.engine.config import RunConfig, config_from_dict
 from fishertune.engine.trainer import Trainer
-from fishertune.engine.training_state import has_checkpoint
 from fishertune.evaluation.domains import AVERAGE_HEADER, target_average
 from fishertune.evaluation.intervals import (
     Row,
@@ -45,24 +44,29 @@ from fishertune.evaluation.intervals import (
     paired_columns,
     verdict,
 )
-from fishertune.reporting import read_metrics_csv
 from fishertune.reporting.study_figures import draw_figures
 from fishertune.reporting.study_report import LOSS_COLUMN, render_markdown
 from fishertune.workflows.demo import DEMO_SETTINGS, merge_settings
+from fishertune.workflows.grid import (
+    GridRun,
+    Records,
+    Train,
+    finished_records,
+    run_folder,
+    run_grid,
+    sensitivity_table,
+    train_run,
+)
 from fishertune.workflows.study_parts import PARTS, TARGET, Arm, Claim, Part, part_names
-from fishertune.workflows.training import method_config, saved_sensitivity
+from fishertune.workflows.training import method_config
 
 __all__ = [
     "QUICK_STUDY_SETTINGS",
-    "RECORD",
     "STUDY_SETTINGS",
     "Study",
     "run_study",
     "study_config",
 ]
-
-RECORD = "study_run.json"
-"""A finished run's numbers, beside its checkpoints."""
 
 STUDY_SETTINGS: dict[str, Any] = {"schedule": {"eval_every": 0}}
 """What the study changes in the demo's settings: each run is evaluated once, at its end (an
@@ -114,47 +118,9 @@ def _run_config(config: RunConfig, arm: Arm, run_dir: Path, seed: int) -> RunCon
     return method_config(config, arm.method, run_dir, seed, dict(arm.options))
 
 
-def _final_loss(run_dir: Path, updates: int) -> float:
-    """Mean training loss over the last tenth of the weight updates (at least one)."""
-    rows = read_metrics_csv(run_dir / "metrics.csv")
-    losses = [float(r["loss"]) for r in rows if isinstance(r.get("loss"), float)]
-    if not losses:
-        return math.nan
-    window = max(1, updates // 10)
-    return math.fsum(losses[-window:]) / len(losses[-window:])
-
-
 def _write_text(target: Path, text: str) -> None:
     """``text`` into ``target`` atomically (UTF-8)."""
     atomic_write(target, lambda path: path.write_text(text, encoding="utf-8"))
-
-
-def _sensitivity_table(trainer: Trainer) -> list[list[float | None]] | None:
-    """The Fig. 6 table (block × Q/K/V/FFN means) of the run's saved scores, if any."""
-    table = saved_sensitivity(trainer)
-    if table is None:
-        return None
-    return [[json_number(float(v)) for v in row] for row in table]
-
-
-def _train(
-    config: RunConfig, *, resume: bool, progress: bool, device: str | None
-) -> dict[str, Any]:
-    """Train one arm × seed (continuing it with ``resume``) and return its record."""
-    trainer = Trainer(config, progress=progress, device=device)
-    result = trainer.run(resume=resume)
-    if result.results is None:
-        raise ValueError(f"{config.output.run_dir}: the run evaluated no domain")
-    quality = trainer.tuner.quality
-    return {
-        "identity": config.identity(),
-        "miou": {name: json_number(m.miou) for name, m in result.results.domains.items()},
-        "train_loss": json_number(_final_loss(result.run_dir, config.total_steps)),
-        "trainable": result.trainable.backbone,
-        "quality": None if quality is None else quality.to_dict(),
-        "sensitivity": _sensitivity_table(trainer),
-        "diagnostics": trainer.diagnostics_record(),
-    }
 
 
 def _reused(
@@ -181,153 +147,49 @@ def _reused(
         **reference,
         "identity": config.identity(),
         "quality": quality.to_dict(),
-        "sensitivity": _sensitivity_table(trainer),
+        "sensitivity": sensitivity_table(trainer),
         "reused": reference["identity"]["method"],
     }
 
 
-def _read_record(path: Path, config: RunConfig) -> dict[str, Any] | None:
-    """The record at ``path`` when it exists; refuses one made with other settings."""
-    if not path.is_file():
-        return None
-    try:
-        record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a readable study record ({error})") from None
-    if not isinstance(record, dict) or record.get("identity") != config.identity():
-        raise ValueError(
-            f"{path}: this run was made with other settings than the study's now; use another "
-            "--out, or remove the folder to redo it"
-        )
-    return record
-
-
-@dataclass(frozen=True)
-class _Job:
-    key: str
-    arm: Arm
-    seed: int
-    same_as_f: str | None = None
-    """The key of the arm whose run this one reuses when its DRF selection is F's."""
-
-
-def _jobs(parts: Sequence[Part], config: RunConfig, seeds: Sequence[int]) -> list[_Job]:
-    """Every distinct arm × seed of ``parts`` (shared arms once), seed by seed: an interrupted
-    study has every arm at its first seeds, which is what paired comparisons need."""
-    keys: dict[str, tuple[Arm, str | None]] = {}
+def _grid(
+    parts: Sequence[Part], config: RunConfig, seeds: Sequence[int], out: Path
+) -> tuple[list[GridRun], dict[str, str]]:
+    """Every distinct arm × seed of ``parts`` (shared arms once), seed by seed, each in
+    ``out/runs/<arm key>/seed<k>``; and per arm key that may reuse another arm's run
+    (:attr:`Arm.same_as_f`), that arm's key."""
+    arms: dict[str, Arm] = {}
+    reuses: dict[str, str] = {}
     base = (config.method.name, config.method.options)
     for part in parts:
         for arm in part.arms:
-            reference = None if arm.same_as_f is None else part.arm(arm.same_as_f).key(*base)
-            keys.setdefault(arm.key(*base), (arm, reference))
-    return [
-        _Job(key, arm, seed, reference) for seed in seeds for key, (arm, reference) in keys.items()
+            key = arm.key(*base)
+            arms.setdefault(key, arm)
+            if arm.same_as_f is not None:
+                reuses.setdefault(key, part.arm(arm.same_as_f).key(*base))
+    runs = [
+        GridRun(key, seed, _run_config(config, arm, run_folder(out / "runs", key, seed), seed))
+        for seed in seeds
+        for key, arm in arms.items()
     ]
+    return runs, reuses
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+def _study_train(reuses: Mapping[str, str], *, progress: bool, device: str | None) -> Train:
+    """How the study trains a run: an arm that may reuse its F arm's run estimates first and
+    takes that run's numbers when its selection is F's (:func:`_reused`), else trains."""
 
-
-class _Clock:
-    """The remaining time of the study from the runs measured so far (per method, else all)."""
-
-    def __init__(self) -> None:
-        self.measured: dict[str, list[float]] = {}
-
-    def add(self, method: str, seconds: float) -> None:
-        self.measured.setdefault(method, []).append(seconds)
-
-    def remaining(self, jobs: Sequence[_Job]) -> float | None:
-        everything = [s for values in self.measured.values() for s in values]
-        if not everything:
-            return None
-        overall = math.fsum(everything) / len(everything)
-        total = 0.0
-        for job in jobs:
-            values = self.measured.get(job.arm.method)
-            total += math.fsum(values) / len(values) if values else overall
-        return total
-
-
-def _run_paths(job: _Job, config: RunConfig, out: Path) -> tuple[Path, RunConfig]:
-    """The run folder of ``job`` and its run configuration."""
-    run_dir = out / "runs" / job.key / f"seed{job.seed}"
-    return run_dir, _run_config(config, job.arm, run_dir, job.seed)
-
-
-def _finished(
-    jobs: Sequence[_Job], config: RunConfig, out: Path
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """The records of every job, all of which must have finished (``--report-only``)."""
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    missing = []
-    for job in jobs:
-        run_dir, run_config = _run_paths(job, config, out)
-        record = _read_record(run_dir / RECORD, run_config)
-        if record is None:
-            missing.append(f"{job.key} seed {job.seed}")
-        else:
-            records[(job.key, job.seed)] = record
-    if missing:
-        raise ValueError(
-            f"--report-only: {len(missing)} run(s) of these parts and seeds have not finished "
-            f"(e.g. {missing[0]}); choose finished seeds, or continue the study with --resume"
-        )
-    return records
-
-
-def _collect(
-    jobs: Sequence[_Job],
-    config: RunConfig,
-    out: Path,
-    *,
-    resume: bool,
-    progress: bool,
-    device: str | None,
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """Run (or read back) every job; returns the records per (arm key, seed)."""
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    pending: list[tuple[_Job, Path, RunConfig]] = []
-    for job in jobs:
-        run_dir, run_config = _run_paths(job, config, out)
-        record = _read_record(run_dir / RECORD, run_config) if resume else None
-        if record is not None:
-            records[(job.key, job.seed)] = record
-        else:
-            pending.append((job, run_dir, run_config))
-    clock = _Clock()
-    done = len(jobs) - len(pending)
-    for index, (job, run_dir, run_config) in enumerate(pending):
-        started = time.perf_counter()
-        resumable = resume and has_checkpoint(run_dir)
-        reference = None if job.same_as_f is None else records.get((job.same_as_f, job.seed))
-        record = None
+    def train(run: GridRun, resume: bool, records: Records) -> dict[str, Any]:
+        reference_key = reuses.get(run.arm)
+        reference = None if reference_key is None else records.get((reference_key, run.seed))
         if reference is not None:
-            record = _reused(
-                run_config, reference, resume=resumable, progress=progress, device=device
-            )
-            resumable = resumable or record is None  # continue after the estimation stage
-        if record is None:
-            record = _train(run_config, resume=resumable, progress=progress, device=device)
-        seconds = time.perf_counter() - started
-        _write_text(run_dir / RECORD, json.dumps(record, indent=1, ensure_ascii=False))
-        records[(job.key, job.seed)] = record
-        clock.add(job.arm.method, seconds)
-        left = clock.remaining([job for job, _, _ in pending[index + 1 :]])
-        estimate = (
-            "" if left is None or index + 1 == len(pending) else f"; about {_duration(left)} left"
-        )
-        print(
-            f"study: {done + index + 1}/{len(jobs)} runs done ({job.key}, seed {job.seed}, "
-            f"{seconds:.0f} s){estimate}",
-            file=sys.stderr,
-            flush=True,
-        )
-    return records
+            record = _reused(run.config, reference, resume=resume, progress=progress, device=device)
+            if record is not None:
+                return record
+            resume = True  # continue after the estimation stage
+        return train_run(run.config, resume=resume, progress=progress, device=device, report=False)
+
+    return train
 
 
 def _values(record: Mapping[str, Any]) -> dict[str, float]:
@@ -499,11 +361,12 @@ def run_study(
             f"{out} already holds a study; pass --resume to continue it, or choose another --out"
         )
     parts = [p for p in PARTS if p.name in names]
-    jobs = _jobs(parts, config, seeds)
+    runs, reuses = _grid(parts, config, seeds, out)
     if report_only:
-        records = _finished(jobs, config, out)
+        records = finished_records(runs, command="study", grouped_as="parts")
     else:
-        records = _collect(jobs, config, out, resume=resume, progress=progress, device=device)
+        train = _study_train(reuses, progress=progress, device=device)
+        records = run_grid(runs, train, resume=resume, command="study")
     seed_list = list(seeds)
     study: dict[str, Any] = {
         "settings": config.identity(),
