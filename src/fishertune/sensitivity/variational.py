@@ -85,6 +85,22 @@ _QUANTILE_SAMPLE = 2**22
 """At most this many elements (an even stride over all tensors) enter γ's quantile."""
 
 
+def check_fit_options(
+    *, curvature: str, gamma: float | None, tau_scale: float, floor_quantile: float
+) -> None:
+    """The one range check of the stable estimator's options (a ValueError naming the option
+    and what is allowed): :func:`fit_variational` runs it, and FisherTune's configuration when
+    it loads."""
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    if gamma is not None and not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    if not tau_scale > 0:
+        raise ValueError(f"tau_scale must be > 0, got {tau_scale}")
+    if not 0.0 < floor_quantile < 1.0:
+        raise ValueError(f"floor_quantile must lie in (0, 1), got {floor_quantile}")
+
+
 def prior_scales(prior: Mapping[str, Tensor], scale: float = TAU_SCALE) -> dict[str, float]:
     """τ per tensor: ``scale`` × the root mean square of the tensor's prior values.
 
@@ -193,12 +209,9 @@ def fit_variational(
     check_labels(labels, loss_fn)
     if labels == "batch":
         raise ValueError("labels='batch' is a diagonal-Fisher mode; use 'given' or 'sampled'")
-    if curvature not in CURVATURES:
-        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
-    if gamma is not None and not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
-    if not 0.0 < floor_quantile < 1.0:
-        raise ValueError(f"floor_quantile must lie in (0, 1), got {floor_quantile}")
+    check_fit_options(
+        curvature=curvature, gamma=gamma, tau_scale=tau_scale, floor_quantile=floor_quantile
+    )
     if lr is not None and not 0.0 < lr <= 1.0:
         raise ValueError(f"lr must lie in (0, 1] or be None, got {lr}")
     if steps < 1:

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from fishertune.sensitivity import (
     COMBINES,
-    CURVATURES,
     FLOOR_QUANTILE,
     LABEL_MODES,
     TAU_SCALE,
@@ -27,6 +26,7 @@ from fishertune.sensitivity import (
     EstimateQuality,
     FeaturePerturbation,
     VariationalFit,
+    check_fit_options,
     diagonal_fisher,
     dr_fim,
     entry_perturbation,
@@ -123,16 +123,14 @@ class FisherTuneConfig(ScoredConfig):
             raise ValueError(f"labels must be one of {LABEL_MODES} or None, got {self.labels!r}")
         if self.estimator == "variational" and self.labels == "batch":
             raise ValueError("labels='batch' needs estimator='diagonal'")
-        if self.curvature not in CURVATURES:
-            raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
-        for option in ("gamma", "tau"):
-            value = getattr(self, option)
-            if value is not None and not value > 0:
-                raise ValueError(f"{option} must be > 0 or null (derived), got {value}")
-        if not self.tau_scale > 0:
-            raise ValueError(f"tau_scale must be > 0, got {self.tau_scale}")
-        if not 0.0 < self.floor_quantile < 1.0:
-            raise ValueError(f"floor_quantile must lie in (0, 1), got {self.floor_quantile}")
+        check_fit_options(
+            curvature=self.curvature,
+            gamma=self.gamma,
+            tau_scale=self.tau_scale,
+            floor_quantile=self.floor_quantile,
+        )
+        if self.tau is not None and not self.tau > 0:
+            raise ValueError(f"tau must be > 0 or null (derived), got {self.tau}")
         if self.variational_steps < 1:
             raise ValueError(f"variational_steps must be >= 1, got {self.variational_steps}")
 
