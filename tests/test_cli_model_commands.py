@@ -164,6 +164,11 @@ def test_compare_with_seeds_gives_intervals_and_resumes(
         patch.setattr(grid.Trainer, "run", untrainable)
         assert main([*command, "--resume"]) == 0
     assert json.loads((out_dir / "comparison.json").read_text())["methods"] == record["methods"]
+    # a folder written before runs had records continues from its checkpoint
+    (out_dir / "freeze" / "seed0" / grid.RECORD).unlink()
+    assert main([*command, "--resume"]) == 0
+    assert (out_dir / "freeze" / "seed0" / grid.RECORD).is_file()
+    assert json.loads((out_dir / "comparison.json").read_text())["methods"] == record["methods"]
     earlier = out_dir / "lora" / "seed1" / "study_run.json"
     (out_dir / "lora" / "seed1" / grid.RECORD).rename(earlier)
     assert main([*command, "--resume"]) == 2
