@@ -16,17 +16,18 @@ from fishertune.finetune import load_deltas, save_deltas
 from fishertune.selection import Selection, random_selection
 
 
-def _vit() -> nn.Module:
+def _vit(**changes: int) -> nn.Module:
+    """A tiny timm ViT classifier (seeded), with ``changes`` to its depth or width."""
     torch.manual_seed(0)
+    shape = {"depth": 2, "embed_dim": 32, **changes}
     return timm.create_model(
         "vit_small_patch16_224",
         pretrained=False,
         img_size=32,
         patch_size=8,
-        depth=2,
-        embed_dim=32,
         num_heads=2,
         num_classes=5,
+        **shape,
     )
 
 
@@ -77,28 +78,10 @@ def test_deltas_round_trip_bit_exactly_and_scale_with_the_selection(tmp_path: Pa
 def test_a_different_base_model_is_refused_in_one_line(tmp_path: Path) -> None:
     tuned, selection = _tuned(_vit(), 0.05)
     path = save_deltas(tuned, selection, tmp_path / "d.safetensors")
-    other = timm.create_model(
-        "vit_small_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        depth=2,
-        embed_dim=48,
-        num_heads=2,
-        num_classes=5,
-    )
+    other = _vit(embed_dim=48)
     with pytest.raises(ValueError, match=r"d\.safetensors: the model's parameter 'blocks\.0\."):
         load_deltas(other, path)
-    deeper = timm.create_model(
-        "vit_small_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        depth=3,
-        embed_dim=32,
-        num_heads=2,
-        num_classes=5,
-    )
+    deeper = _vit(depth=3)
     with pytest.raises(ValueError, match="the deltas' base model had no such parameter"):
         load_deltas(deeper, path)
 
