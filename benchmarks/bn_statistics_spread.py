@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fishertune.engine.config import load_config
-from fishertune.engine.datasets import SOURCE_DOMAIN
+from fishertune.engine.domain_sets import SOURCE_DOMAIN
 from fishertune.engine.trainer import Trainer
 from fishertune.evaluation.domains import DomainResults
 

@@ -25,7 +25,7 @@ def run_one(method: str, quick: bool, out: Path) -> None:
     """Train ``method`` on the demo configuration and write its stage record to ``out``."""
     from fishertune.engine.trainer import Trainer
     from fishertune.workflows.demo import demo_config
-    from fishertune.workflows.runs import method_config
+    from fishertune.workflows.training import method_config
 
     config = method_config(demo_config(quick=quick), method, out.parent / method)
     trainer = Trainer(config, progress=False)

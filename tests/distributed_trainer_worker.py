@@ -20,7 +20,7 @@ def main(out: Path) -> None:
     state = {k: v.contiguous() for k, v in trainer.segmentor.state_dict().items()}
     save_file(state, str(out / f"weights{rank}.safetensors"))
     assert result.results is not None
-    (out / f"miou{rank}.txt").write_text(repr(result.results.average_miou))
+    (out / f"miou{rank}.txt").write_text(repr(result.results.target_average))
     dist.destroy_process_group()
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fishertune.sensitivity import diagonal_fisher, variational_precision
+from fishertune.sensitivity import diagonal_fisher, fit_variational
 
 
 def build() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -29,14 +29,14 @@ def main(out: Path) -> None:
     shard = slice(rank * 8 // world, (rank + 1) * 8 // world)
     xs, ys = x[shard], y[shard]
     fisher = diagonal_fisher(model, [(xs[:2], ys[:2]), (xs[2:], ys[2:])], labels="given")
-    lam = variational_precision(
+    lam = fit_variational(
         model,
         [(xs, ys)],
         gamma=1e-3,
         tau=0.1,
         steps=3,
         generator=torch.Generator().manual_seed(rank),
-    )
+    ).precision
     torch.save({"fisher": fisher, "precision": lam}, out / f"rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -214,7 +214,7 @@ def test_evaluate_domains_resizes_images_not_labels() -> None:
 GOLDEN_MARKDOWN = """\
 Protocol `tiny`: whole; test scale alpha 2×2, beta 2×2
 
-| Method | alpha | beta | Avg. |
+| Method | alpha | beta | Avg. (targets) |
 | --- | ---: | ---: | ---: |
 | toy | 100.00 | 33.33 | 66.67 |
 
@@ -246,7 +246,11 @@ def test_evaluate_domains_tables(tmp_path: Path) -> None:
     assert record["protocol"] == protocol.to_dict()
     assert record["domains"]["alpha"]["iou"] == {"a": 1.0, "b": 1.0, "c": None}
     assert record["domains"]["beta"]["miou"] == pytest.approx(1 / 3)
-    assert record["average_miou"] == pytest.approx(2 / 3)
+    assert record["target_average_miou"] == pytest.approx(2 / 3)
+    back = DomainResults.from_dict(record)
+    assert back.to_dict() == record
+    assert back.protocol == protocol
+    assert math.isnan(back.domains["alpha"].iou[2])
 
 
 def test_class_table_has_the_cityscapes_columns() -> None:

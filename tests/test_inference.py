@@ -17,8 +17,8 @@ from data_fixtures import build_cityscapes
 from fishertune.data.base import DatasetError
 from fishertune.data.synthetic import SyntheticStreets
 from fishertune.engine.batches import evaluation_transform
-from fishertune.engine.model import load_trained
 from fishertune.engine.trainer import Trainer
+from fishertune.engine.tuned_model import load_trained
 from fishertune.evaluation.domains import evaluate_domains
 from fishertune.label_space import CITYSCAPES_CLASSES
 from fishertune.models import ViTBackbone
@@ -51,7 +51,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         counts.update({name: len(loader.dataset) for name, loader in domains.items()})  # type: ignore[attr-defined]
         return evaluate_domains(model, domains, **kwargs)
 
-    monkeypatch.setattr("fishertune.engine.evaluate.evaluate_domains", spy)
+    monkeypatch.setattr("fishertune.engine.sharded_eval.evaluate_domains", spy)
     return counts
 
 

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from fishertune.cli.runs import parse_seeds
+from fishertune.cli.model_commands import parse_seeds
+from fishertune.evaluation import AVERAGE_HEADER
 from fishertune.evaluation.intervals import Interval, paired_interval, t_interval
-from fishertune.reporting import AVERAGE_HEADER, interval_table, paired_intervals, paired_table
+from fishertune.reporting import interval_table, paired_intervals, paired_table
 from test_reporting import domain_results
 
 

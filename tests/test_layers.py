@@ -11,7 +11,7 @@ LAYERS = (
     ("label_space", "progress", "atomic"),
     ("data", "selection"),
     ("evaluation", "optim", "sensitivity", "models"),
-    ("tuners",),
+    ("tuners", "finetune"),
     ("engine",),
     ("reporting",),
     ("workflows",),

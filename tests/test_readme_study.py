@@ -3,7 +3,7 @@
 ``docs/study/`` holds the full study's ``study.json``, ``study.md`` and figures as measured, and
 ``docs/study/selection/`` the ``selection`` part's (a study of its own, issue 21); the README's
 tables between ``<!-- study:NAME -->`` markers must be what
-:func:`~fishertune.workflows.study.fill_blocks` makes of those records, the verdict table and
+:func:`~fishertune.reporting.study_report.fill_blocks` makes of those records, the verdict table and
 every part present, and every figure the README shows must exist.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fishertune.workflows.study import MARKER, fill_blocks, render_markdown
+from fishertune.reporting.study_report import MARKER, fill_blocks, render_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "docs" / "study"
@@ -35,7 +35,7 @@ def test_the_readme_tables_are_those_of_the_committed_studies() -> None:
     assert [match.group(2) for match in MARKER.finditer(readme)] == ["verdicts", *parts]
     assert fill_blocks(readme, first, *more) == readme, (
         "README.md's study blocks differ from docs/study/**/study.json; refill them with "
-        "fishertune.workflows.study.fill_blocks (DEVELOPERS.md)"
+        "fishertune.reporting.study_report.fill_blocks (DEVELOPERS.md)"
     )
 
 

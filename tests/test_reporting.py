@@ -14,10 +14,16 @@ import yaml
 from PIL import Image
 from torch import Tensor
 
-from fishertune.evaluation import CITYSCAPES_CLASSES, DomainMetrics, DomainResults, get_protocol
+from fishertune.evaluation import (
+    AVERAGE_HEADER,
+    CITYSCAPES_CLASSES,
+    SOURCE_DOMAIN,
+    DomainMetrics,
+    DomainResults,
+    get_protocol,
+)
 from fishertune.models import parameter_groups
 from fishertune.reporting import (
-    AVERAGE_HEADER,
     CITYSCAPES_PALETTE,
     colorize,
     comparison_table,
@@ -309,6 +315,20 @@ def domain_results(method: str, mious: dict[str, float]) -> DomainResults:
         for name, miou in mious.items()
     }
     return DomainResults(method, get_protocol("rein"), CITYSCAPES_CLASSES, domains)
+
+
+def test_train_and_the_comparison_print_one_target_average() -> None:
+    """``fishertune train``'s table, results.json, the report's summary and the demo's and
+    compare's Table 1 give the same "Avg. (targets)": the targets' mean, the source left out."""
+    results = domain_results("m", {SOURCE_DOMAIN: 0.9, "fog": 0.4, "night": 0.55})
+    assert results.target_average == pytest.approx(0.475)
+    assert results.to_dict()["target_average_miou"] == pytest.approx(0.475)
+    train_header, _, train_row = results.domain_table().splitlines()
+    assert train_header.endswith(f"| {AVERAGE_HEADER} |")
+    assert train_row.endswith("| 47.50 |")
+    compare_row = comparison_table({"m": results}, SOURCE_DOMAIN).splitlines()[2]
+    assert compare_row.endswith("| 47.50 |")
+    assert math.isnan(domain_results("m", {SOURCE_DOMAIN: 0.9}).target_average)
 
 
 def test_write_report_sections_tables_links_and_yaml(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""The run's data sets and protocol from names, roots and counts (fishertune.engine.datasets,
-fishertune.engine.evaluate.eval_protocol)."""
+"""The run's data sets and protocol from names, roots and counts (fishertune.engine.domain_sets,
+fishertune.engine.sharded_eval.eval_protocol)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from data_fixtures import build_cityscapes
 from fishertune.data.cityscapes import Cityscapes
 from fishertune.data.synthetic import SyntheticSettings, SyntheticStreets
-from fishertune.engine.datasets import (
+from fishertune.engine.domain_sets import (
     SOURCE_DOMAIN,
     evaluation_set,
     evaluation_sets,
@@ -18,7 +18,7 @@ from fishertune.engine.datasets import (
     source_val_set,
     target_sets,
 )
-from fishertune.engine.evaluate import eval_protocol
+from fishertune.engine.sharded_eval import eval_protocol
 from fishertune.evaluation.protocols import get_protocol
 
 SMALL = SyntheticSettings(size=(32, 64), seed=2)

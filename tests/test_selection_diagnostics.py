@@ -24,7 +24,7 @@ from fishertune.tuners.selection_diagnostics import (
     tuning_diagnostics,
     weighted_gini,
 )
-from fishertune.workflows.runs import report_run
+from fishertune.workflows.training import report_run
 from run_fixtures import tiny_config
 from tuner_harness import prepared, tiny_segmentor, train_steps
 

@@ -20,23 +20,27 @@ from typing import Any
 import pytest
 
 from fishertune.cli import main
-from fishertune.evaluation.intervals import Interval, paired_interval
-from fishertune.tuners import available_tuners
-from fishertune.tuners.registry import tuner_class
-from fishertune.workflows.runs import method_config
-from fishertune.workflows.study import (
+from fishertune.evaluation.intervals import (
     CONTRADICTED,
     NOT_RESOLVED,
     SUPPORTED,
-    _part_verdict,
-    _verdict,
+    Interval,
+    combined_verdict,
+    paired_interval,
+    verdict,
+)
+from fishertune.reporting.study_report import (
     fill_blocks,
     part_block,
     render_markdown,
-    study_config,
     verdict_table,
 )
+from fishertune.tuners import available_tuners
+from fishertune.tuners.registry import tuner_class
+from fishertune.workflows.grid import RECORD
+from fishertune.workflows.study import study_config
 from fishertune.workflows.study_parts import PARTS, Arm, Claim, Part, part_names
+from fishertune.workflows.training import method_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,16 +99,16 @@ def test_verdicts_follow_the_interval_and_the_direction() -> None:
     wide = paired_interval([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
     assert wide.mean == pytest.approx(2.0)
     assert wide.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
-    assert _verdict(wide, higher=True) == NOT_RESOLVED
+    assert verdict(wide, higher=True) == NOT_RESOLVED
     narrow = paired_interval([1.0, 1.1, 1.2], [0.0, 0.0, 0.0])
-    assert _verdict(narrow, higher=True) == SUPPORTED
-    assert _verdict(narrow, higher=False) == CONTRADICTED
+    assert verdict(narrow, higher=True) == SUPPORTED
+    assert verdict(narrow, higher=False) == CONTRADICTED
     below = Interval(-0.5, 0.2, 3)
-    assert _verdict(below, higher=False) == SUPPORTED
-    assert _part_verdict([SUPPORTED, SUPPORTED]) == SUPPORTED
-    assert _part_verdict([SUPPORTED, NOT_RESOLVED]) == NOT_RESOLVED
-    assert _part_verdict([SUPPORTED, CONTRADICTED]) == CONTRADICTED
-    assert _part_verdict([]) == NOT_RESOLVED
+    assert verdict(below, higher=False) == SUPPORTED
+    assert combined_verdict([SUPPORTED, SUPPORTED]) == SUPPORTED
+    assert combined_verdict([SUPPORTED, NOT_RESOLVED]) == NOT_RESOLVED
+    assert combined_verdict([SUPPORTED, CONTRADICTED]) == CONTRADICTED
+    assert combined_verdict([]) == NOT_RESOLVED
 
 
 def _interval(mean: float, half: float | None) -> dict[str, Any]:
@@ -245,7 +249,7 @@ def test_the_quick_study_writes_every_part_with_verdicts_and_figures(
     selection = record["parts"]["selection"]["arms"]
     assert selection["DRF paper"]["quality"]["DRF top-k ∩ F"]["mean"] == 1.0
     assert selection["DRF paper"]["seeds"] == selection["F"]["seeds"]
-    paper_run = out / "runs" / selection["DRF paper"]["key"] / "seed0" / "study_run.json"
+    paper_run = out / "runs" / selection["DRF paper"]["key"] / "seed0" / RECORD
     assert json.loads(paper_run.read_text(encoding="utf-8"))["reused"]["options"]["variant"] == "F"
     assert selection["DRF normalised"]["quality"]["DRF top-k ∩ F"]["mean"] < 1.0
     assert selection["DRF normalised"]["seeds"] != selection["F"]["seeds"]
@@ -264,7 +268,7 @@ def test_the_quick_study_writes_every_part_with_verdicts_and_figures(
         assert (out / figures[f"{name}_diagnostics"]).is_file()
     assert (out / "study.md").read_text(encoding="utf-8") == render_markdown(record, figures)
     # Each arm ran once however many parts list it: 32 distinct arms × 2 seeds.
-    assert len(list((out / "runs").glob("*/seed*/study_run.json"))) == 64
+    assert len(list((out / "runs").glob(f"*/seed*/{RECORD}"))) == 64
 
 
 def test_a_study_refuses_to_overwrite_and_resume_reuses_finished_runs(
@@ -309,7 +313,7 @@ def test_a_killed_study_resumes_to_the_same_numbers(
     # A random moment: after 0 to 8 of the 10 runs finished, then 0 to 0.4 s into the next.
     chance = random.Random(os.getpid())
     finished, deadline = chance.randint(0, 8), time.monotonic() + 120
-    while len(list(out.glob("runs/*/seed*/study_run.json"))) < finished:
+    while len(list(out.glob(f"runs/*/seed*/{RECORD}"))) < finished:
         assert time.monotonic() < deadline, "the study made no progress"
         time.sleep(0.02)
     time.sleep(chance.uniform(0.0, 0.4))

@@ -14,13 +14,13 @@ import torch
 
 from data_fixtures import build_cityscapes, build_gtav
 from fishertune.engine import estimate_file as estimate_file_module
-from fishertune.engine import run_checkpoints as run_checkpoints_module
+from fishertune.engine import training_state as training_state_module
 from fishertune.engine.batches import StepSampler, sample_seed
 from fishertune.engine.checkpoint import load_checkpoint
 from fishertune.engine.estimate_file import saved_quality
-from fishertune.engine.model import build_model, load_trained
 from fishertune.engine.precision import autocast
 from fishertune.engine.trainer import NonFiniteLossError, Trainer, lr_factor
+from fishertune.engine.tuned_model import build_model, load_trained
 from fishertune.sensitivity import Agreement, DomainTerm, EstimateQuality
 from fishertune.tuners.scoring import ScoredTuner
 from fishertune.workflows.checkpoint_evaluation import evaluate_checkpoint
@@ -229,7 +229,7 @@ def _kill_inside_save(monkeypatch: pytest.MonkeyPatch, call: int, operation: int
     """Make checkpoint save number ``call`` of the run die before its file operation number
     ``operation`` (a rename or a removal); returns the names of the saves done."""
     saves: list[str] = []
-    original = run_checkpoints_module.save_checkpoint
+    original = training_state_module.save_checkpoint
     replace, unlink = os.replace, Path.unlink
 
     def save(directory: Path, name: str, **kwargs: Any) -> Path:
@@ -257,7 +257,7 @@ def _kill_inside_save(monkeypatch: pytest.MonkeyPatch, call: int, operation: int
             patch.setattr(Path, "unlink", counted_unlink)
             return original(directory, name, **kwargs)
 
-    monkeypatch.setattr(run_checkpoints_module, "save_checkpoint", save)
+    monkeypatch.setattr(training_state_module, "save_checkpoint", save)
     monkeypatch.setattr(estimate_file_module, "save_checkpoint", save)  # the scores' write
     return saves
 

@@ -14,13 +14,10 @@ from conftest import MODEL_FACTORIES
 from fishertune.sensitivity import (
     FeaturePerturbation,
     fit_variational,
-    gaussian_kl,
     merge_fits,
     prior_scales,
     score_agreement,
     stable_dr_fim,
-    variational_fisher,
-    variational_precision,
 )
 from reference import looped_fisher
 
@@ -44,14 +41,18 @@ def _quadratic_loss(outputs: Tensor, targets: Tensor) -> Tensor:
 _QUAD_BATCHES = [(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))]
 
 
-def test_kl_matches_torch_distributions() -> None:
-    mean, prior = torch.randn(10), torch.randn(10)
-    log_var = torch.randn(10)
-    tau = 0.7
-    want = kl_divergence(
-        Normal(mean, (0.5 * log_var).exp()), Normal(prior, torch.full((10,), tau))
-    ).sum()
-    torch.testing.assert_close(gaussian_kl(mean, log_var, prior, tau), want)
+def test_the_precision_fixed_point_minimises_the_objective_of_eq_11() -> None:
+    """Λ = h/γ + τ⁻² (what :func:`fit_variational` converges to, checked below) is where
+    E_q[½ Σ h θ²] + γ KL(q ‖ N(θ_pt, τ²)) is stationary in the variance v = 1/Λ: the KL from
+    torch.distributions, the gradient by autograd (Eqs. 11 and 13)."""
+    h = torch.logspace(-2, 1, 10, dtype=torch.float64)
+    mean, prior = torch.randn(10, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
+    gamma, tau = 1e-2, 0.7
+    variance = (1 / (h / gamma + tau**-2)).requires_grad_(True)
+    expected_loss = 0.5 * (h * (mean.square() + variance)).sum()
+    kl = kl_divergence(Normal(mean, variance.sqrt()), Normal(prior, torch.full((10,), tau)))
+    (grad,) = torch.autograd.grad(expected_loss + gamma * kl.sum(), variance)
+    torch.testing.assert_close(grad, torch.zeros_like(grad), atol=1e-9, rtol=0)
 
 
 def test_quadratic_curvatures_are_recovered() -> None:
@@ -99,9 +100,9 @@ def test_default_estimate_ranks_like_the_exact_fisher_of_softmax_regression() ->
     """At its default γ, τ, curvature and floor, one pass over the data (one step per batch)
     ranks the elements as the closed-form per-sample Fisher does."""
     model, data = _softmax_regression()
-    estimate = variational_fisher(
+    estimate = fit_variational(
         model, data, steps=len(data), generator=torch.Generator().manual_seed(0)
-    )
+    ).fisher()
     assert (
         score_agreement(estimate, _exact_softmax_fisher(model, data), fraction=0.1).spearman > 0.9
     )
@@ -113,9 +114,9 @@ def test_default_estimate_ranks_like_the_brute_force_fisher_of_an_mlp() -> None:
     data = [(torch.randn(8, 6) * 2, torch.randint(0, 5, (8,))) for _ in range(10)]
     params = dict(model.named_parameters())
     exact = looped_fisher(model, data, params)
-    estimate = variational_fisher(
+    estimate = fit_variational(
         model, data, steps=len(data), generator=torch.Generator().manual_seed(0)
-    )
+    ).fisher()
     agreement = score_agreement(estimate, exact, fraction=0.1)
     assert agreement.spearman > 0.9
     assert agreement.overlap > 0.6
@@ -173,16 +174,16 @@ def test_prior_distance_does_not_change_the_estimate() -> None:
         "curvature": "hessian",
         "loss_fn": _quadratic_loss,
     }
-    near = variational_fisher(
+    near = fit_variational(
         model, _QUAD_BATCHES, generator=torch.Generator().manual_seed(1), **kwargs
-    )
-    far = variational_fisher(
+    ).fisher()
+    far = fit_variational(
         model,
         _QUAD_BATCHES,
         prior={"theta": torch.full((3,), 10.0)},
         generator=torch.Generator().manual_seed(1),
         **kwargs,
-    )
+    ).fisher()
     torch.testing.assert_close(near["theta"], far["theta"])
 
 
@@ -194,7 +195,7 @@ def test_model_is_left_untouched_and_estimates_are_finite() -> None:
         model.backbone.blocks[0], generator=torch.Generator().manual_seed(0)
     )
     for labels, curvature in (("given", "fisher"), ("sampled", "fisher"), ("given", "hessian")):
-        estimate = variational_fisher(
+        estimate = fit_variational(
             model,
             batches,
             params=params,
@@ -203,7 +204,7 @@ def test_model_is_left_untouched_and_estimates_are_finite() -> None:
             curvature=curvature,
             perturbation=perturbation,
             generator=torch.Generator().manual_seed(0),
-        )
+        ).fisher()
         assert set(estimate) == set(params)
         for key, value in estimate.items():
             assert value.shape == params[key].shape
@@ -218,17 +219,17 @@ def test_stable_dr_fim_from_clean_and_shifted_precisions() -> None:
     model, batches = MODEL_FACTORIES["conv"]()
     params = {"head.weight": model.head.weight}
     kwargs = {"params": params, "gamma": 1e-3, "tau": 0.1, "steps": 20}
-    clean = variational_precision(
+    clean = fit_variational(
         model, batches, generator=torch.Generator().manual_seed(0), **kwargs
-    )
+    ).precision
     perturbation = FeaturePerturbation(model.stem, generator=torch.Generator().manual_seed(1))
-    shifted = variational_precision(
+    shifted = fit_variational(
         model,
         batches,
         perturbation=perturbation,
         generator=torch.Generator().manual_seed(0),
         **kwargs,
-    )
+    ).precision
     score = stable_dr_fim(
         clean, shifted, gamma=1e-3, tau=0.1, coef=perturbation.coef, combine="paper"
     )["head.weight"]
@@ -240,21 +241,21 @@ def test_stable_dr_fim_from_clean_and_shifted_precisions() -> None:
 def test_bad_arguments() -> None:
     model = _Quadratic(torch.ones(2))
     with pytest.raises(ValueError, match="curvature must be one of"):
-        variational_fisher(model, _QUAD_BATCHES, steps=1, curvature="exact")
+        fit_variational(model, _QUAD_BATCHES, steps=1, curvature="exact")
     with pytest.raises(ValueError, match="floor_quantile must lie"):
-        variational_fisher(model, _QUAD_BATCHES, steps=1, floor_quantile=1.0)
+        fit_variational(model, _QUAD_BATCHES, steps=1, floor_quantile=1.0)
     with pytest.raises(ValueError, match="tau has no entry"):
-        variational_fisher(model, _QUAD_BATCHES, steps=1, tau={"other": 1.0})
+        fit_variational(model, _QUAD_BATCHES, steps=1, tau={"other": 1.0})
     with pytest.raises(ValueError, match="tau_scale must be > 0"):
-        variational_fisher(model, _QUAD_BATCHES, steps=1, tau_scale=0.0, loss_fn=_quadratic_loss)
+        fit_variational(model, _QUAD_BATCHES, steps=1, tau_scale=0.0, loss_fn=_quadratic_loss)
     with pytest.raises(ValueError, match="gamma must be > 0"):
-        variational_fisher(model, _QUAD_BATCHES, gamma=0.0, tau=1.0, steps=1)
+        fit_variational(model, _QUAD_BATCHES, gamma=0.0, tau=1.0, steps=1)
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        variational_fisher(model, _QUAD_BATCHES, gamma=1.0, tau=1.0, steps=0)
+        fit_variational(model, _QUAD_BATCHES, gamma=1.0, tau=1.0, steps=0)
     with pytest.raises(ValueError, match="diagonal-Fisher mode"):
-        variational_fisher(model, _QUAD_BATCHES, gamma=1.0, tau=1.0, steps=1, labels="batch")
+        fit_variational(model, _QUAD_BATCHES, gamma=1.0, tau=1.0, steps=1, labels="batch")
     with pytest.raises(ValueError, match="prior has no entry"):
-        variational_fisher(
+        fit_variational(
             model,
             _QUAD_BATCHES,
             gamma=1.0,
@@ -264,7 +265,7 @@ def test_bad_arguments() -> None:
             loss_fn=_quadratic_loss,
         )
     with pytest.raises(ValueError, match="batches is empty"):
-        variational_fisher(model, [], gamma=1.0, tau=1.0, steps=1, loss_fn=_quadratic_loss)
+        fit_variational(model, [], gamma=1.0, tau=1.0, steps=1, loss_fn=_quadratic_loss)
 
 
 def test_a_step_size_forgets_the_first_samples() -> None:
@@ -279,15 +280,15 @@ def test_a_step_size_forgets_the_first_samples() -> None:
         "curvature": "hessian",
         "loss_fn": _quadratic_loss,
     }
-    last = variational_fisher(
+    last = fit_variational(
         model, _QUAD_BATCHES, lr=1.0, generator=torch.Generator().manual_seed(2), **kwargs
-    )["theta"]
-    mean = variational_fisher(
+    ).fisher()["theta"]
+    mean = fit_variational(
         model, _QUAD_BATCHES, generator=torch.Generator().manual_seed(2), **kwargs
-    )["theta"]
+    ).fisher()["theta"]
     generator = torch.Generator().manual_seed(2)
     draws = [torch.empty(3).normal_(generator=generator) for _ in range(4)]
     torch.testing.assert_close(last, h * draws[-1].square())
     torch.testing.assert_close(mean, h * torch.stack(draws).square().mean(0))
     with pytest.raises(ValueError, match="lr must lie in"):
-        variational_fisher(model, _QUAD_BATCHES, lr=0.0, **kwargs)
+        fit_variational(model, _QUAD_BATCHES, lr=0.0, **kwargs)

@@ -1,7 +1,7 @@
 """The ``fishertune`` command line: ``info``, ``params`` here; ``data check|convert`` in
-:mod:`fishertune.cli.data`; the run commands (``demo``, ``train``, ``sensitivity``,
+:mod:`fishertune.cli.data_commands`; the run commands (``demo``, ``train``, ``sensitivity``,
 ``evaluate``, ``predict``, ``compare``, ``study``, ``pretrain-demo-backbone``) in
-:mod:`fishertune.cli.runs`.
+:mod:`fishertune.cli.model_commands`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from fishertune import __version__
-from fishertune.cli.data import add_data_commands
+from fishertune.cli.data_commands import add_data_commands
 from fishertune.cli.guard import run_guarded
-from fishertune.cli.runs import add_run_commands
+from fishertune.cli.model_commands import add_model_commands
 
 
 def _cmd_info(_: argparse.Namespace) -> int:
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--json", action="store_true", help="print one JSON object")
     params.set_defaults(func=_cmd_params)
     add_data_commands(sub)
-    add_run_commands(sub)
+    add_model_commands(sub)
     return parser
 
 

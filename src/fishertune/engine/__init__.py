@@ -29,8 +29,8 @@ from fishertune.engine.config import (
     load_config,
     parse_override,
 )
-from fishertune.engine.model import build_model, load_trained
 from fishertune.engine.trainer import NonFiniteLossError, Trainer, TrainResult
+from fishertune.engine.tuned_model import build_model, load_trained
 
 __all__ = [
     "DataConfig",

@@ -31,7 +31,7 @@ from fishertune.data.synthetic import SyntheticSettings
 from fishertune.evaluation.protocols import PROTOCOLS
 from fishertune.label_space import CITYSCAPES_CLASSES
 from fishertune.tuners import available_tuners, tuner_class
-from fishertune.tuners.base import check_option_names
+from fishertune.tuners.base import TunerConfig, UnknownOptionError, make_config
 
 LOCATION_KEYS = frozenset({"output.run_dir"})
 """Configuration keys that say where a run lives, not what it is."""
@@ -91,10 +91,23 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """The tuning method: its registered name and the options passed to its tuner."""
+    """The tuning method: its registered name and its options as written (what a run records).
+
+    The options are parsed once, when the section is built: unknown keys, types and the
+    method's own range checks raise a ValueError naming the ``method.options`` key, and the
+    typed result is :attr:`settings`, the object the tuner is built from.
+    """
 
     name: str = "fishertune"
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._settings = _method_settings(self.name, self.options)
+
+    @property
+    def settings(self) -> TunerConfig:
+        """The method's typed configuration (its config class) built from :attr:`options`."""
+        return self._settings
 
 
 @dataclass
@@ -328,12 +341,6 @@ def _check_ranges(config: RunConfig) -> None:
             "schedule.warmup_steps + schedule.tune_steps is 0: give at least one training step"
         )
     _check_data_names(config.data)
-    if config.method.name not in available_tuners():
-        raise ValueError(
-            f"method.name: {config.method.name!r} is not one of the allowed values "
-            f"{available_tuners()}"
-        )
-    _check_method_options(config.method)
     if config.evaluation.protocol not in PROTOCOLS:
         raise ValueError(
             f"evaluation.protocol: {config.evaluation.protocol!r} is not one of the allowed "
@@ -353,25 +360,29 @@ def _check_finite(key: str, value: Any) -> None:
             _check_finite(f"{key}.{name}", item)
 
 
-def _check_method_options(method: MethodConfig) -> None:
-    """``method.options`` against the method's config class: known keys, the field types (where
-    this reader models them) and the class's own checks, when the configuration is loaded."""
-    cls = tuner_class(method.name).config_class
+def _method_settings(name: str, options: Mapping[str, Any]) -> TunerConfig:
+    """The method ``name``'s config class built from ``options``: a registered method, known
+    keys, finite numbers, the field types (where this reader models them) and the class's own
+    checks, each failure a ValueError naming the ``method`` key."""
+    if name not in available_tuners():
+        raise ValueError(
+            f"method.name: {name!r} is not one of the allowed values {available_tuners()}"
+        )
+    _check_finite("method.options", dict(options))
+    cls = tuner_class(name).config_class
     hints = typing.get_type_hints(cls)
-    try:
-        check_option_names(cls, method.options, f"method {method.name!r}")
-    except ValueError as error:
-        raise ValueError(f"method.options: {error}") from None
     values: dict[str, Any] = {}
-    for name, value in method.options.items():
+    for key, value in options.items():
         try:
-            values[name] = _convert(f"method.options.{name}", hints[name], value)
-        except TypeError:  # a type this reader does not model (e.g. tuples): the class checks
-            values[name] = value
+            values[key] = _convert(f"method.options.{key}", hints[key], value)
+        except (KeyError, TypeError):  # unknown (named below) or a type the class checks
+            values[key] = value
     try:
-        cls(**values)
+        return make_config(cls, values, f"method {name!r}")
+    except UnknownOptionError as error:
+        raise ValueError(f"method.options: {error}") from None
     except (TypeError, ValueError) as error:
-        raise ValueError(f"method.options ({method.name}): {error}") from None
+        raise ValueError(f"method.options ({name}): {error}") from None
 
 
 def _check_data_names(data: DataConfig) -> None:

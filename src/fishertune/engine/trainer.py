@@ -26,7 +26,7 @@ Mixed precision: bf16 autocast on CUDA (``amp: auto`` or ``bf16``), fp32 on CPU.
 loss stops the run (:class:`NonFiniteLossError`) without writing a checkpoint, so the last good
 one stays. Checkpoints (``checkpoints/last``, and ``checkpoints/best`` by source validation mIoU:
 selecting on the unseen targets would leak them) are written and read by
-:class:`~fishertune.engine.run_checkpoints.RunCheckpoints`; ``resume=True`` continues from the
+:class:`~fishertune.engine.training_state.RunCheckpoints`; ``resume=True`` continues from the
 newest and reaches the same final weights as an uninterrupted run on CPU.
 
 At the end, ``summary.json`` holds the stage times, peak memory, trainable size, best
@@ -62,7 +62,6 @@ from fishertune.engine.batches import (
     training_transform,
 )
 from fishertune.engine.config import RunConfig
-from fishertune.engine.datasets import SOURCE_DOMAIN, evaluation_sets, source_train_set
 from fishertune.engine.distributed import (
     DistributedContext,
     average_gradients,
@@ -70,18 +69,19 @@ from fishertune.engine.distributed import (
     init_distributed,
     reduce_mean,
 )
+from fishertune.engine.domain_sets import evaluation_sets, source_train_set
 from fishertune.engine.ema import WeightAverage
 from fishertune.engine.estimate_file import read_estimate, save_estimate
-from fishertune.engine.evaluate import eval_protocol, evaluate_segmentor
-from fishertune.engine.model import build_model
+from fishertune.engine.metrics_log import MetricsLog
 from fishertune.engine.precision import autocast
-from fishertune.engine.run_checkpoints import (
+from fishertune.engine.sharded_eval import eval_protocol, evaluate_segmentor
+from fishertune.engine.training_state import (
     LoopState,
     RunCheckpoints,
     has_checkpoint,
 )
-from fishertune.engine.run_log import RunLog
-from fishertune.evaluation.domains import DomainResults
+from fishertune.engine.tuned_model import build_model
+from fishertune.evaluation.domains import SOURCE_DOMAIN, DomainResults
 from fishertune.progress import StepBar
 from fishertune.tuners.base import TrainableCount, backbone_of, no_estimation_stage
 from fishertune.tuners.selection_diagnostics import TuningDiagnostics, tuning_diagnostics
@@ -193,7 +193,7 @@ class Trainer:
             self.run_dir, config, self.tuner, self.ema, enabled=self.context.is_main
         )
         self.peak_memory_mb: dict[str, float] = {}
-        self.log: RunLog | None = None
+        self.log: MetricsLog | None = None
         self.results: DomainResults | None = None
         self.diagnostics: TuningDiagnostics | None = None
         """The tuner's diagnostics at the end of :meth:`run` (rank 0; None before)."""
@@ -304,9 +304,8 @@ class Trainer:
             )
 
     def _record_evaluation(self, results: DomainResults) -> None:
-        targets = [m.miou for name, m in results.domains.items() if name != SOURCE_DOMAIN]
         values: dict[str, Any] = {f"miou/{n}": m.miou for n, m in results.domains.items()}
-        values["miou/targets"] = sum(targets) / len(targets) if targets else math.nan
+        values["miou/targets"] = results.target_average
         if self.log is not None:
             self.log.write(self.loop.step, values)
         source = results.domains.get(SOURCE_DOMAIN)
@@ -472,7 +471,7 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(
                 yaml.safe_dump(self.config.to_dict(), sort_keys=False), encoding="utf-8"
             )
-        self.log = RunLog(
+        self.log = MetricsLog(
             self.run_dir,
             list(self.eval_sets),
             enabled=self.is_main,

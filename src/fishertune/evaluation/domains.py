@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Parameter
 
-from fishertune.evaluation.intervals import json_number
+from fishertune.evaluation.intervals import json_number, number
 from fishertune.evaluation.metric import SegmentationMetric
 from fishertune.evaluation.protocols import EvalProtocol, get_protocol
 from fishertune.progress import track
@@ -43,6 +43,21 @@ class Predictor(Protocol):
     def parameters(self, recurse: bool = ...) -> Iterator[Parameter]:
         """The model's parameters (their device is the default evaluation device)."""
         ...
+
+
+SOURCE_DOMAIN = "source"
+"""Name under which the source domain's validation images are evaluated and reported."""
+
+AVERAGE_HEADER = "Avg. (targets)"
+"""Column of the mean mIoU over the unseen target domains (the source domain excluded)."""
+
+
+def target_average(miou: Mapping[str, float], source: str | None = SOURCE_DOMAIN) -> float:
+    """The paper's Table 1 "Avg.": the mean mIoU over every domain of ``miou`` except
+    ``source`` (the unseen targets only). NaN when there is no target or one is NaN; the one
+    definition that train, compare, the demo, the report and the study all print."""
+    values = [value for name, value in miou.items() if name != source]
+    return math.fsum(values) / len(values) if values else math.nan
 
 
 @dataclass(frozen=True)
@@ -81,16 +96,17 @@ class DomainResults:
     domains: Mapping[str, DomainMetrics]
 
     @property
-    def average_miou(self) -> float:
-        """Mean of the domains' mIoUs (the "Avg." column of Table 1); NaN with no domain."""
-        values = [metrics.miou for metrics in self.domains.values()]
-        return sum(values) / len(values) if values else math.nan
+    def target_average(self) -> float:
+        """:func:`target_average` of these results: the mean mIoU over every domain but
+        :data:`SOURCE_DOMAIN` (Table 1's "Avg."); NaN with no target domain."""
+        return target_average({name: m.miou for name, m in self.domains.items()})
 
     def domain_table(self) -> str:
-        """Table 1: one row (the method), a column per domain's mIoU and the average, ×100."""
-        header = ["Method", *self.domains, "Avg."]
+        """Table 1: one row (the method), a column per domain's mIoU and the target average
+        (:data:`AVERAGE_HEADER`), ×100."""
+        header = ["Method", *self.domains, AVERAGE_HEADER]
         row = [self.method, *(_percent(m.miou) for m in self.domains.values())]
-        return _table(header, [[*row, _percent(self.average_miou)]])
+        return _table(header, [[*row, _percent(self.target_average)]])
 
     def class_table(self) -> str:
         """Table 2: a row per domain, a column per class IoU and the mIoU, ×100 ("-": NaN)."""
@@ -128,8 +144,27 @@ class DomainResults:
                 }
                 for name, m in self.domains.items()
             },
-            "average_miou": json_number(self.average_miou),
+            "target_average_miou": json_number(self.target_average),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DomainResults:
+        """Inverse of :meth:`to_dict` (``null`` reads back as NaN)."""
+        names = tuple(str(c) for c in data["class_names"])
+        return cls(
+            str(data["method"]),
+            EvalProtocol.from_dict(data["protocol"]),
+            names,
+            {
+                str(domain): DomainMetrics(
+                    iou=tuple(number(m["iou"][c]) for c in names),
+                    miou=number(m["miou"]),
+                    pixel_acc=number(m["pixel_acc"]),
+                    test_size=(int(m["test_size"][0]), int(m["test_size"][1])),
+                )
+                for domain, m in data["domains"].items()
+            },
+        )
 
     def to_json(self, path: str | Path) -> None:
         """Write :meth:`to_dict` to ``path`` (indented, UTF-8)."""

@@ -5,7 +5,10 @@ draws, and every method of a comparison runs with the same seeds: two methods' r
 seed share the scenes and their order, so their difference per seed removes that shared
 variation. The interval of the mean of n values is mean ± t_{0.975, n−1} · s / √n (Student t,
 s the sample standard deviation); for two methods it is taken over the per-seed differences.
-A difference is *resolved* when its interval excludes 0.
+A difference is *resolved* when its interval excludes 0; a claim on it is *supported* when it
+excludes 0 in the claimed direction, *contradicted* when it excludes 0 the other way, *not
+resolved* otherwise (:func:`verdict`), and a set of claims is supported when all are,
+contradicted when any is (:func:`combined_verdict`).
 """
 
 from __future__ import annotations
@@ -19,11 +22,19 @@ from scipy.stats import t as student_t
 
 __all__ = [
     "CONFIDENCE",
+    "CONTRADICTED",
+    "NOT_RESOLVED",
+    "SUPPORTED",
     "Interval",
+    "Row",
+    "column_intervals",
+    "combined_verdict",
     "json_number",
     "number",
+    "paired_columns",
     "paired_interval",
     "t_interval",
+    "verdict",
 ]
 
 CONFIDENCE = 0.95
@@ -116,3 +127,53 @@ def paired_interval(
             f"paired values need the same seeds: {len(values)} vs {len(reference)} values"
         )
     return t_interval([a - b for a, b in zip(values, reference, strict=True)], confidence)
+
+
+Row = Mapping[str, float]
+"""One run's numbers by column (e.g. mIoU per domain, the target average, the loss)."""
+
+
+def column_intervals(rows: Sequence[Row]) -> dict[str, Interval]:
+    """Per column that every row has, the :func:`t_interval` of its values over the rows
+    (one row per seed), in the first row's column order."""
+    if not rows:
+        raise ValueError("intervals over seeds need at least one run")
+    return {
+        column: t_interval([row[column] for row in rows])
+        for column in rows[0]
+        if all(column in row for row in rows)
+    }
+
+
+def paired_columns(rows: Sequence[Row], reference: Sequence[Row]) -> dict[str, Interval]:
+    """Per column of ``rows`` (one per seed), the :func:`paired_interval` of its values to
+    those of ``reference`` (the same seeds, in the same order)."""
+    if len(rows) != len(reference) or not rows:
+        raise ValueError(f"paired values need the same seeds: {len(rows)} vs {len(reference)} runs")
+    return {
+        column: paired_interval([row[column] for row in rows], [r[column] for r in reference])
+        for column in rows[0]
+        if all(column in row for row in (*rows, *reference))
+    }
+
+
+SUPPORTED = "supported"
+CONTRADICTED = "contradicted"
+NOT_RESOLVED = "not resolved"
+
+
+def verdict(difference: Interval, higher: bool) -> str:
+    """A claim's verdict from its paired ``difference`` (arm − reference): :data:`SUPPORTED`
+    when the interval excludes 0 on the claimed side (``higher``: above 0),
+    :data:`CONTRADICTED` when it excludes 0 on the other, :data:`NOT_RESOLVED` otherwise."""
+    if not difference.excludes_zero:
+        return NOT_RESOLVED
+    return SUPPORTED if (difference.mean > 0) == higher else CONTRADICTED
+
+
+def combined_verdict(verdicts: Sequence[str]) -> str:
+    """Several claims' verdict: supported when every one is, contradicted when any is, not
+    resolved otherwise (and with no claim)."""
+    if verdicts and all(v == SUPPORTED for v in verdicts):
+        return SUPPORTED
+    return CONTRADICTED if CONTRADICTED in verdicts else NOT_RESOLVED

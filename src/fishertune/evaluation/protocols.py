@@ -99,6 +99,19 @@ class EvalProtocol:
             "keep_ratio": self.keep_ratio,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalProtocol:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            str(data["name"]),
+            {str(key): (int(size[0]), int(size[1])) for key, size in data["test_sizes"].items()},
+            (int(data["default_size"][0]), int(data["default_size"][1])),
+            mode=str(data["mode"]),
+            crop=int(data["crop"]),
+            stride=int(data["stride"]),
+            keep_ratio=bool(data["keep_ratio"]),
+        )
+
 
 def _declared(protocol: str) -> dict[str, tuple[int, int]]:
     """The test size every registered data set declares under ``protocol``, leaving out those

@@ -52,7 +52,7 @@ class Backbone(Protocol):
     has it all). ``isinstance(module, Backbone)`` checks that the attributes exist."""
 
     model: Any
-    """The timm model (its ``norm_pre`` is the blocks' entry, where DSU perturbs)."""
+    """The timm model."""
     embed_dim: int
     patch_size: int
     out_indices: tuple[int, ...]
@@ -67,6 +67,12 @@ class Backbone(Protocol):
     @property
     def maps_inside(self) -> bool:
         """Whether the blocks carry ``(B, H, W, C)`` maps (SAM) instead of token sequences."""
+        ...
+
+    @property
+    def token_entry(self) -> nn.Module:
+        """The module whose output is the tokens entering the first block (where the
+        simulated domain shift of method.md §4 is applied)."""
         ...
 
     @property
@@ -156,6 +162,18 @@ class ViTBackbone(nn.Module):
     def maps_inside(self) -> bool:
         """Whether the blocks carry ``(B, H, W, C)`` maps (SAM) instead of token sequences."""
         return self.model_name.startswith("samvit")
+
+    @property
+    def token_entry(self) -> nn.Module:
+        """timm's ``norm_pre`` (identity, or the pre-norm applied right before the blocks):
+        its output is the tokens entering the first block, where the simulated domain shift
+        of method.md §4 is applied."""
+        entry = getattr(self.model, "norm_pre", None)
+        if not isinstance(entry, nn.Module):
+            raise ValueError(
+                f"{self.model_name}: the feature perturbation needs a timm model with `norm_pre`"
+            )
+        return entry
 
     @property
     def blocks(self) -> nn.Sequential:

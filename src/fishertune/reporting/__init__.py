@@ -24,7 +24,6 @@ from fishertune.reporting.plots import (
     training_curves,
 )
 from fishertune.reporting.report import (
-    AVERAGE_HEADER,
     comparison_table,
     interval_table,
     paired_intervals,
@@ -35,7 +34,6 @@ from fishertune.reporting.report import (
 from fishertune.reporting.selection_report import selection_figure, selection_tables
 
 __all__ = [
-    "AVERAGE_HEADER",
     "CITYSCAPES_PALETTE",
     "DEFAULT_KINDS",
     "IGNORE_COLOR",

@@ -12,11 +12,9 @@ from typing import Any
 import yaml
 
 from fishertune.atomic import atomic_write
-from fishertune.evaluation.domains import DomainResults
-from fishertune.evaluation.intervals import Interval, paired_interval, t_interval
-
-AVERAGE_HEADER = "Avg. (targets)"
-"""Column of the mean mIoU over the unseen target domains (the source domain excluded)."""
+from fishertune.evaluation.domains import AVERAGE_HEADER, DomainResults, target_average
+from fishertune.evaluation.intervals import Interval, Row, column_intervals, paired_columns
+from fishertune.reporting.interval_table import interval_markdown
 
 _NO_TABLES: Mapping[str, str] = MappingProxyType({})
 
@@ -39,9 +37,10 @@ def _columns(results: Sequence[DomainResults], source_domain: str | None) -> tup
 
 
 def _target_average(results: DomainResults, targets: Sequence[str]) -> float:
-    """Mean mIoU over ``targets``; NaN when one is missing or NaN (or there are none)."""
-    values = [results.domains[t].miou if t in results.domains else math.nan for t in targets]
-    return sum(values) / len(values) if values else math.nan
+    """:func:`~fishertune.evaluation.domains.target_average` over the table's ``targets``:
+    NaN when the run misses one of them, so that every row averages the same domains."""
+    miou = {t: results.domains[t].miou if t in results.domains else math.nan for t in targets}
+    return target_average(miou, source=None)
 
 
 def _comparison(
@@ -98,8 +97,7 @@ def seed_intervals(runs: SeedRuns, source_domain: str | None) -> dict[str, dict[
     """Per method and column (the source, every target, ``Avg. (targets)``), the mean mIoU over
     seeds with its 95% Student-t half-width (method.md §11)."""
     return {
-        method: _interval_columns(values)
-        for method, values in _seed_values(runs, source_domain).items()
+        method: column_intervals(rows) for method, rows in _seed_rows(runs, source_domain).items()
     }
 
 
@@ -108,17 +106,14 @@ def paired_intervals(
 ) -> dict[str, dict[str, Interval]]:
     """Per method other than ``reference`` and per column, the mean per-seed difference to
     ``reference`` with its 95% half-width (method.md §11)."""
-    values = _seed_values(runs, source_domain)
-    if reference not in values:
+    rows = _seed_rows(runs, source_domain)
+    if reference not in rows:
         raise ValueError(
-            f"--reference: {reference!r} is not among the compared methods {list(values)}"
+            f"--reference: {reference!r} is not among the compared methods {list(rows)}"
         )
-    base = values[reference]
     return {
-        method: {
-            column: paired_interval(series, base[column]) for column, series in columns.items()
-        }
-        for method, columns in values.items()
+        method: paired_columns(method_rows, rows[reference])
+        for method, method_rows in rows.items()
         if method != reference
     }
 
@@ -141,26 +136,25 @@ def paired_table(runs: SeedRuns, reference: str, source_domain: str | None) -> s
     )
 
 
-def _seed_values(runs: SeedRuns, source_domain: str | None) -> dict[str, dict[str, list[float]]]:
+def _seed_rows(runs: SeedRuns, source_domain: str | None) -> dict[str, list[Row]]:
+    """Per method, one row per seed: the mIoU of every compared domain (NaN where the run
+    lacks it) and the target average."""
     everything = [r for results in runs.values() for r in results]
     targets, source = _columns(everything, source_domain)
     names = [source, *targets] if source else targets
     counts = {len(results) for results in runs.values()}
     if len(counts) > 1:
         raise ValueError(f"every method needs the same seeds; got {sorted(counts)} runs")
-    values: dict[str, dict[str, list[float]]] = {}
-    for method, results in runs.items():
-        columns = {
-            name: [r.domains[name].miou if name in r.domains else math.nan for r in results]
-            for name in names
-        }
-        columns[AVERAGE_HEADER] = [_target_average(r, targets) for r in results]
-        values[method] = columns
-    return values
-
-
-def _interval_columns(columns: Mapping[str, list[float]]) -> dict[str, Interval]:
-    return {column: t_interval(series) for column, series in columns.items()}
+    return {
+        method: [
+            {
+                **{name: r.domains[name].miou if name in r.domains else math.nan for name in names},
+                AVERAGE_HEADER: _target_average(r, targets),
+            }
+            for r in results
+        ]
+        for method, results in runs.items()
+    }
 
 
 def _interval_markdown(
@@ -170,18 +164,9 @@ def _interval_markdown(
     *,
     mark: bool,
 ) -> str:
-    columns = list(next(iter(intervals.values()), {}))
-    header = [corner, *(_source_label(c, source_domain) for c in columns)]
-    rows = []
-    for method, by_column in intervals.items():
-        cells = []
-        for column in columns:
-            interval = by_column[column]
-            text = interval.format()
-            cells.append(f"{text} *" if mark and interval.excludes_zero else text)
-        rows.append("| " + " | ".join([method, *cells]) + " |")
-    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(columns), *rows]
-    return "\n".join(lines)
+    return interval_markdown(
+        intervals, corner, header=lambda column: _source_label(column, source_domain), mark=mark
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -5,7 +5,8 @@ Fig. 5: training loss and target mIoU as the trainable parameters grow), each po
 seeds with its 95% half-width; :func:`sensitivity_panels` draws the paper's Fig. 6 (F, ΔF and
 DRF per block and kind) side by side, each on its own colour scale; :func:`selection_curves`
 draws, per arm, where its selection put the budget and how far each block's weights moved. Bars
-use :func:`~fishertune.reporting.plots.domain_bars`.
+use :func:`~fishertune.reporting.plots.domain_bars`; :func:`draw_figures` draws every figure of
+a ``study.json`` record from the record alone.
 """
 
 from __future__ import annotations
@@ -14,21 +15,32 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
+from fishertune.evaluation.domains import AVERAGE_HEADER
+from fishertune.evaluation.intervals import Interval, number
 from fishertune.reporting.plots import (
     DEFAULT_KINDS,
+    domain_bars,
     grey_nan_colormap,
     heat_panel,
     log10_positive,
     method_colors,
     save_figure,
 )
+from fishertune.reporting.study_report import LOSS_COLUMN
 
-__all__ = ["CurvePanel", "interval_curves", "selection_curves", "sensitivity_panels"]
+__all__ = [
+    "CurvePanel",
+    "draw_figures",
+    "interval_curves",
+    "selection_curves",
+    "sensitivity_panels",
+]
 
 
 @dataclass(frozen=True)
@@ -160,3 +172,103 @@ def selection_curves(
         ax.grid(alpha=0.3)
     figure.suptitle(title, fontsize=10)
     return save_figure(figure, path)
+
+
+def draw_figures(study: Mapping[str, Any], folder: Path) -> dict[str, str]:
+    """Each part's figure and Fig. 6 under ``folder``, drawn from the ``study.json`` record
+    alone; returns their paths relative to the folder's parent."""
+    paths: dict[str, str] = {}
+    for name, part in study["parts"].items():
+        arms = part["arms"]
+        means = {
+            label: {c: Interval.from_dict(v) for c, v in arm["mean"].items()}
+            for label, arm in arms.items()
+        }
+        path = folder / f"{name}.png"
+        title = f"{name} ({part['paper']}): 95% CI over {len(study['seeds'])} seeds"
+        if part["figure"] == "domains":
+            domains = [c for c in next(iter(means.values())) if c != LOSS_COLUMN]
+            domain_bars(
+                {label: {c: m[c].mean for c in domains} for label, m in means.items()},
+                path,
+                title=title,
+                errors={label: {c: m[c].half_width for c in domains} for label, m in means.items()},
+            )
+        elif part["figure"] == "grouped":
+            series: dict[str, dict[str, float]] = {}
+            errors: dict[str, dict[str, float]] = {}
+            for group, members in part["groups"]:
+                for name_, label in members:
+                    series.setdefault(name_, {})[group] = means[label][AVERAGE_HEADER].mean
+                    errors.setdefault(name_, {})[group] = means[label][AVERAGE_HEADER].half_width
+            domain_bars(series, path, title=f"{title}; target average", errors=errors)
+        elif part["figure"] in ("budget", "capacity"):
+            order = list(arms)
+            if part["figure"] == "capacity":
+                order.sort(key=lambda label: arms[label]["trainable"])
+            ticks = tuple(
+                label if part["figure"] == "budget" else f"{label}\n{arms[label]['trainable']:,}"
+                for label in order
+            )
+            xlabel = (
+                "δ_max (share of backbone parameters)"
+                if part["figure"] == "budget"
+                else "trainable backbone parameters"
+            )
+            panels = [
+                CurvePanel(
+                    ticks,
+                    tuple(100 * means[label][AVERAGE_HEADER].mean for label in order),
+                    tuple(100 * means[label][AVERAGE_HEADER].half_width for label in order),
+                    "target average mIoU (%)",
+                    xlabel,
+                )
+            ]
+            if part["figure"] == "capacity":
+                panels.insert(
+                    0,
+                    CurvePanel(
+                        ticks,
+                        tuple(means[label][LOSS_COLUMN].mean for label in order),
+                        tuple(means[label][LOSS_COLUMN].half_width for label in order),
+                        "source training loss (last tenth)",
+                        xlabel,
+                    ),
+                )
+            interval_curves(panels, path, title=title)
+        else:
+            domain_bars(
+                {"target average": {label: m[AVERAGE_HEADER].mean for label, m in means.items()}},
+                path,
+                title=title,
+                errors={
+                    "target average": {
+                        label: m[AVERAGE_HEADER].half_width for label, m in means.items()
+                    }
+                },
+            )
+        paths[name] = f"{folder.name}/{path.name}"
+        diagnostics = {
+            label: arm["diagnostics"] for label, arm in arms.items() if arm.get("diagnostics")
+        }
+        if part["figure"] == "bars" and diagnostics:
+            selection_curves(
+                diagnostics,
+                folder / f"{name}_diagnostics.png",
+                title=f"{name}: where the budget went and how far the weights moved "
+                f"(seed {study['seeds'][0]})",
+            )
+            paths[f"{name}_diagnostics"] = f"{folder.name}/{name}_diagnostics.png"
+    sensitivity = study.get("sensitivity")
+    if sensitivity:
+        tables = {
+            label: np.array([[number(v) for v in row] for row in table], dtype=np.float64)
+            for label, table in sensitivity["tables"].items()
+        }
+        sensitivity_panels(
+            tables,
+            folder / "fig6_sensitivity.png",
+            title=f"Mean sensitivity per block (log10), seed {sensitivity['seed']}",
+        )
+        paths["sensitivity"] = f"{folder.name}/fig6_sensitivity.png"
+    return paths

@@ -2,7 +2,8 @@
 
 - :class:`Selection`: per tensor, the sorted flat indices of the selected elements; what every
   selector returns, a sparse tuner holds and :class:`~fishertune.optim.SparseAdamW` updates.
-- :func:`top_k`: exact global top-k across many tensors (radix select, no sort).
+- :func:`top_k`: exact global top-k across many tensors (radix select, no sort);
+  :func:`budget_count` / :func:`check_fraction`: a budget share and its one range check.
 - :func:`allocated_top_k`: the same budget placed globally, per tensor or shuffled
   (:data:`ALLOCATIONS`).
 - :func:`random_selection`: a uniformly random subset of the same budget (baselines).
@@ -19,7 +20,7 @@ from fishertune.selection.groups import QKV_GROUPS, GroupSlice, group_selection,
 from fishertune.selection.random_subset import random_selection
 from fishertune.selection.schedule import SCHEDULE_KINDS, trainable_fraction
 from fishertune.selection.selection import Selection, index_dtype, mark_trainable
-from fishertune.selection.topk import top_k
+from fishertune.selection.topk import budget_count, check_fraction, top_k
 
 __all__ = [
     "ALLOCATIONS",
@@ -28,6 +29,8 @@ __all__ = [
     "GroupSlice",
     "Selection",
     "allocated_top_k",
+    "budget_count",
+    "check_fraction",
     "group_selection",
     "index_dtype",
     "mark_trainable",

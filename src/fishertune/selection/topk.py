@@ -17,7 +17,7 @@ from torch import Tensor
 
 from fishertune.selection.selection import Selection
 
-__all__ = ["top_k"]
+__all__ = ["budget_count", "check_fraction", "top_k"]
 
 CHUNK_ELEMENTS = 1 << 22
 """Elements processed at once; bounds the int64 key temporaries to a few tens of MB."""
@@ -130,6 +130,22 @@ def _prepare(
     return entries
 
 
+def check_fraction(fraction: float, name: str = "fraction") -> float:
+    """``fraction`` if it is a share of a population, 0 ≤ fraction ≤ 1; else a ValueError
+    naming ``name`` (NaN is refused). The one range check of every budget share: top-k's
+    ``fraction``, a sparse method's ``fraction`` and ``min_fraction``, an agreement's k."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {fraction}")
+    return fraction
+
+
+def budget_count(fraction: float, population: int) -> int:
+    """round(fraction × population): the number of elements a budget share of
+    ``population`` elements selects (method.md §7), ``fraction`` checked by
+    :func:`check_fraction`."""
+    return round(check_fraction(fraction) * population)
+
+
 def _resolve_count(
     fraction: float | None, count: int | None, total: int | None, n_candidates: int
 ) -> int:
@@ -145,12 +161,10 @@ def _resolve_count(
         source = f"count={k}"
     else:
         assert fraction is not None
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
         population = n_candidates if total is None else operator.index(total)
         if population < 0:
             raise ValueError(f"total must be non-negative, got {population}")
-        k = round(fraction * population)
+        k = budget_count(fraction, population)
         source = f"round(fraction={fraction} × total={population}) = {k}"
     if k > n_candidates:
         raise ValueError(f"{source} exceeds the {n_candidates} candidate elements")

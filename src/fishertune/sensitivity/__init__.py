@@ -16,7 +16,12 @@ from fishertune.sensitivity.dr_fim import (
     stable_dr_fim,
 )
 from fishertune.sensitivity.losses import per_image_loss, sample_labels
-from fishertune.sensitivity.perturbation import FeaturePerturbation
+from fishertune.sensitivity.perturbation import (
+    DSU_TRAINING_PROBABILITY,
+    FeaturePerturbation,
+    TokenEntry,
+    entry_perturbation,
+)
 from fishertune.sensitivity.quality import (
     Agreement,
     DomainTerm,
@@ -31,17 +36,16 @@ from fishertune.sensitivity.variational import (
     FLOOR_QUANTILE,
     TAU_SCALE,
     VariationalFit,
+    check_fit_options,
     fit_variational,
-    gaussian_kl,
     merge_fits,
     prior_scales,
-    variational_fisher,
-    variational_precision,
 )
 
 __all__ = [
     "COMBINES",
     "CURVATURES",
+    "DSU_TRAINING_PROBABILITY",
     "FLOOR_QUANTILE",
     "LABEL_MODES",
     "TAU_SCALE",
@@ -50,11 +54,13 @@ __all__ = [
     "DomainTerm",
     "EstimateQuality",
     "FeaturePerturbation",
+    "TokenEntry",
     "VariationalFit",
+    "check_fit_options",
     "diagonal_fisher",
     "dr_fim",
+    "entry_perturbation",
     "fit_variational",
-    "gaussian_kl",
     "median_floor",
     "merge_fits",
     "per_image_loss",
@@ -68,6 +74,4 @@ __all__ = [
     "split_batches",
     "stable_dr_fim",
     "topk_overlap",
-    "variational_fisher",
-    "variational_precision",
 ]

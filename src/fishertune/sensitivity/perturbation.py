@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -204,3 +204,52 @@ class FeaturePerturbation:
         )
         b = b.reshape(a.shape)
         return (sigma + b) * (z - mu) / sigma + (mu + a)
+
+
+DSU_TRAINING_PROBABILITY = 0.5
+"""DSU's chance of perturbing a training forward pass (its module's ``p``)."""
+
+
+class TokenEntry(Protocol):
+    """A backbone that declares where its tokens enter the blocks
+    (:class:`~fishertune.models.ViTBackbone` does)."""
+
+    @property
+    def token_entry(self) -> nn.Module:
+        """The module whose output is the tokens entering the first block."""
+        ...
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Class and register tokens ahead of the patch tokens (left unperturbed)."""
+        ...
+
+    @property
+    def maps_inside(self) -> bool:
+        """Whether the blocks carry ``(B, H, W, C)`` maps (SAM) instead of token sequences."""
+        ...
+
+
+def entry_perturbation(
+    backbone: TokenEntry,
+    scale: float,
+    generator: torch.Generator | None = None,
+    *,
+    training: bool = False,
+) -> FeaturePerturbation:
+    """The DSU perturbation (method.md §4) of the tokens entering ``backbone``'s first block,
+    class and register tokens untouched; SAM's entry is a ``(B, H, W, C)`` map.
+
+    ``training``: DSU's training augmentation (perturb a forward pass with probability
+    :data:`DSU_TRAINING_PROBABILITY`, only in training mode); otherwise every call is
+    perturbed, the simulated domain of the estimation stage.
+    """
+    return FeaturePerturbation(
+        backbone.token_entry,
+        scale=scale,
+        generator=generator,
+        num_prefix_tokens=backbone.num_prefix_tokens,
+        channels_last=backbone.maps_inside,
+        probability=DSU_TRAINING_PROBABILITY if training else 1.0,
+        training_only=training,
+    )

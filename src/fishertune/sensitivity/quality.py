@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from fishertune.selection import Selection, top_k
+from fishertune.selection import Selection, budget_count, top_k
 
 __all__ = [
     "NEAR_CHANCE_OVERLAP",
@@ -183,9 +183,7 @@ def score_agreement(
     elements = sum(int(v.sum()) for v in valid.values())
     if count is None:
         assert fraction is not None
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
-        count = max(1, round(fraction * elements))
+        count = max(1, budget_count(fraction, elements))
     return Agreement(spearman(a, b), topk_overlap(a, b, count), count, elements)
 
 

@@ -52,12 +52,11 @@ The hyper-parameters, derived from the model and the data unless given:
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, ParamSpec
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -77,7 +76,6 @@ from fishertune.sensitivity._common import (
 from fishertune.sensitivity.per_sample import PerSampleGrads
 from fishertune.sensitivity.perturbation import FeaturePerturbation
 
-P = ParamSpec("P")
 CURVATURES = ("fisher", "hessian")
 TAU_SCALE = 0.1
 """Default τ of a tensor as a share of the root mean square of its prior values."""
@@ -87,14 +85,20 @@ _QUANTILE_SAMPLE = 2**22
 """At most this many elements (an even stride over all tensors) enter γ's quantile."""
 
 
-def gaussian_kl(mean: Tensor, log_var: Tensor, prior_mean: Tensor, tau: float) -> Tensor:
-    """KL(N(mean, diag(e^{log_var})) ‖ N(prior_mean, τ² I)), summed over elements (Eq. 13).
-
-    KL = ½ Σ_n [ v_n/τ² + (θ̂_n − θ_pt,n)²/τ² − 1 + ln τ² − ln v_n ] with v = e^{log_var}.
-    """
-    tau2 = tau * tau
-    diff2 = (mean - prior_mean).square()
-    return 0.5 * (log_var.exp() / tau2 + diff2 / tau2 - 1.0 + math.log(tau2) - log_var).sum()
+def check_fit_options(
+    *, curvature: str, gamma: float | None, tau_scale: float, floor_quantile: float
+) -> None:
+    """The one range check of the stable estimator's options (a ValueError naming the option
+    and what is allowed): :func:`fit_variational` runs it, and FisherTune's configuration when
+    it loads."""
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    if gamma is not None and not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    if not tau_scale > 0:
+        raise ValueError(f"tau_scale must be > 0, got {tau_scale}")
+    if not 0.0 < floor_quantile < 1.0:
+        raise ValueError(f"floor_quantile must lie in (0, 1), got {floor_quantile}")
 
 
 def prior_scales(prior: Mapping[str, Tensor], scale: float = TAU_SCALE) -> dict[str, float]:
@@ -205,12 +209,9 @@ def fit_variational(
     check_labels(labels, loss_fn)
     if labels == "batch":
         raise ValueError("labels='batch' is a diagonal-Fisher mode; use 'given' or 'sampled'")
-    if curvature not in CURVATURES:
-        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
-    if gamma is not None and not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
-    if not 0.0 < floor_quantile < 1.0:
-        raise ValueError(f"floor_quantile must lie in (0, 1), got {floor_quantile}")
+    check_fit_options(
+        curvature=curvature, gamma=gamma, tau_scale=tau_scale, floor_quantile=floor_quantile
+    )
     if lr is not None and not 0.0 < lr <= 1.0:
         raise ValueError(f"lr must lie in (0, 1] or be None, got {lr}")
     if steps < 1:
@@ -371,41 +372,6 @@ def _draw_noise(noise: Mapping[str, Tensor], generator: torch.Generator | None) 
         else:
             drawn = torch.randn(buffer.shape, generator=generator, device=generator.device)
             buffer.copy_(drawn)
-
-
-def _view(
-    fit: Callable[P, VariationalFit],
-    convert: Callable[[VariationalFit], dict[str, Tensor]],
-    name: str,
-    doc: str,
-) -> Callable[P, dict[str, Tensor]]:
-    """``fit`` with the same parameters, returning ``convert`` of its result."""
-
-    @functools.wraps(fit)
-    def view(*args: P.args, **kwargs: P.kwargs) -> dict[str, Tensor]:
-        return convert(fit(*args, **kwargs))
-
-    view.__name__ = view.__qualname__ = name
-    view.__doc__ = doc
-    return view
-
-
-variational_precision = _view(
-    fit_variational,
-    lambda fit: fit.precision,
-    "variational_precision",
-    """Posterior precision Λ of Eq. 11 (method.md §6) by key: :func:`fit_variational` with the
-    same arguments (its derived γ and τ are on the :class:`VariationalFit` it returns).""",
-)
-
-variational_fisher = _view(
-    fit_variational,
-    VariationalFit.fisher,
-    "variational_fisher",
-    """Stable Fisher estimate F̂ = γ(Λ − τ⁻²) (paper Eq. 14, method.md §6) by key:
-    :func:`fit_variational` with the same arguments, converted and clipped at 0. For a
-    quadratic loss ½ Σ h_n θ_n² (``curvature="hessian"``) the estimate converges to h.""",
-)
 
 
 def _resolve_prior(

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ from fishertune.models.backbone import Backbone
 from fishertune.models.parameter_groups import ParameterGroup
 from fishertune.models.segmentor import Segmentor
 from fishertune.selection import Selection
-from fishertune.sensitivity import EstimateQuality, FeaturePerturbation
+from fishertune.sensitivity import EstimateQuality, FeaturePerturbation, entry_perturbation
 
 NO_DECAY_MODULES = ("norm", "query_embed", "query_feat", "queries_embedder", "queries_features")
 """No weight decay inside modules whose name contains one of these (Rein's optimiser setup)."""
@@ -55,6 +56,9 @@ class TunerConfig:
     perturbation_scale: float = 1.0
     backbone_lr_mult: float = 1.0
     adapter_lr_mult: float = 1.0
+
+
+TC = TypeVar("TC", bound=TunerConfig)
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,9 @@ class Tuner:
                 f"got {type(config).__name__}"
             )
         self.config = (
-            config if config is not None else _make_config(self.config_class, self.name, options)
+            config
+            if config is not None
+            else make_config(self.config_class, options, f"tuner {self.name!r}")
         )
         self._segmentor: Segmentor | None = None
         self._perturbation: FeaturePerturbation | None = None
@@ -123,7 +129,9 @@ class Tuner:
         segmentor.head.requires_grad_(True)
         if self.config.train_perturbation:
             self._perturbation = entry_perturbation(
-                segmentor, self.config.perturbation_scale, training=True
+                backbone_of(segmentor, "the feature perturbation"),
+                self.config.perturbation_scale,
+                training=True,
             )
         return self
 
@@ -174,7 +182,7 @@ class Tuner:
     def train_context(self) -> Any:
         """Context for training steps: the DSU perturbation when ``train_perturbation``."""
         if self._perturbation is None:
-            return _Nothing()
+            return nullcontext()
         return self._perturbation
 
     # ---------------------------------------------------------------- sizes
@@ -371,60 +379,28 @@ def no_estimation_stage(name: str) -> ValueError:
     return ValueError(f"method {name!r} estimates no sensitivity; use fishertune or childtune_d")
 
 
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-DSU_TRAINING_PROBABILITY = 0.5
-"""DSU's chance of perturbing a training forward pass (its module's ``p``)."""
+def seeded(config: TC, seed: int) -> TC:
+    """``config`` with its ``seed`` set to ``seed`` when the method draws at random (its
+    config has a ``seed`` field: masks, perturbations, sampled labels); unchanged otherwise."""
+    values: dict[str, Any] = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    if "seed" not in values:
+        return config
+    return type(config)(**{**values, "seed": seed})
 
 
-def entry_perturbation(
-    segmentor: Segmentor,
-    scale: float,
-    generator: torch.Generator | None = None,
-    *,
-    training: bool = False,
-) -> FeaturePerturbation:
-    """The DSU perturbation (method.md §4) of the tokens entering the first block.
-
-    It hooks the timm model's ``norm_pre`` (identity or the pre-norm applied right before
-    the blocks), leaving class/register tokens untouched; SAM's entry is a (B, H, W, C) map.
-    ``training``: DSU's training augmentation (perturb a forward pass with probability
-    :data:`DSU_TRAINING_PROBABILITY`, only in training mode); otherwise every call is perturbed,
-    the simulated domain of the estimation stage.
-    """
-    backbone = backbone_of(segmentor, "the feature perturbation")
-    entry = getattr(backbone.model, "norm_pre", None)
-    if not isinstance(entry, nn.Module):
-        raise ValueError("the feature perturbation needs a timm model with `norm_pre`")
-    return FeaturePerturbation(
-        entry,
-        scale=scale,
-        generator=generator,
-        num_prefix_tokens=backbone.num_prefix_tokens,
-        channels_last=backbone.maps_inside,
-        probability=DSU_TRAINING_PROBABILITY if training else 1.0,
-        training_only=training,
-    )
+class UnknownOptionError(ValueError):
+    """Options a method's config class does not have (:func:`make_config`)."""
 
 
-def check_option_names(cls: type[TunerConfig], options: Mapping[str, Any], owner: str) -> None:
-    """Refuse options ``cls`` does not have, naming them, ``owner`` (e.g. ``"tuner 'lora'"``)
-    and the allowed ones; used when a tuner is built and when a run configuration loads."""
+def make_config(cls: type[TC], options: Mapping[str, Any], owner: str) -> TC:
+    """The one way a method's options become its config class ``cls``: unknown keys are
+    refused naming them, ``owner`` (e.g. ``"method 'lora'"``) and the allowed ones; the
+    class's own checks give every option's range. Used by a tuner built from keyword options
+    and by a run configuration when it loads (:class:`~fishertune.engine.config.MethodConfig`)."""
     allowed = sorted(f.name for f in dataclasses.fields(cls))
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for {owner}; allowed: {allowed}")
-
-
-def _make_config(cls: type[TunerConfig], name: str, options: Mapping[str, Any]) -> TunerConfig:
-    """Build ``cls`` from keyword options, naming unknown keys and the allowed ones."""
-    check_option_names(cls, options, f"tuner {name!r}")
+        raise UnknownOptionError(f"unknown option(s) {unknown} for {owner}; allowed: {allowed}")
     return cls(**options)
 
 

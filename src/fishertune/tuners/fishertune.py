@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
 from fishertune.sensitivity import (
     COMBINES,
-    CURVATURES,
     FLOOR_QUANTILE,
     LABEL_MODES,
     TAU_SCALE,
@@ -27,14 +26,16 @@ from fishertune.sensitivity import (
     EstimateQuality,
     FeaturePerturbation,
     VariationalFit,
+    check_fit_options,
     diagonal_fisher,
     dr_fim,
+    entry_perturbation,
     fit_variational,
     median_floor,
     merge_fits,
     stable_dr_fim,
 )
-from fishertune.tuners.base import entry_perturbation
+from fishertune.tuners.base import backbone_of
 from fishertune.tuners.registry import register
 from fishertune.tuners.scoring import (
     ScoredConfig,
@@ -43,6 +44,10 @@ from fishertune.tuners.scoring import (
     merge_means,
 )
 from fishertune.tuners.sparse import seeded_generator
+
+Scores = dict[str, Tensor]
+E = TypeVar("E")
+"""One estimate of a half: a :class:`VariationalFit` or a diagonal Fisher by key."""
 
 ESTIMATORS = ("diagonal", "variational")
 
@@ -118,16 +123,14 @@ class FisherTuneConfig(ScoredConfig):
             raise ValueError(f"labels must be one of {LABEL_MODES} or None, got {self.labels!r}")
         if self.estimator == "variational" and self.labels == "batch":
             raise ValueError("labels='batch' needs estimator='diagonal'")
-        if self.curvature not in CURVATURES:
-            raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
-        for option in ("gamma", "tau"):
-            value = getattr(self, option)
-            if value is not None and not value > 0:
-                raise ValueError(f"{option} must be > 0 or null (derived), got {value}")
-        if not self.tau_scale > 0:
-            raise ValueError(f"tau_scale must be > 0, got {self.tau_scale}")
-        if not 0.0 < self.floor_quantile < 1.0:
-            raise ValueError(f"floor_quantile must lie in (0, 1), got {self.floor_quantile}")
+        check_fit_options(
+            curvature=self.curvature,
+            gamma=self.gamma,
+            tau_scale=self.tau_scale,
+            floor_quantile=self.floor_quantile,
+        )
+        if self.tau is not None and not self.tau > 0:
+            raise ValueError(f"tau must be > 0 or null (derived), got {self.tau}")
         if self.variational_steps < 1:
             raise ValueError(f"variational_steps must be >= 1, got {self.variational_steps}")
 
@@ -163,7 +166,9 @@ class FisherTuneTuner(ScoredTuner):
         cfg = self.config
         device = next(iter(params.values())).device
         shift = entry_perturbation(
-            self.segmentor, cfg.perturbation_scale, seeded_generator(device, cfg.seed)
+            backbone_of(self.segmentor, "the feature perturbation"),
+            cfg.perturbation_scale,
+            seeded_generator(device, cfg.seed),
         )
         parts = halves(batches)
         variants = ("F",) if cfg.variant == "F" else VARIANTS
@@ -201,6 +206,32 @@ class FisherTuneTuner(ScoredTuner):
         )
         return merged[self.config.variant], replace(quality, domain_term=term)
 
+    def _half_scores(
+        self,
+        count: int,
+        shift: FeaturePerturbation,
+        estimate: Callable[[int, FeaturePerturbation | None], E],
+        merge: Callable[[list[E]], E],
+        combine: Callable[[E, E, str], dict[str, Tensor]],
+    ) -> tuple[E, Callable[[int | None, str], dict[str, Tensor]]]:
+        """The skeleton both estimators share: ``estimate`` each of the ``count`` halves on
+        clean and (unless the variant is ``"F"``) ``shift``-ed features, ``merge`` the halves,
+        and ``combine`` a clean and a shifted estimate into a variant's score. Returns the
+        merged clean estimate and ``score(half, variant)`` of one half (0, 1) or the merged
+        estimate (None)."""
+        clean = [estimate(index, None) for index in range(count)]
+        shifted = (
+            clean if self.config.variant == "F" else [estimate(i, shift) for i in range(count)]
+        )
+        merged, merged_shifted = merge(clean), merge(shifted)
+
+        def score(half: int | None, variant: str) -> dict[str, Tensor]:
+            if half is None:
+                return combine(merged, merged_shifted, variant)
+            return combine(clean[half], shifted[half], variant)
+
+        return merged, score
+
     def _stable_scores(
         self,
         batches: Sequence[Any],
@@ -235,17 +266,12 @@ class FisherTuneTuner(ScoredTuner):
             hyper.update(gamma=result.gamma, tau=result.tau)  # one γ and τ for every fit
             return result
 
-        clean = [fit(i, None) for i in range(len(parts))]
-        shifted = clean if cfg.variant == "F" else [fit(i, shift) for i in range(len(parts))]
-        merged, merged_shifted = merge_fits(clean), merge_fits(shifted)
         candidates = self.candidates()
 
-        def score(half: int | None, variant: str) -> dict[str, Tensor]:
-            lam = merged if half is None else clean[half]
-            lam_shifted = merged_shifted if half is None else shifted[half]
+        def combine(lam: VariationalFit, shifted: VariationalFit, variant: str) -> Scores:
             return stable_dr_fim(
                 lam.precision,
-                lam_shifted.precision,
+                shifted.precision,
                 gamma=lam.gamma,
                 tau=lam.tau,
                 coef=shift.coef,
@@ -253,6 +279,8 @@ class FisherTuneTuner(ScoredTuner):
                 combine=cfg.combine,
                 candidates=candidates,
             )
+
+        merged, score = self._half_scores(len(parts), shift, fit, merge_fits, combine)
 
         agreement = None
         if cfg.diagnostics:
@@ -291,10 +319,10 @@ class FisherTuneTuner(ScoredTuner):
         cfg = self.config
         device = next(iter(params.values())).device
 
-        def fisher(part: Sequence[Any], perturbation: FeaturePerturbation | None) -> Any:
+        def fisher(index: int, perturbation: FeaturePerturbation | None) -> Scores:
             return diagonal_fisher(
                 self.segmentor,
-                part,
+                parts[index],
                 params=params,
                 labels=cfg.labels or "sampled",
                 perturbation=perturbation,
@@ -302,23 +330,21 @@ class FisherTuneTuner(ScoredTuner):
                 progress=progress,
             )
 
-        clean = [fisher(part, None) for part in parts]
-        shifted = clean if cfg.variant == "F" else [fisher(part, shift) for part in parts]
-        merged = merge_means(clean, parts)
-        merged_shifted = merge_means(shifted, parts)
         candidates = self.candidates()
 
-        def score(half: int | None, variant: str) -> dict[str, Tensor]:
-            f = merged if half is None else clean[half]
-            f_shifted = merged_shifted if half is None else shifted[half]
+        def combine(f: Scores, shifted: Scores, variant: str) -> Scores:
             return dr_fim(
                 f,
-                f_shifted,
+                shifted,
                 coef=shift.coef,
                 variant=variant,
                 combine=cfg.combine,
                 candidates=candidates,
             )
+
+        merged, score = self._half_scores(
+            len(parts), shift, fisher, lambda halves_: merge_means(halves_, parts), combine
+        )
 
         hyper = {} if cfg.combine == "paper" else {"floor": median_floor(merged, candidates)}
         quality = EstimateQuality({}, None, "diagonal", hyper)

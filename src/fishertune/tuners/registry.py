@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fishertune.models.segmentor import Segmentor
-from fishertune.tuners.base import Tuner
+from fishertune.tuners.base import Tuner, TunerConfig
 
 _REGISTRY: dict[str, type[Tuner]] = {}
 T = TypeVar("T", bound=type[Tuner])
@@ -37,6 +37,9 @@ def tuner_class(name: str) -> type[Tuner]:
     return _REGISTRY[name]
 
 
-def build_tuner(name: str, segmentor: Segmentor, **options: Any) -> Tuner:
-    """Create the method ``name`` with ``options`` (its config fields) and apply it."""
-    return tuner_class(name)(**options).apply(segmentor)
+def build_tuner(
+    name: str, segmentor: Segmentor, config: TunerConfig | None = None, **options: Any
+) -> Tuner:
+    """Create the method ``name`` from its typed ``config`` or from keyword ``options`` (its
+    config fields) and apply it to ``segmentor``."""
+    return tuner_class(name)(config, **options).apply(segmentor)

@@ -23,6 +23,7 @@ from fishertune.selection import (
     SCHEDULE_KINDS,
     Selection,
     allocated_top_k,
+    check_fraction,
     trainable_fraction,
 )
 from fishertune.sensitivity import (
@@ -69,8 +70,7 @@ class ScoredConfig(BudgetConfig):
         super().__post_init__()
         if self.schedule not in SCHEDULE_KINDS:
             raise ValueError(f"schedule must be one of {SCHEDULE_KINDS}, got {self.schedule!r}")
-        if not 0.0 <= self.min_fraction <= 1.0:
-            raise ValueError(f"min_fraction must lie in [0, 1], got {self.min_fraction}")
+        check_fraction(self.min_fraction, "min_fraction")
         if self.refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every}")
         if self.allocation not in ALLOCATIONS:

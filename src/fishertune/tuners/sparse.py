@@ -44,7 +44,14 @@ from fishertune.models.parameter_groups import (
 )
 from fishertune.models.segmentor import Segmentor
 from fishertune.optim import SparseAdamW
-from fishertune.selection import GroupSlice, Selection, group_selection, mark_trainable
+from fishertune.selection import (
+    GroupSlice,
+    Selection,
+    budget_count,
+    check_fraction,
+    group_selection,
+    mark_trainable,
+)
 from fishertune.tuners.base import Tuner, TunerConfig
 
 DEFAULT_FRACTION = 0.05
@@ -420,8 +427,8 @@ class BudgetConfig(TunerConfig):
     def __post_init__(self) -> None:
         if self.fraction is not None and self.count is not None:
             raise ValueError("give either fraction= or count= as the budget, not both")
-        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"fraction must lie in (0, 1], got {self.fraction}")
+        if self.fraction is not None and check_fraction(self.fraction) == 0.0:
+            raise ValueError("fraction must be above 0 (a budget of 0 trains nothing: use freeze)")
         if self.count is not None and (isinstance(self.count, bool) or self.count < 1):
             raise ValueError(f"count must be a positive number of elements, got {self.count}")
         parse_kinds(self.candidates)
@@ -443,7 +450,7 @@ class BudgetTuner(SparseTuner):
         """``count``, or round(fraction × all backbone parameters) (method.md §7)."""
         if self.config.count is not None:
             return self.config.count
-        return round(self.max_fraction * self._total)
+        return budget_count(self.max_fraction, self._total)
 
     @property
     def max_fraction(self) -> float:

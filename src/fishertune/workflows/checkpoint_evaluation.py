@@ -15,10 +15,10 @@ from fishertune.data.base import LabelledImages
 from fishertune.data.registry import FILE_DATASETS, dataset_class
 from fishertune.data.synthetic import SyntheticSettings
 from fishertune.engine.config import DataConfig
-from fishertune.engine.datasets import evaluation_set, evaluation_sets
 from fishertune.engine.distributed import resolve_device
-from fishertune.engine.evaluate import evaluate_segmentor
-from fishertune.engine.model import load_trained
+from fishertune.engine.domain_sets import evaluation_set, evaluation_sets
+from fishertune.engine.sharded_eval import evaluate_segmentor
+from fishertune.engine.tuned_model import load_trained
 from fishertune.evaluation.domains import DomainResults
 
 __all__ = ["evaluate_checkpoint"]
@@ -75,7 +75,7 @@ def evaluate_checkpoint(
     device: str | None = None,
     progress: bool = True,
 ) -> DomainResults:
-    """Evaluate a checkpoint (see :func:`~fishertune.engine.model.resolve_checkpoint`) as its
+    """Evaluate a checkpoint (see :func:`~fishertune.engine.tuned_model.resolve_checkpoint`) as its
     run's trainer does.
 
     Args:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fishertune.engine.config import RunConfig, config_from_dict
-from fishertune.workflows.runs import Comparison, compare
+from fishertune.workflows.comparison import Comparison, compare
 
 __all__ = [
     "DEMO_METHODS",
@@ -126,7 +126,8 @@ def run_demo(
     device: str | None = None,
 ) -> Comparison:
     """Train and evaluate ``methods`` on the embedded benchmark (with ``seeds``: each method
-    with each seed, :func:`~fishertune.workflows.runs.compare`); write the comparison report."""
+    with each seed, :func:`~fishertune.workflows.comparison.compare`); write the comparison
+    report."""
     config = demo_config(quick=quick, out_dir=out_dir)
     schedule = config.schedule
     notes = [

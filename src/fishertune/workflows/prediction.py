@@ -19,8 +19,8 @@ from torch import Tensor
 
 from fishertune.data.base import DatasetError, read_rgb
 from fishertune.engine.distributed import resolve_device
-from fishertune.engine.model import load_trained
 from fishertune.engine.precision import autocast
+from fishertune.engine.tuned_model import load_trained
 from fishertune.evaluation.protocols import EvalProtocol
 from fishertune.label_space import CITYSCAPES_CLASSES, IGNORE_INDEX
 from fishertune.models import Segmentor
@@ -125,14 +125,15 @@ def predict_images(
     Every input is read first: if any is missing or unreadable, a
     :class:`~fishertune.data.base.DatasetError` names each such file and nothing is loaded or
     written. Each image is normalised as in evaluation
-    (:meth:`~fishertune.engine.model.TrainedModel.evaluation_transform`) and predicted at its native
-    resolution (no resizing to the protocol's test size) in the run's inference mode, or
-    ``mode``: the whole image at once, or the protocol's sliding windows. The argmax train ids
-    go to ``<stem>_ids.png`` (single-channel uint8), their colours to ``<stem>_mask.png`` and
-    their blend over the image (``alpha``, see :func:`~fishertune.reporting.palette.overlay`)
-    to ``<stem>_overlay.png``. Inputs sharing a stem get ``-2``, ``-3``, … suffixes in the
-    order given, so no output overwrites another of the same call (files of earlier calls are
-    overwritten). ``out_dir`` is created when needed; no input returns an empty list.
+    (:meth:`~fishertune.engine.tuned_model.TrainedModel.evaluation_transform`) and predicted
+    at its native resolution (no resizing to the protocol's test size) in the run's inference
+    mode, or ``mode``: the whole image at once, or the protocol's sliding windows. The argmax
+    train ids go to ``<stem>_ids.png`` (single-channel uint8), their colours to
+    ``<stem>_mask.png`` and their blend over the image (``alpha``, see
+    :func:`~fishertune.reporting.palette.overlay`) to ``<stem>_overlay.png``. Inputs sharing a
+    stem get ``-2``, ``-3``, … suffixes in the order given, so no output overwrites another of
+    the same call (files of earlier calls are overwritten). ``out_dir`` is created when needed;
+    no input returns an empty list.
     """
     paths = [Path(image) for image in images]
     if not paths:

@@ -2,20 +2,23 @@
 
 Every part of :data:`~fishertune.workflows.study_parts.PARTS` runs its arms with the same
 settings (the demo's, :data:`~fishertune.workflows.demo.DEMO_SETTINGS`) and the same seeds.
-An arm × seed is one run in ``OUT/runs/<arm key>/seed<k>``; arms that several parts share run
-once. When a run finishes, its numbers are written to ``study_run.json`` beside it (the
-per-domain mIoU, the final source training loss, the trainable backbone parameters, the
-estimate's quality and the Fig. 6 table of its scores); ``--resume`` reads those back, continues
-an interrupted run from its last checkpoint and starts the others, so a kill costs at most the
-work since the last checkpoint. The study then writes ``study.json`` (every seed's numbers, the
-intervals, the paired differences and the verdicts, all computed from the runs), ``study.md``
-(rendered from ``study.json`` by :func:`render_markdown`) and the figures.
+The study is the experiment runner of :mod:`~fishertune.workflows.grid` with its parts' arms:
+an arm × seed is one run in ``OUT/runs/<arm key>/seed<k>`` (arms that several parts share run
+once) whose record (:func:`~fishertune.workflows.grid.run_record`) is written beside it when it
+finishes; ``--resume`` reads those back, continues an interrupted run from its last checkpoint
+and starts the others, so a kill costs at most the work since the last checkpoint. An arm that
+may reuse its F arm's run (:attr:`~fishertune.workflows.study_parts.Arm.same_as_f`) estimates
+first and reuses it when its selection is F's. The study then writes ``study.json`` (every
+seed's numbers, the intervals, the paired differences and the verdicts, all computed from the
+runs), ``study.md`` (rendered from ``study.json`` by
+:func:`~fishertune.reporting.study_report.render_markdown`) and the figures
+(:func:`~fishertune.reporting.study_figures.draw_figures`).
 
 Per arm and column, the mean over seeds ± the 95% Student-t half-width; per pair, the mean
 per-seed difference ± its half-width; a claim is *supported* when its difference's interval
 excludes 0 in the paper's direction, *contradicted* when it excludes 0 the other way, *not
 resolved* otherwise; a part is supported when all its claims are, contradicted when any is
-(method.md §11).
+(:func:`~fishertune.evaluation.intervals.verdict`, method.md §11).
 """
 
 from __future__ import annotations
@@ -23,59 +26,47 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fishertune.atomic import atomic_write
 from fishertune.engine.config import RunConfig, config_from_dict
-from fishertune.engine.datasets import SOURCE_DOMAIN
-from fishertune.engine.run_checkpoints import has_checkpoint
 from fishertune.engine.trainer import Trainer
+from fishertune.evaluation.domains import AVERAGE_HEADER, target_average
 from fishertune.evaluation.intervals import (
-    Interval,
+    Row,
+    column_intervals,
+    combined_verdict,
     json_number,
     number,
-    paired_interval,
-    t_interval,
+    paired_columns,
+    verdict,
 )
-from fishertune.reporting import AVERAGE_HEADER, domain_bars, read_metrics_csv
-from fishertune.reporting.study_figures import (
-    CurvePanel,
-    interval_curves,
-    selection_curves,
-    sensitivity_panels,
-)
+from fishertune.reporting.study_figures import draw_figures
+from fishertune.reporting.study_report import LOSS_COLUMN, render_markdown
 from fishertune.workflows.demo import DEMO_SETTINGS, merge_settings
-from fishertune.workflows.runs import method_config, saved_sensitivity
+from fishertune.workflows.grid import (
+    GridRun,
+    Records,
+    Train,
+    finished_records,
+    run_folder,
+    run_grid,
+    sensitivity_table,
+    train_run,
+)
 from fishertune.workflows.study_parts import PARTS, TARGET, Arm, Claim, Part, part_names
+from fishertune.workflows.training import method_config
 
 __all__ = [
-    "MARKER",
     "QUICK_STUDY_SETTINGS",
-    "RECORD",
     "STUDY_SETTINGS",
     "Study",
-    "draw_figures",
-    "fill_blocks",
-    "part_block",
-    "render_markdown",
     "run_study",
     "study_config",
-    "verdict_table",
 ]
-
-RECORD = "study_run.json"
-"""A finished run's numbers, beside its checkpoints."""
-
-LOSS_COLUMN = "train loss"
-"""Column of the final source training loss (mean over the last tenth of the updates)."""
 
 STUDY_SETTINGS: dict[str, Any] = {"schedule": {"eval_every": 0}}
 """What the study changes in the demo's settings: each run is evaluated once, at its end (an
@@ -107,10 +98,6 @@ QUICK_STUDY_SETTINGS: dict[str, Any] = {
 """``--quick``: every part and arm at a smoke-test size (tests run it): a randomly
 initialised 2-block, 32-wide ViT of the same family on 32 × 64 scenes, 6 updates."""
 
-SUPPORTED = "supported"
-CONTRADICTED = "contradicted"
-NOT_RESOLVED = "not resolved"
-
 _SENSITIVITY_ARMS = ("F", "ΔF", "DRF")
 """The ``scores`` arms whose estimates draw the paper's Fig. 6."""
 
@@ -131,47 +118,9 @@ def _run_config(config: RunConfig, arm: Arm, run_dir: Path, seed: int) -> RunCon
     return method_config(config, arm.method, run_dir, seed, dict(arm.options))
 
 
-def _final_loss(run_dir: Path, updates: int) -> float:
-    """Mean training loss over the last tenth of the weight updates (at least one)."""
-    rows = read_metrics_csv(run_dir / "metrics.csv")
-    losses = [float(r["loss"]) for r in rows if isinstance(r.get("loss"), float)]
-    if not losses:
-        return math.nan
-    window = max(1, updates // 10)
-    return math.fsum(losses[-window:]) / len(losses[-window:])
-
-
 def _write_text(target: Path, text: str) -> None:
     """``text`` into ``target`` atomically (UTF-8)."""
     atomic_write(target, lambda path: path.write_text(text, encoding="utf-8"))
-
-
-def _sensitivity_table(trainer: Trainer) -> list[list[float | None]] | None:
-    """The Fig. 6 table (block × Q/K/V/FFN means) of the run's saved scores, if any."""
-    table = saved_sensitivity(trainer)
-    if table is None:
-        return None
-    return [[json_number(float(v)) for v in row] for row in table]
-
-
-def _train(
-    config: RunConfig, *, resume: bool, progress: bool, device: str | None
-) -> dict[str, Any]:
-    """Train one arm × seed (continuing it with ``resume``) and return its record."""
-    trainer = Trainer(config, progress=progress, device=device)
-    result = trainer.run(resume=resume)
-    if result.results is None:
-        raise ValueError(f"{config.output.run_dir}: the run evaluated no domain")
-    quality = trainer.tuner.quality
-    return {
-        "identity": config.identity(),
-        "miou": {name: json_number(m.miou) for name, m in result.results.domains.items()},
-        "train_loss": json_number(_final_loss(result.run_dir, config.total_steps)),
-        "trainable": result.trainable.backbone,
-        "quality": None if quality is None else quality.to_dict(),
-        "sensitivity": _sensitivity_table(trainer),
-        "diagnostics": trainer.diagnostics_record(),
-    }
 
 
 def _reused(
@@ -198,161 +147,55 @@ def _reused(
         **reference,
         "identity": config.identity(),
         "quality": quality.to_dict(),
-        "sensitivity": _sensitivity_table(trainer),
+        "sensitivity": sensitivity_table(trainer),
         "reused": reference["identity"]["method"],
     }
 
 
-def _read_record(path: Path, config: RunConfig) -> dict[str, Any] | None:
-    """The record at ``path`` when it exists; refuses one made with other settings."""
-    if not path.is_file():
-        return None
-    try:
-        record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a readable study record ({error})") from None
-    if not isinstance(record, dict) or record.get("identity") != config.identity():
-        raise ValueError(
-            f"{path}: this run was made with other settings than the study's now; use another "
-            "--out, or remove the folder to redo it"
-        )
-    return record
-
-
-@dataclass(frozen=True)
-class _Job:
-    key: str
-    arm: Arm
-    seed: int
-    same_as_f: str | None = None
-    """The key of the arm whose run this one reuses when its DRF selection is F's."""
-
-
-def _jobs(parts: Sequence[Part], config: RunConfig, seeds: Sequence[int]) -> list[_Job]:
-    """Every distinct arm × seed of ``parts`` (shared arms once), seed by seed: an interrupted
-    study has every arm at its first seeds, which is what paired comparisons need."""
-    keys: dict[str, tuple[Arm, str | None]] = {}
+def _grid(
+    parts: Sequence[Part], config: RunConfig, seeds: Sequence[int], out: Path
+) -> tuple[list[GridRun], dict[str, str]]:
+    """Every distinct arm × seed of ``parts`` (shared arms once), seed by seed, each in
+    ``out/runs/<arm key>/seed<k>``; and per arm key that may reuse another arm's run
+    (:attr:`Arm.same_as_f`), that arm's key."""
+    arms: dict[str, Arm] = {}
+    reuses: dict[str, str] = {}
     base = (config.method.name, config.method.options)
     for part in parts:
         for arm in part.arms:
-            reference = None if arm.same_as_f is None else part.arm(arm.same_as_f).key(*base)
-            keys.setdefault(arm.key(*base), (arm, reference))
-    return [
-        _Job(key, arm, seed, reference) for seed in seeds for key, (arm, reference) in keys.items()
+            key = arm.key(*base)
+            arms.setdefault(key, arm)
+            if arm.same_as_f is not None:
+                reuses.setdefault(key, part.arm(arm.same_as_f).key(*base))
+    runs = [
+        GridRun(key, seed, _run_config(config, arm, run_folder(out / "runs", key, seed), seed))
+        for seed in seeds
+        for key, arm in arms.items()
     ]
+    return runs, reuses
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+def _study_train(reuses: Mapping[str, str], *, progress: bool, device: str | None) -> Train:
+    """How the study trains a run: an arm that may reuse its F arm's run estimates first and
+    takes that run's numbers when its selection is F's (:func:`_reused`), else trains."""
 
-
-class _Clock:
-    """The remaining time of the study from the runs measured so far (per method, else all)."""
-
-    def __init__(self) -> None:
-        self.measured: dict[str, list[float]] = {}
-
-    def add(self, method: str, seconds: float) -> None:
-        self.measured.setdefault(method, []).append(seconds)
-
-    def remaining(self, jobs: Sequence[_Job]) -> float | None:
-        everything = [s for values in self.measured.values() for s in values]
-        if not everything:
-            return None
-        overall = math.fsum(everything) / len(everything)
-        total = 0.0
-        for job in jobs:
-            values = self.measured.get(job.arm.method)
-            total += math.fsum(values) / len(values) if values else overall
-        return total
-
-
-def _run_paths(job: _Job, config: RunConfig, out: Path) -> tuple[Path, RunConfig]:
-    """The run folder of ``job`` and its run configuration."""
-    run_dir = out / "runs" / job.key / f"seed{job.seed}"
-    return run_dir, _run_config(config, job.arm, run_dir, job.seed)
-
-
-def _finished(
-    jobs: Sequence[_Job], config: RunConfig, out: Path
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """The records of every job, all of which must have finished (``--report-only``)."""
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    missing = []
-    for job in jobs:
-        run_dir, run_config = _run_paths(job, config, out)
-        record = _read_record(run_dir / RECORD, run_config)
-        if record is None:
-            missing.append(f"{job.key} seed {job.seed}")
-        else:
-            records[(job.key, job.seed)] = record
-    if missing:
-        raise ValueError(
-            f"--report-only: {len(missing)} run(s) of these parts and seeds have not finished "
-            f"(e.g. {missing[0]}); choose finished seeds, or continue the study with --resume"
-        )
-    return records
-
-
-def _collect(
-    jobs: Sequence[_Job],
-    config: RunConfig,
-    out: Path,
-    *,
-    resume: bool,
-    progress: bool,
-    device: str | None,
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """Run (or read back) every job; returns the records per (arm key, seed)."""
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    pending: list[tuple[_Job, Path, RunConfig]] = []
-    for job in jobs:
-        run_dir, run_config = _run_paths(job, config, out)
-        record = _read_record(run_dir / RECORD, run_config) if resume else None
-        if record is not None:
-            records[(job.key, job.seed)] = record
-        else:
-            pending.append((job, run_dir, run_config))
-    clock = _Clock()
-    done = len(jobs) - len(pending)
-    for index, (job, run_dir, run_config) in enumerate(pending):
-        started = time.perf_counter()
-        resumable = resume and has_checkpoint(run_dir)
-        reference = None if job.same_as_f is None else records.get((job.same_as_f, job.seed))
-        record = None
+    def train(run: GridRun, resume: bool, records: Records) -> dict[str, Any]:
+        reference_key = reuses.get(run.arm)
+        reference = None if reference_key is None else records.get((reference_key, run.seed))
         if reference is not None:
-            record = _reused(
-                run_config, reference, resume=resumable, progress=progress, device=device
-            )
-            resumable = resumable or record is None  # continue after the estimation stage
-        if record is None:
-            record = _train(run_config, resume=resumable, progress=progress, device=device)
-        seconds = time.perf_counter() - started
-        _write_text(run_dir / RECORD, json.dumps(record, indent=1, ensure_ascii=False))
-        records[(job.key, job.seed)] = record
-        clock.add(job.arm.method, seconds)
-        left = clock.remaining([job for job, _, _ in pending[index + 1 :]])
-        estimate = (
-            "" if left is None or index + 1 == len(pending) else f"; about {_duration(left)} left"
-        )
-        print(
-            f"study: {done + index + 1}/{len(jobs)} runs done ({job.key}, seed {job.seed}, "
-            f"{seconds:.0f} s){estimate}",
-            file=sys.stderr,
-            flush=True,
-        )
-    return records
+            record = _reused(run.config, reference, resume=resume, progress=progress, device=device)
+            if record is not None:
+                return record
+            resume = True  # continue after the estimation stage
+        return train_run(run.config, resume=resume, progress=progress, device=device, report=False)
+
+    return train
 
 
 def _values(record: Mapping[str, Any]) -> dict[str, float]:
     """A run's numbers per column (mIoU as fractions)."""
     miou = {name: number(value) for name, value in record["miou"].items()}
-    targets = [v for name, v in miou.items() if name != SOURCE_DOMAIN]
-    average = math.fsum(targets) / len(targets) if targets else math.nan
-    return {**miou, AVERAGE_HEADER: average, LOSS_COLUMN: number(record["train_loss"])}
+    return {**miou, AVERAGE_HEADER: target_average(miou), LOSS_COLUMN: number(record["train_loss"])}
 
 
 def _quality_values(record: Mapping[str, Any]) -> dict[str, float]:
@@ -393,25 +236,9 @@ def _selection_values(record: Mapping[str, Any]) -> dict[str, float]:
     return values
 
 
-def _intervals(rows: Sequence[Mapping[str, float]]) -> dict[str, Any]:
-    """Per name that every row has, the interval of its values over the rows (seeds)."""
-    return {
-        name: t_interval([row[name] for row in rows]).to_dict()
-        for name in rows[0]
-        if all(name in row for row in rows)
-    }
-
-
-def _verdict(difference: Interval, higher: bool) -> str:
-    if not difference.excludes_zero:
-        return NOT_RESOLVED
-    return SUPPORTED if (difference.mean > 0) == higher else CONTRADICTED
-
-
-def _part_verdict(verdicts: Sequence[str]) -> str:
-    if verdicts and all(v == SUPPORTED for v in verdicts):
-        return SUPPORTED
-    return CONTRADICTED if CONTRADICTED in verdicts else NOT_RESOLVED
+def _intervals(rows: Sequence[Row]) -> dict[str, Any]:
+    """:func:`~fishertune.evaluation.intervals.column_intervals` as JSON-ready records."""
+    return {column: i.to_dict() for column, i in column_intervals(rows).items()}
 
 
 def _claim_column(claim: Claim) -> str:
@@ -431,7 +258,6 @@ def _part_record(
         key = arm.key(config.method.name, config.method.options)
         runs = [records[(key, seed)] for seed in seeds]
         per_arm[arm.label] = [_values(r) for r in runs]
-        columns = list(per_arm[arm.label][0])
         arms[arm.label] = {
             "key": key,
             "method": arm.method,
@@ -442,7 +268,7 @@ def _part_record(
                 str(seed): {c: json_number(v) for c, v in values.items()}
                 for seed, values in zip(seeds, per_arm[arm.label], strict=True)
             },
-            "mean": {c: t_interval([v[c] for v in per_arm[arm.label]]).to_dict() for c in columns},
+            "mean": _intervals(per_arm[arm.label]),
             "quality": _intervals([_quality_values(r) for r in runs]),
         }
         selection = _intervals([_selection_values(r) for r in runs])
@@ -450,38 +276,31 @@ def _part_record(
             arms[arm.label]["selection"] = selection
     pairs = []
     for label, reference in part.pairs:
-        columns = list(per_arm[label][0])
+        differences = paired_columns(per_arm[label], per_arm[reference])
         pairs.append(
             {
                 "arm": label,
                 "reference": reference,
-                "difference": {
-                    c: paired_interval(
-                        [v[c] for v in per_arm[label]], [v[c] for v in per_arm[reference]]
-                    ).to_dict()
-                    for c in columns
-                },
+                "difference": {c: i.to_dict() for c, i in differences.items()},
             }
         )
     claims: list[dict[str, Any]] = []
     for claim in part.claims:
         column = _claim_column(claim)
-        difference = paired_interval(
-            [v[column] for v in per_arm[claim.arm]], [v[column] for v in per_arm[claim.reference]]
-        )
+        difference = paired_columns(per_arm[claim.arm], per_arm[claim.reference])[column]
         claims.append(
             {
                 "claim": claim.describe(),
                 "column": column,
                 "higher": claim.higher,
                 "difference": difference.to_dict(),
-                "verdict": _verdict(difference, claim.higher),
+                "verdict": verdict(difference, claim.higher),
             }
         )
     return {
         "paper": part.paper,
         "claim": part.claim,
-        "verdict": _part_verdict([c["verdict"] for c in claims]),
+        "verdict": combined_verdict([c["verdict"] for c in claims]),
         "figure": part.figure,
         "groups": [[group, [list(s) for s in series]] for group, series in part.groups],
         "arms": arms,
@@ -505,286 +324,6 @@ def _sensitivity_record(
             return None
         tables[label] = record["sensitivity"]
     return {"seed": seeds[0], "tables": tables}
-
-
-# ---------------------------------------------------------------------------------------------
-# study.md, rendered from study.json
-
-
-def _cell(interval: Interval, column: str, *, mark: bool = False) -> str:
-    scale, digits = (1.0, 3) if column == LOSS_COLUMN else (100.0, 2)
-    text = interval.format(scale=scale, digits=digits)
-    return f"{text} *" if mark and interval.excludes_zero else text
-
-
-def arm_table(part: Mapping[str, Any], seeds: int) -> str:
-    """The part's table: per arm, the trainable backbone parameters and mean ± 95% CI of each
-    column (mIoU %, the training loss)."""
-    arms = part["arms"]
-    columns = list(next(iter(arms.values()))["mean"])
-    header = [f"Arm (mean ± 95% CI, {seeds} seeds)", "trainable", *columns]
-    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
-    for label, arm in arms.items():
-        cells = [_cell(Interval.from_dict(arm["mean"][c]), c) for c in columns]
-        lines.append("| " + " | ".join([label, f"{arm['trainable']:,}", *cells]) + " |")
-    return "\n".join(lines)
-
-
-def pair_table(part: Mapping[str, Any]) -> str:
-    """The part's paired differences (mIoU points, loss), ``*`` where the interval excludes 0."""
-    pairs = part["pairs"]
-    columns = list(pairs[0]["difference"])
-    lines = [
-        "| " + " | ".join(["Paired difference", *columns]) + " |",
-        "| --- |" + " ---: |" * len(columns),
-    ]
-    for pair in pairs:
-        cells = [_cell(Interval.from_dict(pair["difference"][c]), c, mark=True) for c in columns]
-        lines.append("| " + " | ".join([f"{pair['arm']} − {pair['reference']}", *cells]) + " |")
-    return "\n".join(lines)
-
-
-def _figures_table(part: Mapping[str, Any], field: str, header: str) -> str | None:
-    """Per arm with figures under ``field``, each figure's mean ± 95% CI; None when no arm
-    has any."""
-    arms = {label: arm[field] for label, arm in part["arms"].items() if arm.get(field)}
-    if not arms:
-        return None
-    names = list(dict.fromkeys(name for figures in arms.values() for name in figures))
-    lines = ["| " + " | ".join([header, *names]) + " |", "| --- |" + " ---: |" * len(names)]
-    for label, figures in arms.items():
-        cells = [
-            Interval.from_dict(figures[n]).format(scale=1.0, digits=3) if n in figures else "-"
-            for n in names
-        ]
-        lines.append("| " + " | ".join([label, *cells]) + " |")
-    return "\n".join(lines)
-
-
-def quality_table(part: Mapping[str, Any]) -> str | None:
-    """Per arm, its estimate's reliability and agreement figures (mean ± 95% CI), if any."""
-    return _figures_table(part, "quality", "Estimate")
-
-
-def selection_table(part: Mapping[str, Any]) -> str | None:
-    """Per arm, where its selection put the budget and how far its weights moved (mean ± 95%
-    CI over seeds), if any arm has the diagnostics."""
-    return _figures_table(part, "selection", "Selection")
-
-
-def claim_lines(part: Mapping[str, Any]) -> list[str]:
-    """One line per claim: the comparison, its paired difference and its verdict."""
-    lines = []
-    for claim in part["claims"]:
-        difference = Interval.from_dict(claim["difference"])
-        value = _cell(difference, claim["column"])
-        lines.append(f"- {claim['claim']}: difference {value} → {claim['verdict']}")
-    return lines
-
-
-def verdict_table(study: Mapping[str, Any]) -> str:
-    """One row per part: the paper's experiment, the claim and its verdict."""
-    return "\n".join(
-        [
-            "| Part | Paper | Claim | Verdict |",
-            "| --- | --- | --- | --- |",
-            *(
-                f"| {name} | {part['paper']} | {part['claim']} | {part['verdict']} |"
-                for name, part in study["parts"].items()
-            ),
-        ]
-    )
-
-
-def part_block(study: Mapping[str, Any], name: str) -> str:
-    """Part ``name``'s claim lines, arm table, paired differences and (if any) its estimates'
-    quality, as markdown: the body of its section in ``study.md`` and in the README."""
-    part = study["parts"][name]
-    out = [
-        f"Claim: {part['claim']}. **Verdict: {part['verdict']}.**",
-        "",
-        *claim_lines(part),
-        "",
-        arm_table(part, len(study["seeds"])),
-        "",
-        pair_table(part),
-    ]
-    quality = quality_table(part)
-    if quality is not None:
-        out += [
-            "",
-            "Estimates' reliability and agreement (Spearman ρ, top-k overlap):",
-            "",
-            quality,
-        ]
-    selection = selection_table(part)
-    if selection is not None:
-        out += [
-            "",
-            "Where the selection put the budget (Gini over tensors; shares of the selected "
-            "elements) and how far the backbone moved (‖θ_end − θ_pre‖ / ‖θ_pre‖, mean over "
-            "blocks):",
-            "",
-            selection,
-        ]
-    return "\n".join(out)
-
-
-MARKER = re.compile(r"(<!-- study:([a-z0-9_]+) -->\n)(?:.*?\n)?(<!-- /study:\2 -->)", re.DOTALL)
-"""A block of a document filled from a study: ``<!-- study:NAME -->`` … ``<!-- /study:NAME -->``
-with NAME ``verdicts`` (:func:`verdict_table`) or a part's name (:func:`part_block`)."""
-
-
-def fill_blocks(text: str, study: Mapping[str, Any], *more: Mapping[str, Any]) -> str:
-    """``text`` (e.g. the README) with every study block refilled: ``verdicts`` from
-    ``study``, a part's block from the first of ``study``, ``*more`` that has the part (e.g.
-    a part run later into its own folder); an unknown block name raises ValueError naming
-    it."""
-
-    def fill(match: re.Match[str]) -> str:
-        name = match.group(2)
-        owner = next((s for s in (study, *more) if name in s["parts"]), None)
-        if name == "verdicts":
-            body = verdict_table(study)
-        elif owner is not None:
-            body = part_block(owner, name)
-        else:
-            raise ValueError(f"study block {name!r}: not 'verdicts' nor a part of these studies")
-        return match.group(1) + body + "\n" + match.group(3)
-
-    return MARKER.sub(fill, text)
-
-
-def render_markdown(study: Mapping[str, Any], figures: Mapping[str, str] | None = None) -> str:
-    """``study.md`` from the ``study.json`` record (``figures``: per part, its image path)."""
-    out = [
-        "# FisherTune study on the embedded benchmark",
-        "",
-        f"Seeds {', '.join(map(str, study['seeds']))}; every arm with the same settings "
-        "(`configs/demo.yaml` less the method, evaluated once at the end). mIoU in %, mean "
-        "± 95% Student-t half-width over seeds; paired differences per seed (* the interval "
-        "excludes 0); train loss: the mean source training loss over the last tenth of the "
-        "updates. Verdicts come from the intervals: supported / contradicted when the "
-        "claim's interval excludes 0 in / against the paper's direction, not resolved "
-        "otherwise.",
-        "",
-        verdict_table(study),
-    ]
-    for name, part in study["parts"].items():
-        out += ["", f"## {name}: {part['paper']}", "", part_block(study, name)]
-        for figure in (name, f"{name}_diagnostics"):
-            if figures and figure in figures:
-                out += ["", f"![{figure}]({figures[figure]})"]
-    if study.get("sensitivity") and figures and "sensitivity" in figures:
-        out += [
-            "",
-            "## Fig. 6: sensitivity per block of F, ΔF and DRF",
-            "",
-            f"From the `scores` part's estimates at seed {study['sensitivity']['seed']}.",
-            "",
-            f"![sensitivity]({figures['sensitivity']})",
-        ]
-    return "\n".join(out) + "\n"
-
-
-def draw_figures(study: Mapping[str, Any], folder: Path) -> dict[str, str]:
-    """Each part's figure and Fig. 6 under ``folder``, drawn from the ``study.json`` record
-    alone; returns their paths relative to the folder's parent."""
-    paths: dict[str, str] = {}
-    for name, part in study["parts"].items():
-        arms = part["arms"]
-        means = {
-            label: {c: Interval.from_dict(v) for c, v in arm["mean"].items()}
-            for label, arm in arms.items()
-        }
-        path = folder / f"{name}.png"
-        title = f"{name} ({part['paper']}): 95% CI over {len(study['seeds'])} seeds"
-        if part["figure"] == "domains":
-            domains = [c for c in next(iter(means.values())) if c != LOSS_COLUMN]
-            domain_bars(
-                {label: {c: m[c].mean for c in domains} for label, m in means.items()},
-                path,
-                title=title,
-                errors={label: {c: m[c].half_width for c in domains} for label, m in means.items()},
-            )
-        elif part["figure"] == "grouped":
-            series: dict[str, dict[str, float]] = {}
-            errors: dict[str, dict[str, float]] = {}
-            for group, members in part["groups"]:
-                for name_, label in members:
-                    series.setdefault(name_, {})[group] = means[label][AVERAGE_HEADER].mean
-                    errors.setdefault(name_, {})[group] = means[label][AVERAGE_HEADER].half_width
-            domain_bars(series, path, title=f"{title}; target average", errors=errors)
-        elif part["figure"] in ("budget", "capacity"):
-            order = list(arms)
-            if part["figure"] == "capacity":
-                order.sort(key=lambda label: arms[label]["trainable"])
-            ticks = tuple(
-                label if part["figure"] == "budget" else f"{label}\n{arms[label]['trainable']:,}"
-                for label in order
-            )
-            xlabel = (
-                "δ_max (share of backbone parameters)"
-                if part["figure"] == "budget"
-                else "trainable backbone parameters"
-            )
-            panels = [
-                CurvePanel(
-                    ticks,
-                    tuple(100 * means[label][AVERAGE_HEADER].mean for label in order),
-                    tuple(100 * means[label][AVERAGE_HEADER].half_width for label in order),
-                    "target average mIoU (%)",
-                    xlabel,
-                )
-            ]
-            if part["figure"] == "capacity":
-                panels.insert(
-                    0,
-                    CurvePanel(
-                        ticks,
-                        tuple(means[label][LOSS_COLUMN].mean for label in order),
-                        tuple(means[label][LOSS_COLUMN].half_width for label in order),
-                        "source training loss (last tenth)",
-                        xlabel,
-                    ),
-                )
-            interval_curves(panels, path, title=title)
-        else:
-            domain_bars(
-                {"target average": {label: m[AVERAGE_HEADER].mean for label, m in means.items()}},
-                path,
-                title=title,
-                errors={
-                    "target average": {
-                        label: m[AVERAGE_HEADER].half_width for label, m in means.items()
-                    }
-                },
-            )
-        paths[name] = f"{folder.name}/{path.name}"
-        diagnostics = {
-            label: arm["diagnostics"] for label, arm in arms.items() if arm.get("diagnostics")
-        }
-        if part["figure"] == "bars" and diagnostics:
-            selection_curves(
-                diagnostics,
-                folder / f"{name}_diagnostics.png",
-                title=f"{name}: where the budget went and how far the weights moved "
-                f"(seed {study['seeds'][0]})",
-            )
-            paths[f"{name}_diagnostics"] = f"{folder.name}/{name}_diagnostics.png"
-    sensitivity = study.get("sensitivity")
-    if sensitivity:
-        tables = {
-            label: np.array([[number(v) for v in row] for row in table], dtype=np.float64)
-            for label, table in sensitivity["tables"].items()
-        }
-        sensitivity_panels(
-            tables,
-            folder / "fig6_sensitivity.png",
-            title=f"Mean sensitivity per block (log10), seed {sensitivity['seed']}",
-        )
-        paths["sensitivity"] = f"{folder.name}/fig6_sensitivity.png"
-    return paths
 
 
 @dataclass(frozen=True)
@@ -822,11 +361,12 @@ def run_study(
             f"{out} already holds a study; pass --resume to continue it, or choose another --out"
         )
     parts = [p for p in PARTS if p.name in names]
-    jobs = _jobs(parts, config, seeds)
+    runs, reuses = _grid(parts, config, seeds, out)
     if report_only:
-        records = _finished(jobs, config, out)
+        records = finished_records(runs, command="study", grouped_as="parts")
     else:
-        records = _collect(jobs, config, out, resume=resume, progress=progress, device=device)
+        train = _study_train(reuses, progress=progress, device=device)
+        records = run_grid(runs, train, resume=resume, command="study")
     seed_list = list(seeds)
     study: dict[str, Any] = {
         "settings": config.identity(),

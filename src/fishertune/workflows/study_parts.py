@@ -43,7 +43,7 @@ class Arm:
         method: a registered method name.
         options: option overrides, as (name, value) pairs, on top of the study configuration's
             ``method.options`` when ``method`` is its method, the method's defaults otherwise
-            (:func:`~fishertune.workflows.runs.method_config`).
+            (:func:`~fishertune.workflows.training.method_config`).
         same_as_f: the label of the part's arm that selects by F alone (same estimator and
             seeds, constant schedule). When this arm's estimate shows its DRF selection to be
             exactly that F selection (:class:`~fishertune.sensitivity.DomainTerm` overlap with

@@ -29,8 +29,8 @@ from typing import Any
 
 from scipy.stats import spearmanr
 
-from fishertune.evaluation.domains import DomainResults
-from fishertune.reporting.report import AVERAGE_HEADER, SeedRuns, paired_intervals, seed_intervals
+from fishertune.evaluation.domains import AVERAGE_HEADER, DomainResults
+from fishertune.reporting.report import SeedRuns, paired_intervals, seed_intervals
 
 __all__ = [
     "LEARNED_CLASSES",

@@ -32,7 +32,7 @@ from fishertune.engine.checkpoint import (
 )
 from fishertune.engine.config import RunConfig
 from fishertune.engine.ema import WeightAverage
-from fishertune.engine.model import EMA_PREFIX, MODEL_PREFIX
+from fishertune.engine.tuned_model import EMA_PREFIX, MODEL_PREFIX
 from fishertune.tuners.base import Tuner
 
 __all__ = [

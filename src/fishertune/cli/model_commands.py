@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fishertune.engine.config import RunConfig
 
-__all__ = ["add_run_commands"]
+__all__ = ["add_model_commands"]
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
@@ -30,7 +30,7 @@ def _say_done(report: Path | None) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fishertune.workflows.runs import train_and_report
+    from fishertune.workflows.training import train_and_report
 
     result, report = train_and_report(
         _config(args), resume=args.resume, progress=not args.no_progress, device=args.device
@@ -43,8 +43,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from fishertune.engine.estimate_file import estimate_path
-    from fishertune.engine.run_checkpoints import CHECKPOINTS
-    from fishertune.workflows.runs import sensitivity_map
+    from fishertune.engine.training_state import CHECKPOINTS
+    from fishertune.workflows.training import sensitivity_map
 
     config = _config(args)
     scores, figure, quality = sensitivity_map(
@@ -135,7 +135,7 @@ def _seed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from fishertune.tuners import available_tuners
-    from fishertune.workflows.runs import compare
+    from fishertune.workflows.comparison import compare
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(available_tuners()))
@@ -255,7 +255,7 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the run commands on the top-level sub-parser."""
     demo = sub.add_parser(
         "demo",

@@ -19,12 +19,12 @@ from torch.utils.tensorboard import SummaryWriter
 
 from fishertune.atomic import atomic_write
 
-__all__ = ["TRAIN_COLUMNS", "RunLog"]
+__all__ = ["TRAIN_COLUMNS", "MetricsLog"]
 
 TRAIN_COLUMNS = ("step", "stage", "loss", "lr", "trainable", "grad_norm", "seconds")
 
 
-class RunLog:
+class MetricsLog:
     """Append rows to ``run_dir/metrics.csv`` and TensorBoard; does nothing when disabled."""
 
     def __init__(

@@ -9,7 +9,7 @@ method and loads the saved tensors, and the EMA weights when the run kept an ave
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,12 @@ from fishertune.engine.checkpoint import (
     weights_reference,
 )
 from fishertune.engine.config import RunConfig, config_from_dict
-from fishertune.engine.evaluate import eval_protocol
+from fishertune.engine.sharded_eval import eval_protocol
 from fishertune.evaluation.protocols import EvalProtocol
 from fishertune.models import build_segmentor
 from fishertune.models.segmentor import Segmentor
-from fishertune.tuners import build_tuner, tuner_class
-from fishertune.tuners.base import Tuner, backbone_of
+from fishertune.tuners import build_tuner
+from fishertune.tuners.base import Tuner, backbone_of, seeded
 
 __all__ = [
     "EMA_PREFIX",
@@ -75,11 +75,10 @@ def build_model(config: RunConfig, device: torch.device | str = "cpu") -> tuple[
         head_options=model.head_options,
         **model.options,
     ).to(device)
-    options = dict(config.method.options)
-    seeded = {f.name for f in fields(tuner_class(config.method.name).config_class)}
-    if "seed" in seeded and "seed" not in options:
-        options["seed"] = config.schedule.seed  # the method's draws follow the run's seed
-    tuner = build_tuner(config.method.name, segmentor, **options)
+    settings = config.method.settings
+    if "seed" not in config.method.options:
+        settings = seeded(settings, config.schedule.seed)  # the method draws with the run's seed
+    tuner = build_tuner(config.method.name, segmentor, settings)
     return segmentor, tuner
 
 
@@ -100,7 +99,7 @@ class TrainedModel:
 
     def protocol(self, name: str | None = None, mode: str | None = None) -> EvalProtocol:
         """The run's evaluation protocol, or the registered protocol ``name``, in the run's mode
-        or ``mode`` (:func:`~fishertune.engine.evaluate.eval_protocol`: a run on the embedded
+        or ``mode`` (:func:`~fishertune.engine.sharded_eval.eval_protocol`: a run on the embedded
         benchmark keeps its image size as the default test size whichever protocol is named)."""
         data, evaluation = self.config.data, self.config.evaluation
         return eval_protocol(

@@ -12,18 +12,15 @@ from collections.abc import Mapping, Sequence
 from fishertune.data.base import LabelledImages
 from fishertune.data.registry import FILE_DATASETS, dataset_class, open_dataset
 from fishertune.data.synthetic import SyntheticSettings
+from fishertune.evaluation.domains import SOURCE_DOMAIN
 
 __all__ = [
-    "SOURCE_DOMAIN",
     "evaluation_set",
     "evaluation_sets",
     "source_train_set",
     "source_val_set",
     "target_sets",
 ]
-
-SOURCE_DOMAIN = "source"
-"""Name under which the source domain's validation images are evaluated and reported."""
 
 
 def _checked_root(name: str, root: str | None, key: str, role: str) -> str | None:

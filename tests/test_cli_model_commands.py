@@ -110,7 +110,7 @@ def test_compare_writes_the_table_one_comparison(
     assert (out_dir / "freeze" / "report.md").is_file()
     record = json.loads((out_dir / "comparison.json").read_text())
     assert set(record["methods"]) == {"freeze", "lora"}
-    # --resume finds both runs finished: it only re-evaluates them, to the same table
+    # --resume finds both runs' records: it reads them back, to the same table
     resumed = ["compare", str(config), "--methods", "freeze,lora", "--out", str(out_dir)]
     assert main([*resumed, "--resume", "--no-progress"]) == 0
     assert json.loads((out_dir / "comparison.json").read_text())["methods"] == record["methods"]
@@ -119,10 +119,12 @@ def test_compare_writes_the_table_one_comparison(
 
 
 def test_compare_with_seeds_gives_intervals_and_resumes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every method × seed is its own run; the seeds differ (decoder, data order); the table
-    has mean ± half-width and paired differences; --resume reads the finished runs back."""
+    has mean ± half-width and paired differences; --resume reads the finished runs' records
+    back without training; a record written before compare and the study shared one runner
+    is refused in one line."""
     config = _write_config(tmp_path, "freeze")
     out_dir = tmp_path / "seeds"
     command = [
@@ -153,8 +155,26 @@ def test_compare_with_seeds_gives_intervals_and_resumes(
     freeze = record["methods"]["freeze"]["seeds"]
     assert freeze["0"] != freeze["1"]  # another decoder initialisation and data order
     assert record["methods"]["lora"]["paired"]["Avg. (targets)"]["count"] == 2
-    assert main([*command, "--resume"]) == 0
+    from fishertune.workflows import grid
+
+    def untrainable(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(grid.Trainer, "run", untrainable)
+        assert main([*command, "--resume"]) == 0
     assert json.loads((out_dir / "comparison.json").read_text())["methods"] == record["methods"]
+    # a folder written before runs had records continues from its checkpoint
+    (out_dir / "freeze" / "seed0" / grid.RECORD).unlink()
+    assert main([*command, "--resume"]) == 0
+    assert (out_dir / "freeze" / "seed0" / grid.RECORD).is_file()
+    assert json.loads((out_dir / "comparison.json").read_text())["methods"] == record["methods"]
+    earlier = out_dir / "lora" / "seed1" / "study_run.json"
+    (out_dir / "lora" / "seed1" / grid.RECORD).rename(earlier)
+    assert main([*command, "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "study_run.json: a record written before compare and study shared one runner" in error
+    assert f"rename it to {grid.RECORD} to reuse the run" in error
     assert main([*command[:-1], "--reference", "rein", "--no-progress"]) == 2
     assert "--reference: 'rein' is not among --methods" in capsys.readouterr().err
     assert main([*command[:5], "0,x", "--no-progress"]) == 2
@@ -265,12 +285,12 @@ def test_a_bad_or_absent_device_is_one_line(
 def test_ctrl_c_says_how_to_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fishertune.workflows import runs
+    from fishertune.workflows import training
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs.Trainer, "run", interrupted)
+    monkeypatch.setattr(training.Trainer, "run", interrupted)
     config = _write_config(tmp_path, "full")
     err = _one_line_error(capsys, main(["train", str(config), "--no-progress"]), code=130)
     assert err == (
