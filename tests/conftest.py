@@ -83,3 +83,19 @@ MODEL_FACTORIES: dict[str, Callable[[], tuple[nn.Module, list[tuple[Tensor, Tens
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def tiny_vit_classifier(**changes: int) -> nn.Module:
+    """A tiny timm ViT classifier (5 classes, 32 px, seeded), with ``changes`` to its depth
+    or width: the any-model tests' base model."""
+    torch.manual_seed(0)
+    shape = {"depth": 2, "embed_dim": 32, **changes}
+    return timm.create_model(
+        "vit_small_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        num_heads=2,
+        num_classes=5,
+        **shape,
+    )

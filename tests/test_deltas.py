@@ -7,28 +7,13 @@ import copy
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from conftest import tiny_vit_classifier
 from fishertune.finetune import load_deltas, save_deltas
 from fishertune.selection import Selection, random_selection
-
-
-def _vit(**changes: int) -> nn.Module:
-    """A tiny timm ViT classifier (seeded), with ``changes`` to its depth or width."""
-    torch.manual_seed(0)
-    shape = {"depth": 2, "embed_dim": 32, **changes}
-    return timm.create_model(
-        "vit_small_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        num_heads=2,
-        num_classes=5,
-        **shape,
-    )
 
 
 def _tuned(base: nn.Module, fraction: float) -> tuple[nn.Module, Selection]:
@@ -51,11 +36,11 @@ def _tuned(base: nn.Module, fraction: float) -> tuple[nn.Module, Selection]:
 
 
 def test_deltas_round_trip_bit_exactly_and_scale_with_the_selection(tmp_path: Path) -> None:
-    base = _vit()
+    base = tiny_vit_classifier()
     tuned, selection = _tuned(base, 0.05)
     head = ("head.weight", "head.bias")
     path = save_deltas(tuned, selection, tmp_path / "deltas.safetensors", dense=head)
-    fresh = _vit()
+    fresh = tiny_vit_classifier()
     loaded = load_deltas(fresh, path)
     assert set(loaded) == set(selection)
     for name in selection:
@@ -76,31 +61,31 @@ def test_deltas_round_trip_bit_exactly_and_scale_with_the_selection(tmp_path: Pa
 
 
 def test_a_different_base_model_is_refused_in_one_line(tmp_path: Path) -> None:
-    tuned, selection = _tuned(_vit(), 0.05)
+    tuned, selection = _tuned(tiny_vit_classifier(), 0.05)
     path = save_deltas(tuned, selection, tmp_path / "d.safetensors")
-    other = _vit(embed_dim=48)
+    other = tiny_vit_classifier(embed_dim=48)
     with pytest.raises(ValueError, match=r"d\.safetensors: the model's parameter 'blocks\.0\."):
         load_deltas(other, path)
-    deeper = _vit(depth=3)
+    deeper = tiny_vit_classifier(depth=3)
     with pytest.raises(ValueError, match="the deltas' base model had no such parameter"):
         load_deltas(deeper, path)
 
 
 def test_a_foreign_or_damaged_file_is_refused(tmp_path: Path) -> None:
-    tuned, selection = _tuned(_vit(), 0.05)
+    tuned, selection = _tuned(tiny_vit_classifier(), 0.05)
     path = save_deltas(tuned, selection, tmp_path / "d.safetensors")
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF  # a byte of the last tensor's data
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="do not match their checksum"):
-        load_deltas(_vit(), damaged)
+        load_deltas(tiny_vit_classifier(), damaged)
     foreign = tmp_path / "weights.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign))
     with pytest.raises(ValueError, match="not a fishertune deltas file"):
-        load_deltas(_vit(), foreign)
+        load_deltas(tiny_vit_classifier(), foreign)
     with pytest.raises(FileNotFoundError, match="no deltas file there"):
-        load_deltas(_vit(), tmp_path / "missing.safetensors")
+        load_deltas(tiny_vit_classifier(), tmp_path / "missing.safetensors")
     (tmp_path / "text.safetensors").write_text("not tensors")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
-        load_deltas(_vit(), tmp_path / "text.safetensors")
+        load_deltas(tiny_vit_classifier(), tmp_path / "text.safetensors")
