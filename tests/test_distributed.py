@@ -1,5 +1,6 @@
 """Two CPU processes under torchrun/gloo: the estimators agree with one process on the union of
-their data, and the trainer keeps both ranks identical with rank 0 alone writing."""
+their data, the trainer keeps both ranks identical with rank 0 alone writing, and
+SparseFinetune selects and trains as one process with the same global batch."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from distributed_finetune_worker import finetune, global_batches
 from distributed_worker import build
 from fishertune.sensitivity import diagonal_fisher
 
@@ -64,3 +66,23 @@ def test_two_process_training_keeps_ranks_identical_and_rank0_writes(tmp_path: P
     steps = [int(row["step"]) for row in rows if row["stage"]]
     assert steps == list(range(1, 9))  # one writer: each step logged once
     assert (tmp_path / "run" / "checkpoints" / "sensitivity.json").is_file()
+
+
+def test_sparse_finetune_on_two_ranks_equals_one_process_with_the_global_batch(
+    tmp_path: Path,
+) -> None:
+    """The scores are reduced over the ranks, so every rank holds the same selection; by F
+    alone it is the one that one process makes on the global batches, and with averaged
+    gradients the ranks train the same weights as that process."""
+    _torchrun("distributed_finetune_worker.py", tmp_path)
+    for variant in ("F", "DRF"):
+        first, second = (load_file(str(tmp_path / f"{variant}{r}.safetensors")) for r in range(2))
+        for key, value in first.items():
+            assert torch.equal(value, second[key]), (variant, key)
+    tuner, weights = finetune(global_batches(), "F")
+    first = load_file(str(tmp_path / "F0.safetensors"))
+    assert tuner.selection is not None
+    for name, index in tuner.selection.items():
+        assert torch.equal(first[f"selection:{name}"], index), name
+    for key, value in weights.items():
+        torch.testing.assert_close(first[key], value, rtol=1e-4, atol=1e-6)
