@@ -32,7 +32,7 @@ def _say_done(report: Path | None) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from fishertune.workflows.training import train_and_report
 
-    result, report = train_and_report(
+    _, result, report = train_and_report(
         _config(args), resume=args.resume, progress=not args.no_progress, device=args.device
     )
     if report is not None and result.results is not None:

@@ -32,7 +32,7 @@ from fishertune.engine.trainer import Trainer, TrainResult
 from fishertune.engine.training_state import has_checkpoint
 from fishertune.evaluation.intervals import json_number
 from fishertune.reporting import read_metrics_csv
-from fishertune.workflows.training import report_run, saved_sensitivity
+from fishertune.workflows.training import saved_sensitivity, train_and_report
 
 __all__ = [
     "RECORD",
@@ -121,11 +121,11 @@ def train_run(
     config: RunConfig, *, resume: bool, progress: bool, device: str | None, report: bool
 ) -> dict[str, Any]:
     """Train ``config`` (continuing it with ``resume``), write its ``report.md`` when
-    ``report`` (rank 0) and return its :func:`run_record`."""
-    trainer = Trainer(config, progress=progress, device=device)
-    result = trainer.run(resume=resume)
-    if report and trainer.is_main:
-        report_run(trainer, result)
+    ``report`` (rank 0, :func:`~fishertune.workflows.training.train_and_report`) and return
+    its :func:`run_record`."""
+    trainer, result, _ = train_and_report(
+        config, resume=resume, progress=progress, device=device, report=report
+    )
     return run_record(config, trainer, result)
 
 

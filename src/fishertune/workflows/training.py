@@ -160,12 +160,15 @@ def train_and_report(
     resume: bool = False,
     progress: bool = True,
     device: str | None = None,
-) -> tuple[TrainResult, Path | None]:
-    """Train ``config`` (continuing its run with ``resume``) and write its report (rank 0)."""
+    report: bool = True,
+) -> tuple[Trainer, TrainResult, Path | None]:
+    """Train ``config`` (continuing its run with ``resume``) and, with ``report``, write its
+    report (rank 0); returns the trainer, its result and the report's path (None when none
+    was written)."""
     trainer = Trainer(config, progress=progress, device=device)
     result = trainer.run(resume=resume)
-    report = report_run(trainer, result) if trainer.is_main else None
-    return result, report
+    path = report_run(trainer, result) if report and trainer.is_main else None
+    return trainer, result, path
 
 
 def method_config(
