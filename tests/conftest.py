@@ -99,3 +99,37 @@ def tiny_vit_classifier(**changes: int) -> nn.Module:
         num_classes=5,
         **shape,
     )
+
+
+def tiny_hf_vit(num_labels: int = NUM_CLASSES) -> nn.Module:
+    """A tiny Hugging Face ``ViTForImageClassification`` (32 px, seeded)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+    )
+    return ViTForImageClassification(config)
+
+
+def tiny_hf_bert(num_labels: int = NUM_CLASSES) -> nn.Module:
+    """A tiny Hugging Face ``BertForSequenceClassification`` (token ids in, seeded)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config)

@@ -15,7 +15,8 @@ from fishertune.sensitivity.dr_fim import (
     shift_coefficient,
     stable_dr_fim,
 )
-from fishertune.sensitivity.losses import per_image_loss, sample_labels
+from fishertune.sensitivity.losses import ModelOutputError, per_image_loss, sample_labels
+from fishertune.sensitivity.model_inputs import LABEL_KEY
 from fishertune.sensitivity.perturbation import (
     DSU_TRAINING_PROBABILITY,
     FeaturePerturbation,
@@ -47,6 +48,7 @@ __all__ = [
     "CURVATURES",
     "DSU_TRAINING_PROBABILITY",
     "FLOOR_QUANTILE",
+    "LABEL_KEY",
     "LABEL_MODES",
     "TAU_SCALE",
     "VARIANTS",
@@ -54,6 +56,7 @@ __all__ = [
     "DomainTerm",
     "EstimateQuality",
     "FeaturePerturbation",
+    "ModelOutputError",
     "TokenEntry",
     "VariationalFit",
     "check_fit_options",

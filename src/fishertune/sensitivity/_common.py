@@ -6,13 +6,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from fishertune.sensitivity.losses import per_image_loss
+from fishertune.sensitivity.losses import class_logits, model_loss, per_image_loss
 
-Batch = tuple[Tensor, Tensor | None]
 LossFn = Callable[[Any, Tensor], Tensor]
 """``loss_fn(outputs, targets)`` returning the ``(B,)`` per-sample losses of a batch."""
 
@@ -62,31 +60,20 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def check_labels(labels: str, loss_fn: LossFn | None) -> None:
-    """Validate the ``labels`` option of the estimators."""
+def check_labels(labels: str) -> None:
+    """Validate the ``labels`` option of the estimators.
+
+    Every mode works with the built-in and a custom loss: with ``labels="sampled"`` and a
+    ``loss_fn``, the labels drawn from the model's class logits are the targets ``loss_fn``
+    receives (class indices of shape ``(B, *spatial)``).
+    """
     if labels not in LABEL_MODES:
         raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
-    if labels == "sampled" and loss_fn is not None:
-        raise ValueError(
-            "labels='sampled' draws labels from the model's softmax and needs the built-in "
-            "cross-entropy; use labels='given' with a custom loss_fn"
-        )
 
 
-def unpack_batch(batch: Any, device: torch.device, need_targets: bool) -> Batch:
-    """Split one item of ``batches`` into inputs and targets, moved to ``device``."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError(
-            f"each item of batches must be an (inputs, targets) pair, got {type(batch).__name__}"
-        )
-    inputs, targets = batch
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"batch inputs must be a tensor, got {type(inputs).__name__}")
-    if targets is None:
-        if need_targets:
-            raise ValueError("targets are required for this label mode (got None)")
-        return inputs.to(device), None
-    return inputs.to(device), targets.to(device)
+def uses_model_loss(labels: str, loss_fn: LossFn | None) -> bool:
+    """Whether a dict batch keeps its labels and is scored by the model's own loss."""
+    return labels != "sampled" and loss_fn is None
 
 
 def cycle(batches: Iterable[Any]) -> Iterator[Any]:
@@ -101,14 +88,16 @@ def cycle(batches: Iterable[Any]) -> Iterator[Any]:
 
 
 def sample_losses(
-    outputs: Any, targets: Tensor, ignore_index: int, loss_fn: LossFn | None
+    outputs: Any, targets: Tensor | None, ignore_index: int, loss_fn: LossFn | None
 ) -> Tensor:
-    """Per-sample losses ``(B,)`` of a batch, with the built-in or a custom loss."""
+    """Per-sample losses ``(B,)`` of a batch: ``loss_fn``'s, the built-in cross-entropy on the
+    class logits, or, without targets, the model's own loss (``(1,)``: one sample's loss when
+    the batch holds one sample, the batch's loss otherwise)."""
+    if targets is None:
+        return model_loss(outputs).reshape(1)
     if loss_fn is not None:
-        losses = loss_fn(outputs, targets)
-    else:
-        losses = per_image_loss(outputs, targets, ignore_index)
-    return losses
+        return loss_fn(outputs, targets)
+    return per_image_loss(class_logits(outputs), targets, ignore_index)
 
 
 def all_reduce_sum(tensors: Iterable[Tensor]) -> None:

@@ -17,8 +17,9 @@ from fishertune.sensitivity._common import (
     check_labels,
     eval_mode,
     resolve_params,
-    unpack_batch,
+    uses_model_loss,
 )
+from fishertune.sensitivity.model_inputs import unpack_batch
 from fishertune.sensitivity.per_sample import METHODS, PerSampleGrads, accumulation_dtype
 from fishertune.sensitivity.perturbation import FeaturePerturbation
 
@@ -77,7 +78,7 @@ def diagonal_fisher(
 
     Returns name → tensor of the parameter's shape (float32, or float64 for float64 params).
     """
-    check_labels(labels, loss_fn)
+    check_labels(labels)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if num_label_samples < 1:
@@ -100,9 +101,12 @@ def diagonal_fisher(
         chunk_size,
         max_chunk_elements,
     )
+    model_loss = uses_model_loss(labels, loss_fn)
     with eval_mode(model), perturbation if perturbation is not None else nullcontext():
         for raw in track(batches, "diagonal Fisher", enabled=progress):
-            inputs, targets = unpack_batch(raw, device, need_targets=labels != "sampled")
+            inputs, targets = unpack_batch(
+                raw, device, need_targets=labels != "sampled", model_loss=model_loss
+            )
             squares = engine.square_sums(
                 inputs,
                 targets,
@@ -112,7 +116,7 @@ def diagonal_fisher(
             )
             for key, sq in squares.items():
                 sums[key].add_(sq)
-            count += inputs.shape[0]
+            count += inputs.size
 
     all_reduce_sum([*sums.values(), count])
     if count.item() == 0:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -50,6 +53,13 @@ def sample_labels(
     ``ignore_index`` pixels stay ignored in the sampled map, so the sampled and the empirical
     Fisher cover the same pixels.
     """
+    expected = (logits.shape[0], *logits.shape[2:])
+    if targets is not None and tuple(targets.shape) != expected:
+        raise ValueError(
+            f"labels='sampled': the targets (shape {tuple(targets.shape)}) mark the ignored "
+            f"positions and must have the logits' batch and spatial shape {expected}; give "
+            "estimation batches without targets or use labels='given'"
+        )
     probs = torch.softmax(logits.detach().float(), dim=1).movedim(1, -1)
     gen_device = generator.device if generator is not None else probs.device
     u = torch.rand(probs.shape[:-1], generator=generator, device=gen_device).to(probs.device)
@@ -58,3 +68,41 @@ def sample_labels(
     if targets is not None:
         labels = torch.where(targets == ignore_index, targets.to(labels.dtype), labels)
     return labels
+
+
+class ModelOutputError(LookupError):
+    """A model's output lacks what the chosen loss needs (its ``logits`` or its ``loss``); not
+    a ``TypeError``, so that it is never mistaken for a model ``vmap`` cannot run."""
+
+
+def _field(outputs: Any, name: str) -> Any:
+    """``outputs.name`` or ``outputs[name]`` (a Hugging Face ``ModelOutput`` or a dict), or None."""
+    if isinstance(outputs, Mapping):
+        return outputs.get(name)
+    return getattr(outputs, name, None)
+
+
+def class_logits(outputs: Any) -> Tensor:
+    """The class logits of a model's output: the output itself when it is a tensor, else its
+    ``logits`` (a Hugging Face ``ModelOutput`` or a dict)."""
+    if isinstance(outputs, Tensor):
+        return outputs
+    logits = _field(outputs, "logits")
+    if not isinstance(logits, Tensor):
+        raise ModelOutputError(
+            f"the model's output ({type(outputs).__name__}) is neither a tensor of class logits "
+            "nor has 'logits'; pass a loss_fn(outputs, targets) returning per-sample losses"
+        )
+    return logits
+
+
+def model_loss(outputs: Any) -> Tensor:
+    """The loss a model computed itself from the batch's labels (``ModelOutput.loss``)."""
+    loss = _field(outputs, "loss")
+    if not isinstance(loss, Tensor):
+        raise ModelOutputError(
+            f"the model's output ({type(outputs).__name__}) has no 'loss': a dict batch scored "
+            "with labels='given' and no loss_fn uses the model's own loss (Hugging Face models "
+            "return one when the batch has 'labels'); pass a loss_fn otherwise"
+        )
+    return loss

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fishertune.sensitivity._common import LossFn, constant_tensors, sample_losses
-from fishertune.sensitivity.losses import sample_labels
+from fishertune.sensitivity.losses import class_logits, sample_labels
+from fishertune.sensitivity.model_inputs import ModelInputs
 from fishertune.sensitivity.perturbation import FeaturePerturbation, Offsets
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class PerSampleGrads:
 
     def square_sums(
         self,
-        inputs: Tensor,
+        inputs: ModelInputs,
         targets: Tensor | None,
         *,
         labels: str,
@@ -122,42 +123,47 @@ class PerSampleGrads:
 
         ``labels``: ``"given"`` (targets), ``"sampled"`` (drawn per pixel from the detached
         softmax, ``num_label_samples`` draws averaged) or ``"batch"`` (the squared gradient of
-        the batch-mean loss, times the batch size). With a perturbation, the ``"vmap"`` and
-        ``"loop"`` ways first run the batch once without gradients to draw it (and the sampled
-        labels) and then replay each sample's draw; the ``"linear"`` way needs one forward.
+        the batch-mean loss, times the batch size). ``targets=None`` with ``"given"`` or
+        ``"batch"`` scores the model's own loss (a dict batch that keeps its labels), each
+        sample evaluated alone. With a perturbation, the ``"vmap"`` and ``"loop"`` ways first
+        run the batch once without gradients to draw it (and the sampled labels) and then
+        replay each sample's draw; the ``"linear"`` way needs one forward.
         """
         at = self.current if weights is None else dict(weights)
-        size = inputs.shape[0]
+        size = inputs.size
         if labels == "batch":
-            assert targets is not None
             return {
                 key: g.to(accumulation_dtype(g)).square().mul_(size)
                 for key, g in self.batch_gradient(inputs, targets, at).items()
             }
-        if self.use_linear and inputs.is_floating_point():
+        own_loss = targets is None and labels == "given"
+        if self.use_linear and not own_loss:
             return self._linear(at, inputs, targets, labels, generator, num_label_samples)
         offsets: list[Offsets] = []
-        draws: list[Tensor] = []
+        draws: list[Tensor | None] = [targets]
         if self.perturbation is not None or labels == "sampled":
             with torch.no_grad(), _recording(self.perturbation) as recorded:
-                logits = functional_call(self.model, {**self.consts, **at}, (inputs,))
+                outputs = inputs.call(self.model, {**self.consts, **at})
             offsets = list(recorded)
             if labels == "sampled":
                 draws = [
                     sample_labels(
-                        logits, generator, targets=targets, ignore_index=self.ignore_index
+                        class_logits(outputs),
+                        generator,
+                        targets=targets,
+                        ignore_index=self.ignore_index,
                     )
                     for _ in range(num_label_samples)
                 ]
-        if labels == "given":
-            assert targets is not None
-            draws = [targets]
         sums = self._zeros(at)
         for drawn in draws:
             for start in range(0, size, self.chunk):
                 part = slice(start, start + self.chunk)
                 squares = self.squared_grads(
-                    at, inputs[part], drawn[part], [(a[part], b[part]) for a, b in offsets]
+                    at,
+                    inputs.part(part),
+                    None if drawn is None else drawn[part],
+                    [(a[part], b[part]) for a, b in offsets],
                 )
                 for key, sq in squares.items():
                     sums[key].add_(sq, alpha=1.0 / len(draws))
@@ -172,7 +178,7 @@ class PerSampleGrads:
     def _linear(
         self,
         at: Mapping[str, Tensor],
-        inputs: Tensor,
+        inputs: ModelInputs,
         targets: Tensor | None,
         labels: str,
         generator: torch.Generator | None,
@@ -195,16 +201,23 @@ class PerSampleGrads:
             return hook
 
         handles = [self.model.get_submodule(o).register_forward_hook(capture(o)) for o in owners]
+        # The scored weights require grad so that every layer's output has a graph to the loss;
+        # only the gradients of those outputs are taken, never the weights'.
+        graph = {name: tensor.detach().requires_grad_(True) for name, tensor in at.items()}
         try:
-            source = inputs.detach().requires_grad_(True)  # a graph through the activations
             with torch.enable_grad():
-                outputs = functional_call(self.model, {**self.consts, **at}, (source,))
+                outputs = inputs.call(self.model, {**self.consts, **graph})
         finally:
             for handle in handles:
                 handle.remove()
         if labels == "sampled":
             draws = [
-                sample_labels(outputs, generator, targets=targets, ignore_index=self.ignore_index)
+                sample_labels(
+                    class_logits(outputs),
+                    generator,
+                    targets=targets,
+                    ignore_index=self.ignore_index,
+                )
                 for _ in range(num_label_samples)
             ]
         else:
@@ -274,8 +287,10 @@ class PerSampleGrads:
             out[wanted["bias"]] = bias.square().sum(0)
         return out
 
-    def _loss(self, weights: Mapping[str, Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
-        outputs = functional_call(self.model, {**self.consts, **weights}, (inputs,))
+    def _loss(
+        self, weights: Mapping[str, Tensor], inputs: ModelInputs, targets: Tensor | None
+    ) -> Tensor:
+        outputs = inputs.call(self.model, {**self.consts, **weights})
         return sample_losses(outputs, targets, self.ignore_index, self.loss_fn).mean()
 
     def _replayed(self, offsets: Sequence[Offsets]) -> Any:
@@ -284,7 +299,7 @@ class PerSampleGrads:
         return self.perturbation.use_offsets(offsets)
 
     def batch_gradient(
-        self, inputs: Tensor, targets: Tensor, at: Mapping[str, Tensor]
+        self, inputs: ModelInputs, targets: Tensor | None, at: Mapping[str, Tensor]
     ) -> dict[str, Tensor]:
         """Gradient of the batch-mean loss at the weights ``at``."""
         weights = {n: t.detach().requires_grad_(True) for n, t in at.items()}
@@ -296,8 +311,8 @@ class PerSampleGrads:
     def squared_grads(
         self,
         at: Mapping[str, Tensor],
-        inputs: Tensor,
-        targets: Tensor,
+        inputs: ModelInputs,
+        targets: Tensor | None,
         offsets: Sequence[Offsets],
     ) -> dict[str, Tensor]:
         """Σ_i g_i² over the samples of one chunk at the weights ``at``, by requested key."""
@@ -320,38 +335,43 @@ class PerSampleGrads:
     def _vmapped(
         self,
         at: Mapping[str, Tensor],
-        inputs: Tensor,
-        targets: Tensor,
+        inputs: ModelInputs,
+        targets: Tensor | None,
         offsets: Sequence[Offsets],
     ) -> dict[str, Tensor]:
         def one_sample(
-            weights: dict[str, Tensor], x: Tensor, y: Tensor, offs: list[Offsets]
+            weights: dict[str, Tensor],
+            tensors: list[Tensor],
+            y: Tensor | None,
+            offs: list[Offsets],
         ) -> Tensor:
             with self._replayed(offs):
-                return self._loss(weights, x.unsqueeze(0), y.unsqueeze(0))
+                target = None if y is None else y.unsqueeze(0)
+                return self._loss(weights, inputs.one_sample(tensors), target)
 
         per_sample: Callable[..., dict[str, Tensor]] = vmap(
-            grad(one_sample), in_dims=(None, 0, 0, 0)
+            grad(one_sample), in_dims=(None, 0, None if targets is None else 0, 0)
         )
         # Fused attention kernels have no vmap batching rule (functorch would loop over the
         # samples); the math backend decomposes into batched matmuls and softmax.
         with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-            grads = per_sample(dict(at), inputs, targets, list(offsets))
+            grads = per_sample(dict(at), inputs.batched_tensors(), targets, list(offsets))
         squares = {n: g.to(accumulation_dtype(g)).square().sum(0) for n, g in grads.items()}
         return self._by_key(squares, at)
 
     def _looped(
         self,
         at: Mapping[str, Tensor],
-        inputs: Tensor,
-        targets: Tensor,
+        inputs: ModelInputs,
+        targets: Tensor | None,
         offsets: Sequence[Offsets],
     ) -> dict[str, Tensor]:
         total = {n: torch.zeros_like(t, dtype=accumulation_dtype(t)) for n, t in at.items()}
-        for i in range(inputs.shape[0]):
+        for i in range(inputs.size):
             weights = {n: t.detach().requires_grad_(True) for n, t in at.items()}
+            target = None if targets is None else targets[i : i + 1]
             with torch.enable_grad(), self._replayed([(a[i], b[i]) for a, b in offsets]):
-                loss = self._loss(weights, inputs[i : i + 1], targets[i : i + 1])
+                loss = self._loss(weights, inputs.part(i), target)
                 grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
             for name, g in zip(weights, grads, strict=True):
                 if g is not None:

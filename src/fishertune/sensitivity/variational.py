@@ -70,9 +70,10 @@ from fishertune.sensitivity._common import (
     cycle,
     eval_mode,
     resolve_params,
-    unpack_batch,
+    uses_model_loss,
     world_size,
 )
+from fishertune.sensitivity.model_inputs import ModelInputs, unpack_batch
 from fishertune.sensitivity.per_sample import PerSampleGrads
 from fishertune.sensitivity.perturbation import FeaturePerturbation
 
@@ -206,7 +207,7 @@ def fit_variational(
     samples are averaged over ranks at every step, so all ranks hold the same fit. Per-sample
     gradients run in chunks as in :func:`~fishertune.sensitivity.diagonal.diagonal_fisher`.
     """
-    check_labels(labels, loss_fn)
+    check_labels(labels)
     if labels == "batch":
         raise ValueError("labels='batch' is a diagonal-Fisher mode; use 'given' or 'sampled'")
     check_fit_options(
@@ -234,11 +235,14 @@ def fit_variational(
     noise = {key: torch.empty_like(s) for key, s in running.items()}
     data = cycle(batches)
     need_targets = labels == "given"
+    model_loss = uses_model_loss(labels, loss_fn)
     fitted_gamma = gamma
 
     with eval_mode(model), perturbation if perturbation is not None else nullcontext():
         for step in track(range(steps), "variational Fisher", enabled=progress):
-            inputs, targets = unpack_batch(next(data), device, need_targets=need_targets)
+            inputs, targets = unpack_batch(
+                next(data), device, need_targets=need_targets, model_loss=model_loss
+            )
             std = {
                 key: _sample_std(running[key], step, fitted_gamma, taus[key]) for key in theta_hat
             }
@@ -252,7 +256,6 @@ def fit_variational(
                     engine, theta_hat, std, noise, inputs, targets, labels, generator
                 )
             else:
-                assert targets is not None
                 sample = _hessian_sample(engine, theta_hat, std, noise, inputs, targets)
             if fitted_gamma is None:
                 fitted_gamma = _gamma_at_floor(sample, taus, floor_quantile)
@@ -293,7 +296,7 @@ def _fisher_sample(
     theta_hat: Mapping[str, Tensor],
     std: Mapping[str, Tensor],
     noise: Mapping[str, Tensor],
-    inputs: Tensor,
+    inputs: ModelInputs,
     targets: Tensor | None,
     labels: str,
     generator: torch.Generator | None,
@@ -301,7 +304,8 @@ def _fisher_sample(
     """(1/B) Σ_i (∂ℓ_i/∂θ)² at θ̂ + √v ε, averaged over all ranks' samples."""
     weights = _weights(engine, theta_hat, std, noise, 1.0)
     sums = engine.square_sums(inputs, targets, labels=labels, generator=generator, weights=weights)
-    count = torch.tensor(float(inputs.shape[0]), dtype=torch.float64, device=inputs.device)
+    device = next(iter(sums.values())).device
+    count = torch.tensor(float(inputs.size), dtype=torch.float64, device=device)
     all_reduce_sum([*sums.values(), count])
     scale = 1.0 / float(count)
     return {key: s.float().mul_(scale) for key, s in sums.items()}
@@ -312,8 +316,8 @@ def _hessian_sample(
     theta_hat: Mapping[str, Tensor],
     std: Mapping[str, Tensor],
     noise: Mapping[str, Tensor],
-    inputs: Tensor,
-    targets: Tensor,
+    inputs: ModelInputs,
+    targets: Tensor | None,
 ) -> dict[str, Tensor]:
     """ε ⊙ (∇L(θ̂ + √v ε) − ∇L(θ̂ − √v ε)) / (2√v), the two passes sharing the batch and, under
     a perturbation, its draw; gradients averaged over ranks."""
