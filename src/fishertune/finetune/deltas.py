@@ -15,17 +15,14 @@ written atomically and never unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from fishertune.atomic import atomic_write
+from fishertune.finetune.checked_file import load_checked, save_checked
 from fishertune.selection import Selection
 
 __all__ = ["DELTAS_FORMAT", "load_deltas", "save_deltas"]
@@ -34,16 +31,6 @@ DELTAS_FORMAT = "fishertune-deltas/1"
 """The ``format`` metadata entry of a deltas file."""
 
 _INDEX, _VALUES, _WHOLE = ":index", ":values", ":whole"
-
-
-def _checksum(tensors: Mapping[str, Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _manifest(model: nn.Module) -> dict[str, list[int]]:
@@ -76,32 +63,7 @@ def save_deltas(
         flat_index = index.detach().cpu().contiguous()
         tensors[name + _INDEX] = flat_index
         tensors[name + _VALUES] = param.detach().reshape(-1)[index].cpu().contiguous()
-    metadata = {
-        "format": DELTAS_FORMAT,
-        "manifest": json.dumps(_manifest(model)),
-        "sha256": _checksum(tensors),
-    }
-    target = Path(path)
-    atomic_write(target, lambda file: save_file(tensors, str(file), metadata=metadata))
-    return target
-
-
-def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """The tensors and metadata of a deltas file; one-line errors for anything else."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no deltas file there")
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            metadata = dict(file.metadata() or {})
-            names = list(file.keys())
-            tensors = {key: file.get_tensor(key) for key in names}
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
-    if metadata.get("format") != DELTAS_FORMAT:
-        raise ValueError(f"{path}: not a fishertune deltas file (format {DELTAS_FORMAT!r})")
-    if metadata.get("sha256") != _checksum(tensors):
-        raise ValueError(f"{path}: its tensors do not match their checksum (a damaged file)")
-    return tensors, metadata
+    return save_checked(path, tensors, DELTAS_FORMAT, {"manifest": json.dumps(_manifest(model))})
 
 
 def load_deltas(model: nn.Module, path: str | Path) -> Selection:
@@ -110,7 +72,7 @@ def load_deltas(model: nn.Module, path: str | Path) -> Selection:
     ``model`` must be the base model the file was saved from: every parameter of its
     manifest, with the same shape, and no other."""
     file = Path(path)
-    tensors, metadata = _read(file)
+    tensors, metadata = load_checked(file, DELTAS_FORMAT, "deltas")
     manifest = {name: torch.Size(shape) for name, shape in json.loads(metadata["manifest"]).items()}
     params = dict(model.named_parameters())
     for name in sorted(set(manifest) | set(params)):

@@ -12,30 +12,45 @@
         tuner.step()                      # grows the selection on schedule (nested)
     tuner.save("deltas.safetensors")      # only what was trained (fishertune.finetune.deltas)
 
+The optimiser may also be made first (its selection starts empty, so only the dense modules
+train, a warm-up) and the estimate installed into it later, at the schedule's share for the
+steps counted so far; :class:`~fishertune.finetune.trainer_callback.FisherTuneCallback` does
+that inside ``transformers.Trainer``. :meth:`SparseFinetune.save_state` /
+:meth:`SparseFinetune.load_state` keep what a resumed run needs to grow the selection exactly
+as an uninterrupted one: the scores of the final share's elements, the selection and the step.
+
 Candidates are the weights of the modules whose names end with one of
 :attr:`FinetuneConfig.target_modules` (like peft's ``target_modules``); the budget is a share
 of every parameter of the model outside :attr:`FinetuneConfig.dense_modules` (the paper's δ of
 all backbone parameters, method.md §7). The simulated domain shift (method.md §4) perturbs the
 output of the module named :attr:`FinetuneConfig.shift_module` (timm ViTs: ``norm_pre``, the
 tokens entering the first block; its ``num_prefix_tokens`` class and register tokens are left
-untouched). Scores are the diagonal DR-FIM (Eq. 7) or the stable one (Eq. 15), combined as
-method.md §5 decides (:func:`~fishertune.sensitivity.dr_fim`,
-:func:`~fishertune.sensitivity.stable_dr_fim`). Batches are ``(inputs, targets)`` tensor pairs
-with the built-in per-sample cross-entropy (class logits ``(B, K)`` or ``(B, K, H, W)``) or a
-``loss_fn(outputs, targets)`` returning per-sample losses. Nothing of the segmentation
-package is needed.
+untouched; other models: :attr:`FinetuneConfig.prefix_tokens`). Scores are the diagonal
+DR-FIM (Eq. 7) or the stable one (Eq. 15), combined as method.md §5 decides
+(:func:`~fishertune.sensitivity.dr_fim`, :func:`~fishertune.sensitivity.stable_dr_fim`).
+Batches (:mod:`fishertune.sensitivity.model_inputs`) are ``(inputs, targets)`` pairs, with
+``inputs`` a tensor or a dict of keyword tensors, or Hugging Face dict batches: with
+``labels="given"`` and no ``loss_fn`` the model's own ``ModelOutput.loss`` of every sample;
+with a ``loss_fn(outputs, targets)`` returning per-sample losses, the batch's ``labels`` are
+its targets; pairs without a ``loss_fn`` use the built-in per-sample cross-entropy on the class
+logits (``(B, K)`` or ``(B, K, H, W)``); ``labels="sampled"`` draws the targets from the class
+logits (the true Fisher). Nothing of the segmentation package is needed.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from fishertune.finetune.checked_file import load_checked, save_checked
 from fishertune.finetune.deltas import save_deltas
 from fishertune.optim import SparseAdamW
 from fishertune.selection import (
@@ -58,6 +73,10 @@ from fishertune.sensitivity import (
 __all__ = ["ESTIMATORS", "FinetuneConfig", "SparseFinetune"]
 
 ESTIMATORS = ("diagonal", "variational")
+STATE_FORMAT = "fishertune-tuner-state/1"
+"""The ``format`` metadata entry of a :meth:`SparseFinetune.save_state` file."""
+_SCHEDULE_FIELDS = ("fraction", "min_fraction", "schedule", "total_steps", "refresh_every")
+_RANKED, _SCORES, _SELECTED = ":ranked", ":scores", ":selected"
 
 LossFn = Callable[[Any, Tensor], Tensor]
 
@@ -77,12 +96,16 @@ class FinetuneConfig:
         dense_modules: module-name prefixes trained densely (e.g. a new head).
         shift_module: name of the module whose output the simulated shift perturbs; None
             scores by F alone.
+        prefix_tokens: leading tokens of ``shift_module``'s output the shift leaves alone (a
+            class token); None: the model's ``num_prefix_tokens`` (timm), else 0.
         shift_scale: s, the shift's strength (method.md §4).
         estimator: ``"diagonal"`` (Eq. 7) or ``"variational"`` (Eq. 15).
         variant: ``"DRF"``, ``"F"`` or ``"dF"``.
         combine: how F and the domain term combine (method.md §5).
-        labels: ``"given"`` (the batch's targets) or ``"sampled"`` (the true Fisher; the
-            built-in cross-entropy only).
+        labels: ``"given"`` (the batch's targets, or a Hugging Face model's own loss) or
+            ``"sampled"`` (targets drawn from the class logits: the true Fisher).
+        estimation_batches: at most this many batches are taken from what
+            :meth:`SparseFinetune.estimate` is given.
         variational_steps: steps of each stable fit.
         seed: seeds the shift's noise and the estimators' draws.
     """
@@ -95,11 +118,13 @@ class FinetuneConfig:
     target_modules: tuple[str, ...] = ("qkv", "fc1", "fc2")
     dense_modules: tuple[str, ...] = ()
     shift_module: str | None = "norm_pre"
+    prefix_tokens: int | None = None
     shift_scale: float = 1.0
     estimator: str = "diagonal"
     variant: str = "DRF"
     combine: str = "normalised"
     labels: str = "given"
+    estimation_batches: int = 16
     variational_steps: int = 100
     seed: int = 0
 
@@ -118,11 +143,13 @@ class FinetuneConfig:
         for option, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"{option} must be one of {tuple(allowed)}, got {value!r}")
-        for option in ("total_steps", "refresh_every", "variational_steps"):
+        for option in ("total_steps", "refresh_every", "estimation_batches", "variational_steps"):
             if getattr(self, option) < 1:
                 raise ValueError(f"{option} must be >= 1, got {getattr(self, option)}")
         if not self.target_modules:
             raise ValueError("target_modules: name at least one module suffix")
+        if self.prefix_tokens is not None and self.prefix_tokens < 0:
+            raise ValueError(f"prefix_tokens must be >= 0, got {self.prefix_tokens}")
         if self.variant != "F" and self.shift_module is None:
             raise ValueError(f"variant {self.variant!r} needs a shift_module (or variant 'F')")
 
@@ -169,16 +196,21 @@ class SparseFinetune:
             dict(self.model.named_modules())[cfg.shift_module],
             scale=cfg.shift_scale,
             generator=torch.Generator().manual_seed(cfg.seed),
-            num_prefix_tokens=int(getattr(self.model, "num_prefix_tokens", 0)),
+            num_prefix_tokens=(
+                int(getattr(self.model, "num_prefix_tokens", 0))
+                if cfg.prefix_tokens is None
+                else cfg.prefix_tokens
+            ),
         )
 
-    def estimate(
-        self, batches: Iterable[tuple[Tensor, Tensor]], loss_fn: LossFn | None = None
-    ) -> dict[str, Tensor]:
-        """Score every candidate on ``batches`` (F, and F' under the shift), select the first
-        share of the schedule and return the scores."""
+    def estimate(self, batches: Iterable[Any], loss_fn: LossFn | None = None) -> dict[str, Tensor]:
+        """Score every candidate on the first :attr:`FinetuneConfig.estimation_batches` of
+        ``batches`` (F, and F' under the shift), select the schedule's share at the steps
+        counted so far (installed into the optimiser if it exists) and return the scores."""
         cfg = self.config
-        data = list(batches)
+        data = list(islice(batches, cfg.estimation_batches))
+        if not data:
+            raise ValueError("estimate: batches is empty")
         shift = self._shift()
         options: dict[str, Any] = {"params": self.candidates, "labels": cfg.labels}
         if loss_fn is not None:
@@ -220,7 +252,9 @@ class SparseFinetune:
                 combine=cfg.combine,
             )
         self.scores = scores
-        self.selection = self._top(0, None)
+        self.selection = self._top(self.steps_done, None)
+        if self._optimizer is not None:
+            self._optimizer.update_selection(self.selection)
         return scores
 
     def _generator(self) -> torch.Generator:
@@ -238,21 +272,26 @@ class SparseFinetune:
     # ---------------------------------------------------------------- training
     def optimizer(self, **hyper: Any) -> SparseAdamW:
         """SparseAdamW (``lr``, ``betas``, ``eps``, ``weight_decay``) over the selection and
-        the dense modules; every other parameter is frozen."""
-        if self.selection is None:
-            raise RuntimeError("call estimate(batches) before optimizer(): nothing is selected")
+        the dense modules; every other parameter is frozen. Made before :meth:`estimate`, its
+        selection is empty until the estimate (only the dense modules train)."""
         for name, param in self.model.named_parameters():
             param.requires_grad_(name in self.dense)  # SparseAdamW unfreezes the selected
+        selection = self.selection
+        if selection is None:
+            selection = Selection.empty({n: p.shape for n, p in self.candidates.items()})
         trainable = [*self.candidates.values(), *self.dense.values()]
-        self._optimizer = SparseAdamW(trainable, self.selection, self.candidates, **hyper)
+        self._optimizer = SparseAdamW(trainable, selection, self.candidates, **hyper)
         return self._optimizer
 
     def step(self) -> None:
         """Count one training step; on every ``refresh_every``-th, grow the selection to the
-        schedule's share (nested: nothing selected is dropped) and hand it to the optimiser."""
-        if self._optimizer is None or self.selection is None:
+        schedule's share (nested: nothing selected is dropped) and hand it to the optimiser.
+        Before :meth:`estimate` the step is only counted."""
+        if self._optimizer is None:
             raise RuntimeError("call optimizer() before step()")
         self.steps_done += 1
+        if self.selection is None:
+            return
         if self.steps_done % self.config.refresh_every == 0:
             grown = self._top(self.steps_done, self.selection)
             if grown.count > self.selection.count:
@@ -265,6 +304,58 @@ class SparseFinetune:
         if self.selection is None:
             raise RuntimeError("call estimate(batches) before save(): nothing is selected")
         return save_deltas(self.model, self.selection, path, dense=list(self.dense))
+
+    # ---------------------------------------------------------------- resuming
+    def save_state(self, path: str | Path) -> Path:
+        """What a resumed run needs besides the model and the optimiser: the scores of the
+        elements the final share can select (the nested growth never looks further), the
+        selection and the step count, with the schedule's options (a checked file)."""
+        if self.scores is None or self.selection is None:
+            raise RuntimeError("call estimate(batches) before save_state(): nothing is selected")
+        ranked = top_k(self.scores, fraction=self.config.fraction, total=self.total)
+        tensors: dict[str, Tensor] = {}
+        for name, index in ranked.items():
+            tensors[name + _RANKED] = index
+            tensors[name + _SCORES] = self.scores[name].reshape(-1)[index]
+            tensors[name + _SELECTED] = self.selection[name]
+        metadata = {
+            "steps_done": str(self.steps_done),
+            "schedule": json.dumps(self._schedule()),
+            "shapes": json.dumps({n: list(p.shape) for n, p in self.candidates.items()}),
+        }
+        return save_checked(path, tensors, STATE_FORMAT, metadata)
+
+    def load_state(self, path: str | Path) -> None:
+        """Restore :meth:`save_state`'s file into this tuner (same model and schedule), and
+        its selection into the optimiser if there is one; later growth then equals the
+        uninterrupted run's."""
+        file = Path(path)
+        tensors, metadata = load_checked(file, STATE_FORMAT, "tuner state")
+        if json.loads(metadata["schedule"]) != self._schedule():
+            raise ValueError(
+                f"{file}: saved with the schedule {metadata['schedule']}, this tuner has "
+                f"{json.dumps(self._schedule())}"
+            )
+        shapes = {n: list(p.shape) for n, p in self.candidates.items()}
+        if json.loads(metadata["shapes"]) != shapes:
+            raise ValueError(f"{file}: its candidate tensors differ from this model's")
+        scores: dict[str, Tensor] = {}
+        selected: dict[str, Tensor] = {}
+        for name, param in self.candidates.items():
+            score = torch.full((param.numel(),), -math.inf, device=param.device)
+            score[tensors[name + _RANKED].to(param.device, torch.int64)] = tensors[
+                name + _SCORES
+            ].to(param.device)
+            scores[name] = score.reshape(param.shape)
+            selected[name] = tensors[name + _SELECTED].to(param.device)
+        self.scores = scores
+        self.selection = Selection(selected, {n: p.shape for n, p in self.candidates.items()})
+        self.steps_done = int(metadata["steps_done"])
+        if self._optimizer is not None and self._optimizer.selection.count != self.selection.count:
+            self._optimizer.update_selection(self.selection)
+
+    def _schedule(self) -> dict[str, Any]:
+        return {field: getattr(self.config, field) for field in _SCHEDULE_FIELDS}
 
 
 def _coef(shift: FeaturePerturbation | None) -> float:
