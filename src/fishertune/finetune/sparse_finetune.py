@@ -283,6 +283,11 @@ class SparseFinetune:
         self._optimizer = SparseAdamW(trainable, selection, self.candidates, **hyper)
         return self._optimizer
 
+    @property
+    def held_optimizer(self) -> SparseAdamW | None:
+        """The optimiser :meth:`optimizer` made last (None before)."""
+        return self._optimizer
+
     def step(self) -> None:
         """Count one training step; on every ``refresh_every``-th, grow the selection to the
         schedule's share (nested: nothing selected is dropped) and hand it to the optimiser.
