@@ -1,4 +1,5 @@
-"""The README's code examples marked ``<!-- tested: ... -->`` run as written, in order."""
+"""The code examples marked ``<!-- tested: ... -->`` in the README and in
+docs/how_it_works.md run as written, in order, each file in its own namespace."""
 
 from __future__ import annotations
 
@@ -8,20 +9,30 @@ from pathlib import Path
 from fishertune.finetune import SparseFinetune
 from fishertune.selection import Selection
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_python_examples_run() -> None:
-    text = README.read_text(encoding="utf-8")
+def _run_examples(path: Path) -> dict[str, object]:
+    text = path.read_text(encoding="utf-8")
     blocks = re.findall(r"<!-- tested:[^\n]*-->\n```python\n(.*?)```", text, flags=re.DOTALL)
-    assert len(blocks) >= 2, "the README lost its examples"
+    assert len(blocks) >= 2, f"{path.name} lost its examples"
     namespace: dict[str, object] = {}
     for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)
-    tuner = namespace["tuner"]
+        exec(compile(block, str(path), "exec"), namespace)
+    return namespace
+
+
+def test_readme_examples_run() -> None:
+    namespace = _run_examples(ROOT / "README.md")
+    tuner = namespace["tuner"]  # the Trainer example's: grown to δ_max by its last step
     assert isinstance(tuner, SparseFinetune)
     assert tuner.selection is not None
-    assert tuner.selection.count == round(0.05 * tuner.total)  # grown to δ_max by step 20
+    assert tuner.selection.count == round(0.05 * tuner.total)
+    assert (Path(namespace["args"].output_dir) / "fishertune_deltas.safetensors").is_file()  # type: ignore[attr-defined]
+
+
+def test_how_it_works_examples_run() -> None:
+    namespace = _run_examples(ROOT / "docs" / "how_it_works.md")
     selection = namespace["selection"]
     scores = namespace["scores"]
     assert isinstance(selection, Selection)

@@ -43,9 +43,13 @@ def diagonal_fisher(
     """Diagonal Fisher F_n = (1/N) Σ_i (∂ℓ_i/∂θ_n)² over all N samples of ``batches``.
 
     Paper Eqs. 8–9, method.md §3. ``model(inputs)`` returns logits ``(B, K)`` or
-    ``(B, K, H, W)``; each item of ``batches`` is ``(inputs, targets)`` with long targets
-    ``(B,)`` / ``(B, H, W)``. ℓ_i is the mean negative log-likelihood over sample i's pixels
-    that are not ``ignore_index`` (or ``loss_fn(outputs, targets)[i]`` when given).
+    ``(B, K, H, W)`` (or an output with ``logits``); each item of ``batches`` is
+    ``(inputs, targets)`` with long targets ``(B,)`` / ``(B, H, W)``, ``inputs`` a tensor or a
+    dict of keyword tensors, or a dict batch (:mod:`~fishertune.sensitivity.model_inputs`).
+    ℓ_i is the mean negative log-likelihood over sample i's pixels that are not
+    ``ignore_index``, or ``loss_fn(outputs, targets)[i]`` when given, or, for a dict batch with
+    ``labels`` scored ``"given"`` without ``loss_fn``, the model's own loss of sample i alone
+    (a Hugging Face ``ModelOutput.loss``).
 
     Label modes:
         ``"sampled"``: the true Fisher (Eq. 9): labels drawn per pixel from the model's
