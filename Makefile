@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/variational_step.py
 	$(BIN)/python benchmarks/estimator_quality.py
 	$(BIN)/python benchmarks/sparse_adamw.py
-	$(BIN)/python benchmarks/topk_masks.py
+	$(BIN)/python benchmarks/top_k.py
 	$(BIN)/python benchmarks/segmentor_tiny.py
 	$(BIN)/python benchmarks/tuner_costs.py
 	$(BIN)/python benchmarks/loader_throughput.py

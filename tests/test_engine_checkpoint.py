@@ -176,6 +176,7 @@ def test_checkpoint_name_of_any_of_its_files(tmp_path: Path) -> None:
         ("corrupt_json", ValueError, r"ckpt\.json"),
         ("foreign_json", ValueError, r"ckpt\.json"),
         ("json_missing_key", ValueError, r"ckpt\.json is corrupt: key 'tensors_bytes'"),
+        ("json_missing_checksum", ValueError, r"ckpt\.json is corrupt: key 'tensors_sha256'"),
         ("truncated_tensors", ValueError, r"ckpt\.[0-9a-f]+\.safetensors"),
         ("garbled_tensors", ValueError, r"ckpt\.[0-9a-f]+\.safetensors"),
         ("same_size_change", ValueError, r"ckpt\.[0-9a-f]+\.safetensors is corrupt: its SHA"),
@@ -195,9 +196,9 @@ def test_missing_or_corrupt_files_are_named(
         json_file.write_text(json_file.read_text()[:20])
     elif damage == "foreign_json":
         json_file.write_text("[1, 2]")
-    elif damage == "json_missing_key":
+    elif damage.startswith("json_missing"):  # a JSON edited by hand
         document = json.loads(json_file.read_text())
-        del document["tensors_bytes"]
+        del document["tensors_bytes" if damage == "json_missing_key" else "tensors_sha256"]
         json_file.write_text(json.dumps(document))
     elif damage == "truncated_tensors":
         tensors.write_bytes(tensors.read_bytes()[:-5])

@@ -291,3 +291,47 @@ def test_sources_train_and_targets_are_domains(overrides: list[str], message: st
         "dark_zurich",
         "gtav",
     ]
+
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def test_yaml_errors_are_one_line_naming_the_place(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  head: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML") as error:
+        load_config(broken)
+    assert "\n" not in str(error.value)
+    assert re.search(
+        r"broken\.yaml is not valid YAML: .* at line \d+, column \d+", str(error.value)
+    )
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(ValueError, match=r"weights\.yaml is not UTF-8 text"):
+        load_config(binary)
+
+
+def test_alias_bombs_and_deep_nesting_are_refused_at_once(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(["model:", "  options:"] + [f"    {line}" for line in lines]) + "\n")
+    with pytest.raises(ValueError, match=r"bomb\.yaml holds more than 100,000 values"):
+        load_config(bomb)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("model:\n  options:\n    x: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    with pytest.raises(ValueError, match=r"deep\.yaml is nested too deeply"):
+        load_config(deep)
+    with pytest.raises(ValueError, match=r"override 'model.options' is nested too deeply"):
+        load_config(overrides=["model.options=" + "[" * 100 + "]" * 100])
+
+
+def test_model_and_head_options_are_checked_against_the_constructors() -> None:
+    with pytest.raises(ValueError, match=r"unknown key\(s\) model\.options\.bogus for"):
+        load_config(DEMO_CONFIG, ["model.options={depth: 2, bogus: 1}"])
+    with pytest.raises(ValueError, match=r"model\.head_options\.nope for 'linear'; allowed"):
+        load_config(DEMO_CONFIG, ["model.head_options={subpixel: 2, nope: 3}"])
+    with pytest.raises(ValueError, match=r"model\.head_options\.subpixel for 'mask2former'"):
+        load_config(overrides=["model.head=mask2former", "model.head_options={subpixel: 2}"])
+    config = load_config(overrides=["model.options={depth: 2, drop_path_rate: 0.1}"])
+    assert config.model.options == {"depth": 2, "drop_path_rate": 0.1}

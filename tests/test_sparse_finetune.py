@@ -185,7 +185,8 @@ def test_a_run_resumed_from_its_saved_state_continues_exactly(tmp_path: Path) ->
     _train(resumed, tuner, optimizer, range(3, 8))
     for name, value in whole.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
-    assert tuner.selection is not None and whole_tuner.selection is not None
+    assert tuner.selection is not None
+    assert whole_tuner.selection is not None
     assert tuner.selection.overlap(whole_tuner.selection) == whole_tuner.selection.count
 
     other = SparseFinetune(tiny_vit_classifier(), FinetuneConfig(total_steps=9))
@@ -220,7 +221,8 @@ def test_a_hugging_face_vit_on_dict_batches_with_its_own_loss() -> None:
         optimizer.zero_grad()
         tuner.step()
     final = tuner.selection
-    assert final is not None and final.count == round(0.05 * tuner.total)
+    assert final is not None
+    assert final.count == round(0.05 * tuner.total)
     tuned = dict(model.named_parameters())
     for name, before in base.named_parameters():
         if name in final:

@@ -22,7 +22,7 @@ from fishertune.finetune.trainer_callback import DELTAS_FILE, STATE_FILE
 from fishertune.selection import Selection, trainable_fraction
 
 pytest.importorskip("transformers")
-from transformers import Trainer, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainingArguments
 
 STEPS = 6
 
@@ -137,7 +137,8 @@ def test_the_trainer_trains_only_the_selection_and_grows_it_nested(
     for smaller, larger in pairwise(callback.history):
         assert smaller.overlap(larger) == smaller.count
     final = tuner.selection
-    assert final is not None and final.count == round(tuner.config.fraction * tuner.total)
+    assert final is not None
+    assert final.count == round(tuner.config.fraction * tuner.total)
     tuned = dict(model.named_parameters())
     changed = 0
     for name, before in base.named_parameters():

@@ -63,6 +63,7 @@ _DOCUMENT_KEYS: dict[str, type] = {
     "saved_at_ns": int,
     "tensors_file": str,
     "tensors_bytes": int,
+    "tensors_sha256": str,
     "state": dict,
 }
 """What every checkpoint JSON holds besides format and version, and of which type."""
@@ -210,8 +211,7 @@ def load_checkpoint(directory: str | Path, name: str) -> tuple[dict[str, Tensor]
             f"checkpoint file {tensors_path} is corrupt: {size} bytes, "
             f"{document['tensors_bytes']} expected"
         )
-    expected = document.get("tensors_sha256")
-    if expected is not None and _sha256(tensors_path) != expected:
+    if _sha256(tensors_path) != document["tensors_sha256"]:
         raise ValueError(
             f"checkpoint file {tensors_path} is corrupt: its SHA-256 differs from the one "
             f"recorded in {name}{JSON_SUFFIX}"

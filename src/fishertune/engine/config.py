@@ -83,6 +83,22 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
     head_options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        from fishertune.models.build import backbone_option_names, head_option_names
+
+        checks = [
+            ("model.options", self.options, backbone_option_names(self.backbone)),
+            ("model.head_options", self.head_options, head_option_names(self.head)),
+        ]
+        for key, given, allowed in checks:
+            unknown = sorted(str(k) for k in given if allowed is not None and k not in allowed)
+            if unknown and allowed is not None:
+                raise ValueError(
+                    f"unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)} for "
+                    f"{self.backbone if key == 'model.options' else self.head!r}; allowed: "
+                    f"{sorted(allowed)}"
+                )
+
     @property
     def image_size(self) -> tuple[int, int]:
         """``img_size`` as ``(H, W)``."""
@@ -504,16 +520,65 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     return config
 
 
+MAX_VALUES = 100_000
+"""The most values (mapping entries and list items, YAML aliases expanded) a configuration
+may hold: a real one holds about a hundred; more is an alias bomb or a wrong file."""
+MAX_DEPTH = 64
+"""The deepest nesting a configuration may have (a real one nests four levels)."""
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line for a YAML error: what is wrong and where (PyYAML prints several)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
+def _read_yaml(text: str, what: str) -> Any:
+    """``text`` read as YAML, bounded in depth and size; errors are one line naming ``what``."""
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{what} is not valid YAML: {_yaml_problem(error)}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)") from None
+    _check_size(data, what)
+    return data
+
+
+def _check_size(data: Any, what: str) -> None:
+    """Refuse data nested deeper than MAX_DEPTH or holding more than MAX_VALUES values, counting
+    every use of a YAML alias (the walk stops as soon as a bound is passed)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)")
+        children = (
+            list(value.values())
+            if isinstance(value, dict)
+            else value
+            if isinstance(value, list)
+            else []
+        )
+        count += len(children)
+        if count > MAX_VALUES:
+            raise ValueError(
+                f"{what} holds more than {MAX_VALUES:,} values (YAML aliases expanded); "
+                "a run configuration holds about a hundred"
+            )
+        stack.extend((child, depth + 1) for child in children)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``"a.b=value"`` into the dotted key path and the value read as a YAML scalar."""
     key, sep, raw = text.partition("=")
     path = key.strip().split(".")
     if not sep or not all(path):
         raise ValueError(f"override {text!r} must have the form section.key=value")
-    try:
-        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
-    except yaml.YAMLError as error:
-        raise ValueError(f"override {text!r}: cannot read the value: {error}") from None
+    value = _read_yaml(raw, f"override {key.strip()!r}") if raw.strip() else ""
     return path, value
 
 
@@ -545,11 +610,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if file.is_dir():
             raise ValueError(f"config file {file} is a directory; expected a YAML file")
         try:
-            data = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader)
+            text = file.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise FileNotFoundError(f"config file {file} does not exist") from None
-        except yaml.YAMLError as error:
-            raise ValueError(f"config file {file} is not valid YAML: {error}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"config file {file} is not UTF-8 text (a YAML file?)") from None
+        except OSError as error:
+            raise ValueError(f"config file {file} cannot be read: {error.strerror}") from None
+        data = _read_yaml(text, f"config file {file}")
         if data is None:
             data = {}
         if not isinstance(data, dict):

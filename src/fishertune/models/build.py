@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +68,62 @@ def build_segmentor(
         )
         decoder = Mask2FormerHead(neck.out_channels, num_classes, **options)
     return Segmentor(vit, neck, decoder)
+
+
+_SET_BY_THE_RUN = frozenset(
+    {
+        "backbone",
+        "head",
+        "num_classes",
+        "img_size",
+        "patch_size",
+        "pretrained",
+        "checkpoint",
+        "head_options",
+        "model_name",
+    }
+)
+"""build_segmentor's arguments that a run configuration sets through its own keys."""
+_TIMM_CLASSES = {
+    "timm.models.vision_transformer": "VisionTransformer",
+    "timm.models.eva": "Eva",
+    "timm.models.vision_transformer_sam": "VisionTransformerSAM",
+    "fishertune.models.demo_vit": "VisionTransformer",
+}
+"""The model class behind each timm module that serves the paper's VFM families."""
+
+
+def _keywords(function: Any) -> set[str]:
+    return {
+        name
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }
+
+
+def backbone_option_names(backbone: str) -> set[str] | None:
+    """The keys ``model.options`` may hold for ``backbone``: build_segmentor's and
+    ViTBackbone's own keywords and the timm model class's; None for a timm model whose class
+    is not known here (its options are then checked when it is built)."""
+    import timm
+
+    import fishertune.models.demo_vit  # noqa: F401  (registers the demo backbone with timm)
+
+    try:
+        entry = timm.models.model_entrypoint(backbone.split(".")[0])
+    except RuntimeError:
+        return None
+    class_name = _TIMM_CLASSES.get(entry.__module__)
+    if class_name is None:
+        return None
+    model_class = getattr(importlib.import_module(entry.__module__), class_name)
+    names = _keywords(build_segmentor) | _keywords(ViTBackbone.__init__) | _keywords(model_class)
+    return names - _SET_BY_THE_RUN - {"self"}
+
+
+def head_option_names(head: str) -> set[str]:
+    """The keys ``model.head_options`` may hold for ``head``."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    cls = LinearHead if head == "linear" else Mask2FormerHead
+    return _keywords(cls.__init__) - {"self", "in_channels", "num_classes"}

@@ -13,8 +13,12 @@ its class region). Here every label map also yields a pixel weight map, 0 on ign
 the paper's), and the matching costs, the importance sampling and the mask losses all use it: a
 point on an ignored pixel is never picked by importance sampling and adds nothing to the BCE or
 dice terms. With ``exclude_ignored=False`` the weights are all 1 and the loss is Mask2Former's.
-Target masks and weights are read at each point bilinearly (``target_sampling="bilinear"``,
-as Mask2Former, mmdet and transformers do), or at the nearest pixel (``"nearest"``).
+Target masks are read at each point bilinearly (``target_sampling="bilinear"``, as
+Mask2Former, mmdet and transformers do), or at the nearest pixel (``"nearest"``); pixel
+weights always at the nearest pixel, so a point counts fully or not at all and, without
+ignored pixels, every weight is exactly 1 (a bilinear read with zero padding would weigh the
+points within half a pixel of the border 0.25–1): the loss then equals transformers'
+``Mask2FormerLoss`` on the same point draws (tested).
 
 The mask count that normalises the mask losses is this process's (at least 1); it is not
 all-reduced across ranks, so the loss needs no collective and may be called any number of times.
@@ -31,7 +35,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 TARGET_SAMPLING = ("bilinear", "nearest")
-"""How target masks and pixel weights are read at the sampled points."""
+"""How target masks are read at the sampled points (pixel weights: always the nearest)."""
 
 Matches = list[tuple[Tensor, Tensor]]
 """Per image, (query indices, target indices) of the matched pairs."""
@@ -157,7 +161,7 @@ class MaskClassificationLoss(nn.Module):
             points = torch.rand(1, self.num_points, 2, device=mask_logits.device)
             logits = point_sample(mask_logits[b : b + 1].float(), points)[0]
             target = point_sample(masks[None], points, mode=self.target_sampling)[0]
-            weights = point_sample(targets.weights[b : b + 1], points, mode=self.target_sampling)
+            weights = point_sample(targets.weights[b : b + 1], points, mode="nearest")
             weight = weights[0, 0]
             positive = F.softplus(-logits) * weight
             negative = F.softplus(logits) * weight
@@ -212,7 +216,7 @@ class MaskClassificationLoss(nn.Module):
         with torch.no_grad():
             points = self._importance_points(pred, weight_maps)
             labels = point_sample(target, points, mode=self.target_sampling)[:, 0]
-            weights = point_sample(weight_maps, points, mode=self.target_sampling)[:, 0]
+            weights = point_sample(weight_maps, points, mode="nearest")[:, 0]
         logits = point_sample(pred, points)[:, 0]
         bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
         loss_mask = ((bce * weights).sum(-1) / weights.sum(-1).clamp_min(1)).sum() / num_masks
@@ -228,7 +232,7 @@ class MaskClassificationLoss(nn.Module):
             count, int(self.num_points * self.oversample_ratio), 2, device=pred.device
         )
         uncertainty = -point_sample(pred.float(), candidates)[:, 0].abs()
-        counted = point_sample(weight_maps, candidates, mode=self.target_sampling)[:, 0] > 0
+        counted = point_sample(weight_maps, candidates, mode="nearest")[:, 0] > 0
         uncertainty = uncertainty.masked_fill(~counted, float("-inf"))
         num_uncertain = int(self.importance_sample_ratio * self.num_points)
         chosen = uncertainty.topk(num_uncertain, dim=1).indices
