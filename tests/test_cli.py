@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from fishertune import __version__
-from fishertune.cli import main
+from fishertune.cli import build_parser, main
+from fishertune.cli.model_commands import _config
+from fishertune.engine.config import load_config
 from fishertune.tuners import available_tuners
 
 # Paper Table 1 (ViT-L / DINOv2-L), for the methods registered so far.
@@ -93,3 +98,57 @@ def test_params_reproduces_the_paper_column(capsys: pytest.CaptureFixture[str]) 
         tolerance = 0.05e6 if method == "vqt" else 0.005e6
         assert abs(got - want) <= tolerance, (method, got, want)
     assert all(m["decoder_trainable"] > 0 for m in methods.values())
+
+
+def _subcommands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    found = [(path, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found += _subcommands(child, (*path, name))
+    return found
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    missing = [
+        f"{' '.join(path) or 'fishertune'} {action.option_strings or action.dest}"
+        for path, parser in _subcommands(build_parser())
+        for action in parser._actions
+        if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
+        and not (action.help or "").strip()
+    ]
+    assert not missing, missing
+
+
+def test_list_names_methods_data_sets_backbones_and_protocols(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in [*available_tuners(), "gtav", "cityscapes", "acdc", "dinov2", "rein", "fullres"]:
+        assert name in out, name
+    assert re.search(r"fishertune +15\.21M +\(5\.00%\)", out)
+
+
+def test_config_show_prints_the_resolved_configuration(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    assert main(["config", "show", str(demo), "--set", "schedule.lr=3e-4"]) == 0
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(capsys.readouterr().out)
+    again = load_config(shown)
+    assert again == load_config(demo, ["schedule.lr=3e-4"])
+    assert again.schedule.lr == 3e-4
+    assert main(["config", "show", str(demo), "--set", "schedule.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "schedule.bogus" in err
+
+
+def test_train_out_sets_the_run_folder(tmp_path: Path) -> None:
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    args = build_parser().parse_args(["train", str(demo), "--out", str(tmp_path / "run")])
+    assert _config(args).output.run_dir == str(tmp_path / "run")

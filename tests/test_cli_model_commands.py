@@ -324,7 +324,7 @@ def test_a_read_only_run_directory_is_one_line(
     ("argv", "message"),
     [
         (["params", "--backbone", "nope"], "unknown timm model 'nope'"),
-        (["params", "--methods", "bogus"], "unknown tuner 'bogus'"),
+        (["params", "--methods", "bogus"], "--methods: unknown ['bogus']"),
         (["params", "--img-size", "0"], "--img-size: expected an integer ≥ 1, got 0"),
         (["params", "--patch-size", "-1"], "--patch-size: expected an integer ≥ 0, got -1"),
         (["data", "check", "cityscapes", ".", "--max-problems", "-1"], "--max-problems"),

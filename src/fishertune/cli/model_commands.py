@@ -21,7 +21,8 @@ __all__ = ["add_model_commands"]
 def _config(args: argparse.Namespace) -> RunConfig:
     from fishertune.engine.config import load_config
 
-    return load_config(args.config, args.set)
+    out = getattr(args, "run_out", None)
+    return load_config(args.config, [*args.set, *([f"output.run_dir={out}"] if out else [])])
 
 
 def _say_done(report: Path | None) -> None:
@@ -180,8 +181,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     if len(comparison.seeds) == 1:
         print(
-            "one seed per method: the demo keeps to 10 minutes on 2 CPU cores. For mean ± 95% CI "
-            "over seeds and paired differences run: fishertune compare configs/demo.yaml "
+            "one seed per method (the demo's time: about 6-10 minutes on 2 CPU cores). For mean ± "
+            "95% CI over seeds and paired differences run: fishertune compare configs/demo.yaml "
             f"--methods {','.join(methods)} --seeds 3"
         )
     _say_done(comparison.report)
@@ -244,7 +245,7 @@ def _common(parser: argparse.ArgumentParser, *, progress: bool = True) -> None:
         parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _config_arguments(parser: argparse.ArgumentParser) -> None:
+def _config_arguments(parser: argparse.ArgumentParser, *, out: bool = True) -> None:
     parser.add_argument("config", metavar="CONFIG", help="run configuration (YAML)")
     parser.add_argument(
         "--set",
@@ -253,6 +254,14 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a configuration value, e.g. --set schedule.lr=2e-4 (repeatable)",
     )
+    if out:
+        parser.add_argument(
+            "--out",
+            dest="run_out",
+            default=None,
+            metavar="DIR",
+            help="the run folder (same as --set output.run_dir=DIR; default: the config's)",
+        )
 
 
 def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -263,8 +272,8 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         description=(
             "Fine-tunes the shipped demo backbone on the synthetic source style with each "
             "method, evaluates on the source and five unseen styles, prints the per-domain "
-            "table and writes report.md with figures. About 9-10 minutes on 2 CPU cores, "
-            "one seed per method (--quick: about 1.5)."
+            "table and writes report.md with figures. One seed per method; 6-10 minutes on 2 "
+            "CPU cores, depending on the machine (--quick: about 1.5)."
         ),
     )
     demo.add_argument("--quick", action="store_true", help="the smoke-test size")
@@ -310,7 +319,9 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
             "JSON. Prints the per-domain and per-class tables."
         ),
     )
-    evaluate.add_argument("checkpoint", metavar="CHECKPOINT")
+    evaluate.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint JSON"
+    )
     evaluate.add_argument(
         "--data",
         action="append",
@@ -319,10 +330,25 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="a data set to evaluate: NAME=ROOT, or a style name for synthetic runs (repeatable)",
     )
     evaluate.add_argument("--protocol", default=None, help="rein, fullres or synthetic")
-    evaluate.add_argument("--mode", default=None, choices=["slide", "whole"])
-    evaluate.add_argument("--eval-images", type=int, default=None, metavar="N")
-    evaluate.add_argument("--batch-size", type=int, default=2, metavar="N")
-    evaluate.add_argument("--workers", type=int, default=0, metavar="N")
+    evaluate.add_argument(
+        "--mode",
+        default=None,
+        choices=["slide", "whole"],
+        help="sliding-window or whole-image inference (default: the protocol's)",
+    )
+    evaluate.add_argument(
+        "--eval-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate the first N images of each data set (default: all)",
+    )
+    evaluate.add_argument(
+        "--batch-size", type=int, default=2, metavar="N", help="images per forward pass"
+    )
+    evaluate.add_argument(
+        "--workers", type=int, default=0, metavar="N", help="data loader worker processes"
+    )
     evaluate.add_argument("--json", default=None, metavar="PATH", help="also write JSON here")
     _common(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
@@ -332,11 +358,18 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="segment images with a checkpoint: colour masks and overlays",
         description="Writes <stem>_mask.png, <stem>_overlay.png and <stem>_ids.png per image.",
     )
-    predict.add_argument("checkpoint", metavar="CHECKPOINT")
-    predict.add_argument("images", metavar="IMAGE", nargs="+")
+    predict.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint JSON"
+    )
+    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files to segment")
     predict.add_argument("--out", required=True, metavar="DIR", help="output folder")
     predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
-    predict.add_argument("--mode", default=None, choices=["slide", "whole"])
+    predict.add_argument(
+        "--mode",
+        default=None,
+        choices=["slide", "whole"],
+        help="sliding-window or whole-image inference (default: the run's protocol)",
+    )
     _common(predict)
     predict.set_defaults(func=_cmd_predict)
 
@@ -348,7 +381,7 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
             "options, the others use their defaults) in OUT/<method> and writes OUT/report.md."
         ),
     )
-    _config_arguments(comparison)
+    _config_arguments(comparison, out=False)
     comparison.add_argument("--methods", required=True, help="comma-separated method names")
     comparison.add_argument("--out", default=None, help="output folder (default output.run_dir)")
     comparison.add_argument("--resume", action="store_true", help="continue interrupted runs")
@@ -408,9 +441,18 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         ),
     )
     pretrain.add_argument("--out", default=None, metavar="PATH", help="weights file to write")
-    pretrain.add_argument("--steps", type=int, default=None)
-    pretrain.add_argument("--corpus-size", type=int, default=None)
-    pretrain.add_argument("--batch-size", type=int, default=None)
-    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument(
+        "--steps", type=int, default=None, help="pretraining steps (default: the recipe's)"
+    )
+    pretrain.add_argument(
+        "--corpus-size",
+        type=int,
+        default=None,
+        help="synthetic scenes in the corpus (default: the recipe's)",
+    )
+    pretrain.add_argument(
+        "--batch-size", type=int, default=None, help="images per step (default: the recipe's)"
+    )
+    pretrain.add_argument("--seed", type=int, default=0, help="seeds the scenes and the weights")
     pretrain.add_argument("--no-progress", action="store_true", help="hide progress bars")
     pretrain.set_defaults(func=_cmd_pretrain)
