@@ -363,3 +363,33 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(
     assert load_checkpoint(tmp_path / "run" / "checkpoints", "last")[1]["step"] == 2
     assert main(["train", str(config), "--no-progress", "--resume"]) == 0
     assert (tmp_path / "run" / "results.json").is_file()
+
+
+def test_output_paths_are_checked_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run folder that does not exist would fail later; a bad --json or --out fails first."""
+    missing = str(tmp_path / "no-run")
+    assert main(["evaluate", missing, "--json", str(tmp_path)]) == 2
+    assert "--json" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["evaluate", missing, "--json", str(blocker / "x.json")]) == 2
+    assert "is a file; expected a folder" in capsys.readouterr().err
+    assert main(["predict", missing, str(blocker), "--out", str(blocker)]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_predict_turns_a_photo_upright_by_its_exif_orientation(tmp_path: Path) -> None:
+    from PIL import Image
+
+    config = tiny_config(tmp_path / "run", "freeze")
+    Trainer(config, progress=False).run()
+    photo = tmp_path / "portrait.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90° clockwise
+    Image.new("RGB", (64, 32), (90, 90, 90)).save(photo, exif=exif)
+    out = tmp_path / "pred"
+    assert main(["predict", str(tmp_path / "run"), str(photo), "--out", str(out)]) == 0
+    with Image.open(out / "portrait_ids.png") as ids:
+        assert ids.size == (32, 64)  # upright: width and height swapped

@@ -3,12 +3,14 @@ fishertune.engine.sharded_eval.eval_protocol)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from data_fixtures import build_cityscapes
+from data_fixtures import build_cityscapes, build_gtav
 from fishertune.data.cityscapes import Cityscapes
+from fishertune.data.registry import open_dataset
 from fishertune.data.synthetic import SyntheticSettings, SyntheticStreets
 from fishertune.engine.domain_sets import (
     SOURCE_DOMAIN,
@@ -17,6 +19,7 @@ from fishertune.engine.domain_sets import (
     source_train_set,
     source_val_set,
     target_sets,
+    unknown_label_notice,
 )
 from fishertune.engine.sharded_eval import eval_protocol
 from fishertune.evaluation.protocols import get_protocol
@@ -79,3 +82,16 @@ def test_a_run_on_the_benchmark_tests_at_its_image_size() -> None:
     assert real == get_protocol("fullres")
     with pytest.raises(ValueError, match="unknown evaluation protocol 'nope'"):
         eval_protocol("nope", "slide", source="gtav", synthetic=SMALL)
+
+
+def test_a_training_set_with_many_unknown_label_ids_is_warned_about(tmp_path: Path) -> None:
+    """Labels whose ids the data set's table does not define train as ignored: said at once."""
+    clean, wrong = tmp_path / "clean", tmp_path / "wrong"
+    build_gtav(clean, [7, 8, 11, 26], n=4)
+    build_gtav(wrong, [7, 250, 251, 252], n=4)  # three quarters unknown to GTAV's table
+    assert unknown_label_notice(open_dataset("gtav", "all", root=clean), "gtav") is None
+    notice = unknown_label_notice(open_dataset("gtav", "all", root=wrong, limit=2), "gtav")
+    assert notice is not None
+    assert re.match(r"7\d\.\d% of the label pixels in a sample of gtav's training labels", notice)
+    assert "fishertune data check gtav ROOT" in notice
+    assert unknown_label_notice(open_dataset("synthetic", "train", limit=2), "synthetic") is None

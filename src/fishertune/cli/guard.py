@@ -9,12 +9,20 @@ for the commands that resume, how to continue, and exits 130 (the shell's code f
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from safetensors import SafetensorError
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "run_guarded"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "check_output_file",
+    "check_output_folder",
+    "run_guarded",
+]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -27,6 +35,29 @@ def _os_message(error: OSError) -> str:
     if error.strerror and error.filename is not None:
         return f"{error.strerror}: {error.filename}"
     return error.strerror or str(error)
+
+
+def check_output_file(path: str, option: str) -> None:
+    """Before any work: ``path`` can be written as a file (its folder is created)."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option} {path}: is a directory; expected a file path")
+    check_output_folder(str(target.parent), option)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise ValueError(f"{option} {path}: the file exists and cannot be overwritten")
+
+
+def check_output_folder(path: str, option: str) -> None:
+    """Before any work: ``path`` is (or is created as) a folder that can be written to."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {path}: is a file; expected a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{option} {path}: cannot create the folder ({error.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path}: the folder cannot be written to")
 
 
 def run_guarded(command: str, handler: Handler, args: argparse.Namespace) -> int:

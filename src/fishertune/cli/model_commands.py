@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fishertune.cli.guard import check_output_file, check_output_folder
+
 if TYPE_CHECKING:
     from fishertune.engine.config import RunConfig
 
@@ -65,6 +67,9 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from fishertune.workflows.checkpoint_evaluation import evaluate_checkpoint
 
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+
     results = evaluate_checkpoint(
         args.checkpoint,
         data=args.data,
@@ -85,6 +90,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fishertune.workflows.prediction import predict_images
+
+    check_output_folder(args.out, "--out")
 
     predictions = predict_images(
         args.checkpoint,

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -97,13 +97,15 @@ _WIDE_GREY = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 """Pillow modes of 16-bit (and 32-bit integer) single-channel images."""
 
 
-def read_rgb(path: Path) -> NDArray[np.uint8]:
+def read_rgb(path: Path, *, upright: bool = False) -> NDArray[np.uint8]:
     """Read an image file as a writable ``(H, W, 3)`` uint8 RGB array.
 
     A 16-bit grey image is scaled to 8 bits (value / 257, so 65535 → 255) rather than clipped
-    at 255, which would turn it white.
+    at 255, which would turn it white. ``upright`` turns a photo as its EXIF orientation says
+    (a camera's portrait shot); data sets' images are read as stored, like their labels.
     """
-    with _open(path) as image:
+    with _open(path) as stored:
+        image = ImageOps.exif_transpose(stored) if upright else stored
         if image.mode in _WIDE_GREY:
             wide = np.asarray(image, dtype=np.float64)
             grey = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
@@ -249,6 +251,22 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def prepare(self) -> None:
         """Work to do before a run's clocks start (nothing for files read from disk)."""
+
+    def unknown_label_share(self, files: int = 16) -> float:
+        """The share of label pixels whose ids are outside the data set's id table, over
+        ``files`` label files spread evenly over the data set (their images are not read)."""
+        if not self.pairs:
+            return 0.0
+        picked = sorted(
+            {round(i * (len(self.pairs) - 1) / max(files - 1, 1)) for i in range(files)}
+        )
+        unknown = total = 0
+        for index in picked:
+            pair = self.pairs[index]
+            ids = self.read_label(pair.label)
+            unknown += pair.label_map.unknown_count(ids)
+            total += ids.size
+        return unknown / max(total, 1)
 
     def __len__(self) -> int:
         return len(self.pairs)

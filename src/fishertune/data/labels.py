@@ -137,6 +137,13 @@ class LabelMap:
         object.__setattr__(self, "_lut", lut)
         object.__setattr__(self, "_known", known)
 
+    def unknown_count(self, label: NDArray[Any]) -> int:
+        """How many pixels of ``label`` hold an id this table does not define (they would
+        train as ignored)."""
+        ids = label.astype(np.int64, copy=False)
+        inside = (ids >= 0) & (ids < self._lut.size)
+        return int(ids.size - self._known[ids[inside]].sum())
+
     def apply(self, label: NDArray[Any], *, check: bool = False, source: str = "") -> NDArray[Any]:
         """Map an integer array of native ids to an int64 array of train ids.
 

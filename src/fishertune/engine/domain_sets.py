@@ -9,18 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from fishertune.data.base import LabelledImages
+from torch.utils.data import Subset
+
+from fishertune.data.base import LabelledImages, TreeDataset
 from fishertune.data.registry import FILE_DATASETS, dataset_class, open_dataset
 from fishertune.data.synthetic import SyntheticSettings
 from fishertune.evaluation.domains import SOURCE_DOMAIN
 
 __all__ = [
+    "UNKNOWN_LABEL_WARNING",
     "evaluation_set",
     "evaluation_sets",
     "source_train_set",
     "source_val_set",
     "target_sets",
+    "unknown_label_notice",
 ]
+
+UNKNOWN_LABEL_WARNING = 0.01
+"""The share of sampled label pixels with ids outside the id table above which a training set
+is warned about (they train as ignored: wrong label files, or labels not yet converted)."""
 
 
 def _checked_root(name: str, root: str | None, key: str, role: str) -> str | None:
@@ -118,3 +126,19 @@ def evaluation_sets(
         sets[SOURCE_DOMAIN] = source_val
     sets.update(target_sets(source, targets, roots, limit=limit, synthetic=synthetic))
     return sets
+
+
+def unknown_label_notice(dataset: LabelledImages, name: str) -> str | None:
+    """A warning when the training set's labels hold many ids its id table does not define
+    (checked on a sample of label files; None for the generated benchmark or clean labels)."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if not isinstance(base, TreeDataset):
+        return None
+    share = base.unknown_label_share()
+    if share <= UNKNOWN_LABEL_WARNING:
+        return None
+    return (
+        f"{share:.1%} of the label pixels in a sample of {name}'s training labels hold ids "
+        f"outside the {name} id table; they train as ignored (check the tree with "
+        f"`fishertune data check {name} ROOT`)"
+    )

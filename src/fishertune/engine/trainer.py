@@ -69,7 +69,11 @@ from fishertune.engine.distributed import (
     init_distributed,
     reduce_mean,
 )
-from fishertune.engine.domain_sets import evaluation_sets, source_train_set
+from fishertune.engine.domain_sets import (
+    evaluation_sets,
+    source_train_set,
+    unknown_label_notice,
+)
 from fishertune.engine.ema import WeightAverage
 from fishertune.engine.estimate_file import read_estimate, save_estimate
 from fishertune.engine.metrics_log import MetricsLog
@@ -169,6 +173,9 @@ class Trainer:
         self.train_set = source_train_set(
             data.source, data.root, limit=data.train_images, synthetic=data.synthetic
         )
+        notice = unknown_label_notice(self.train_set, data.source)
+        if notice is not None and self.context.is_main:
+            print(f"warning: {notice}", file=sys.stderr)
         self.eval_sets: dict[str, LabelledImages] = evaluation_sets(
             data.source,
             data.root,

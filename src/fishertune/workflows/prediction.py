@@ -152,7 +152,7 @@ def predict_images(
     predictions: list[Prediction] = []
     pairs = list(zip(paths, _output_stems(paths), strict=True))
     for path, stem in track(pairs, "predict", enabled=progress):
-        rgb = read_rgb(path)
+        rgb = read_rgb(path, upright=True)
         height, width = rgb.shape[:2]
         unlabelled = torch.full((height, width), IGNORE_INDEX, dtype=torch.int64)
         image, _ = transform(torch.from_numpy(rgb).permute(2, 0, 1), unlabelled)
