@@ -17,7 +17,7 @@ LAYERS = (
     ("workflows",),
     ("cli",),
 )
-"""Bottom to top, as the README's Layout section states them."""
+"""Bottom to top, as the README's Layout section and docs/architecture.md state them."""
 
 
 def _layer(part: str) -> int:

@@ -38,3 +38,29 @@ def test_how_it_works_examples_run() -> None:
     assert isinstance(selection, Selection)
     assert isinstance(scores, dict)
     assert set(selection) == set(scores)
+
+
+def test_the_readme_is_a_guide_and_every_link_resolves() -> None:
+    """At most 300 lines; every relative link of the README and the docs pages names a file."""
+    readme = ROOT / "README.md"
+    assert len(readme.read_text(encoding="utf-8").splitlines()) <= 300
+    pages = [readme, *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if not target.startswith(("http://", "https://")):
+                assert (page.parent / target).exists(), f"{page.name}: {target}"
+
+
+def test_license_and_citation_agree_with_the_package() -> None:
+    import tomllib
+    import yaml
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == "Apache-2.0"
+    assert "Apache License" in (ROOT / "LICENSE").read_text(encoding="utf-8")
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert citation["license"] == "Apache-2.0"
+    assert citation["version"] == project["version"]
+    assert citation["preferred-citation"]["year"] == 2025
+    assert {"cff-version", "message", "title", "authors"} <= set(citation)

@@ -1,10 +1,11 @@
-"""The README's study section shows exactly the committed studies (issues 13 and 21).
+"""The README and docs/study_results.md show exactly the committed studies (issues 13, 21, 24).
 
 ``docs/study/`` holds the full study's ``study.json``, ``study.md`` and figures as measured, and
-``docs/study/selection/`` the ``selection`` part's (a study of its own, issue 21); the README's
-tables between ``<!-- study:NAME -->`` markers must be what
-:func:`~fishertune.reporting.study_report.fill_blocks` makes of those records, the verdict table and
-every part present, and every figure the README shows must exist.
+``docs/study/selection/`` the ``selection`` part's (a study of its own, issue 21); the tables
+between ``<!-- study:NAME -->`` markers must be what
+:func:`~fishertune.reporting.study_report.fill_blocks` makes of those records: the README's
+verdict table, and in docs/study_results.md the verdict table and every part; every figure
+either shows must exist.
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ def _record(folder: Path) -> dict[str, Any]:
     return record
 
 
-def test_the_readme_tables_are_those_of_the_committed_studies() -> None:
+RESULTS = ROOT / "docs" / "study_results.md"
+
+
+def test_the_tables_are_those_of_the_committed_studies() -> None:
     first, *more = (_record(folder) for folder in STUDIES)
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     parts = [name for record in (first, *more) for name in record["parts"]]
-    assert [match.group(2) for match in MARKER.finditer(readme)] == ["verdicts", *parts]
-    assert fill_blocks(readme, first, *more) == readme, (
-        "README.md's study blocks differ from docs/study/**/study.json; refill them with "
-        "fishertune.reporting.study_report.fill_blocks (DEVELOPERS.md)"
-    )
+    for document, blocks in ((ROOT / "README.md", ["verdicts"]), (RESULTS, ["verdicts", *parts])):
+        text = document.read_text(encoding="utf-8")
+        assert [match.group(2) for match in MARKER.finditer(text)] == blocks, document.name
+        assert fill_blocks(text, first, *more) == text, (
+            f"{document.name}'s study blocks differ from docs/study/**/study.json; refill them "
+            "with fishertune.reporting.study_report.fill_blocks (DEVELOPERS.md)"
+        )
 
 
 @pytest.mark.parametrize("folder", STUDIES, ids=lambda p: p.name)
@@ -49,9 +54,10 @@ def test_the_committed_study_md_and_figures_match_its_record(folder: Path) -> No
         assert (folder / path).is_file(), path
 
 
-def test_every_study_figure_the_readme_shows_exists() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    shown = re.findall(r"\]\((docs/study/[^)]+)\)", readme)
+def test_every_study_figure_shown_exists() -> None:
+    shown = re.findall(r"\]\((study/[^)]+)\)", RESULTS.read_text(encoding="utf-8"))
     assert shown
     for path in shown:
+        assert (ROOT / "docs" / path).is_file(), path
+    for path in re.findall(r"\]\((docs/study/[^)]+)\)", (ROOT / "README.md").read_text()):
         assert (ROOT / path).is_file(), path

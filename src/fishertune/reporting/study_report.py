@@ -19,7 +19,9 @@ from fishertune.reporting.interval_table import interval_markdown
 __all__ = [
     "LOSS_COLUMN",
     "MARKER",
+    "VERDICTS",
     "arm_table",
+    "claim_counts",
     "claim_lines",
     "fill_blocks",
     "pair_table",
@@ -104,14 +106,29 @@ def claim_lines(part: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+VERDICTS = ("supported", "contradicted", "not resolved")
+"""A claim's verdicts, in the order the tables count them."""
+
+
+def claim_counts(part: Mapping[str, Any]) -> str:
+    """How many of the part's claims each verdict has, e.g. ``1 supported, 1 contradicted, 8
+    not resolved`` (verdicts no claim has are left out)."""
+    counts = {verdict: 0 for verdict in VERDICTS}
+    for claim in part["claims"]:
+        counts[claim["verdict"]] += 1
+    return ", ".join(f"{n} {verdict}" for verdict, n in counts.items() if n)
+
+
 def verdict_table(study: Mapping[str, Any]) -> str:
-    """One row per part: the paper's experiment, the claim and its verdict."""
+    """One row per part: the paper's experiment, the claim, its verdict and how many of the
+    part's paired comparisons each verdict has (the verdict is the part's rule over them)."""
     return "\n".join(
         [
-            "| Part | Paper | Claim | Verdict |",
-            "| --- | --- | --- | --- |",
+            "| Part | Paper | Claim | Verdict | Comparisons |",
+            "| --- | --- | --- | --- | --- |",
             *(
-                f"| {name} | {part['paper']} | {part['claim']} | {part['verdict']} |"
+                f"| {name} | {part['paper']} | {part['claim']} | {part['verdict']} | "
+                f"{claim_counts(part)} |"
                 for name, part in study["parts"].items()
             ),
         ]
