@@ -14,7 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from distributed_finetune_worker import finetune, global_batches
+from distributed_global_batch_worker import global_batch_config, trained_state
 from distributed_worker import build
+from fishertune.engine.trainer import Trainer
 from fishertune.sensitivity import diagonal_fisher
 
 
@@ -86,3 +88,26 @@ def test_sparse_finetune_on_two_ranks_equals_one_process_with_the_global_batch(
         assert torch.equal(first[f"selection:{name}"], index), name
     for key, value in weights.items():
         torch.testing.assert_close(first[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_the_configured_batch_is_the_global_batch_and_the_shift_spans_the_processes(
+    tmp_path: Path,
+) -> None:
+    """data.batch_size 2 on two processes: one image each, and FisherTune's simulated shift
+    (estimation and DSU training) still sees a batch of two; the run equals one process with
+    the same batch up to the order of floating-point sums: the same selection, the same
+    weights to 1e-5."""
+    _torchrun("distributed_global_batch_worker.py", tmp_path)
+    ranks = [load_file(str(tmp_path / f"global{r}.safetensors")) for r in range(2)]
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]), key
+    trainer = Trainer(global_batch_config(tmp_path / "single"), progress=False, device="cpu")
+    trainer.run()
+    single = trained_state(trainer)
+    assert single.keys() == ranks[0].keys()
+    for key, value in single.items():
+        assert isinstance(value, torch.Tensor)
+        if key.startswith("selection:"):
+            assert torch.equal(ranks[0][key], value), key
+        else:
+            torch.testing.assert_close(ranks[0][key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -55,11 +55,18 @@ def test_step_sampler_is_a_function_of_the_position() -> None:
     first_epoch = [key[0] for batch in batches for key in batch][:10]
     assert sorted(first_epoch) == list(range(10))
     assert batches[0][0][1] == sample_seed(3, 0)
-    # two ranks with half the batch see the single process's samples, split between them
-    ranks = [StepSampler(10, batch_size=1, seed=3, stop=3, rank=r, world_size=2) for r in (0, 1)]
-    single = StepSampler(10, batch_size=2, seed=3, stop=3)
+    # batch_size is the global batch: two ranks split the single process's micro-batches
+    ranks = [
+        StepSampler(10, batch_size=4, accumulation=2, seed=3, stop=3, rank=r, world_size=2)
+        for r in (0, 1)
+    ]
+    single = StepSampler(10, batch_size=4, accumulation=2, seed=3, stop=3)
     for step in range(3):
-        assert ranks[0].keys(step, 0) + ranks[1].keys(step, 0) == single.keys(step, 0)
+        for micro in range(2):
+            shares = ranks[0].keys(step, micro) + ranks[1].keys(step, micro)
+            assert shares == single.keys(step, micro)
+    with pytest.raises(ValueError, match=r"data\.batch_size: 3 images .* over 2 processes"):
+        StepSampler(10, batch_size=3, stop=3, world_size=2)
 
 
 def test_fishertune_runs_warmup_estimate_tune_and_writes_its_run(tmp_path: Path) -> None:

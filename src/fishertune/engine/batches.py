@@ -2,14 +2,16 @@
 and the transforms of both.
 
 Every random choice of the training data is a function of the seed and the position in the
-run, never of a generator's history: micro-batch ``m`` of optimisation step ``s`` takes the
-sample positions ``p = ((s · A + m) · R + r) · B + j`` (A accumulation steps, R ranks, rank
-r, B images per micro-batch, j < B) of an endless stream that visits the source set in a
-fresh permutation per epoch (epoch ``p // N``, permutation drawn from ``seed + epoch``), and
-each sample's augmentation (rescale, crop, flip, photometric) draws from a generator seeded by
-``(seed, p)``. A run resumed at step ``s`` therefore sees exactly the batches an uninterrupted
-run would, whatever the number of loader workers, and ranks never see the same sample within a
-step. The loader's own generator is seeded too, so it never draws from torch's global RNG.
+run, never of a generator's history: micro-batch ``m`` of optimisation step ``s`` is the
+sample positions ``(s · A + m) · B + j`` (A accumulation steps, B the *global* micro-batch,
+``data.batch_size``, j < B) of an endless stream that visits the source set in a fresh
+permutation per epoch (epoch ``p // N``, permutation drawn from ``seed + epoch``), and each
+sample's augmentation (rescale, crop, flip, photometric) draws from a generator seeded by
+``(seed, p)``. Of R processes, rank r takes the r-th of R equal, consecutive shares of every
+micro-batch (a batch that does not divide is refused), so R processes see exactly the images
+one process would with the same batch, and a resumed run sees exactly the batches an
+uninterrupted one would, whatever the number of loader workers. The loader's own generator is
+seeded too, so it never draws from torch's global RNG.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fishertune.data.transforms import Compose, test_transform, train_transform
 
 __all__ = [
     "StepSampler",
+    "check_global_batch",
     "eval_loader",
     "evaluation_transform",
     "sample_seed",
@@ -59,11 +62,21 @@ class _Keyed(Dataset[tuple[Tensor, Tensor]]):
         return self.transform(image, label, torch.Generator().manual_seed(seed))
 
 
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """``data.batch_size`` is the global micro-batch: it must split evenly over the processes."""
+    if batch_size < 1 or batch_size % world_size:
+        raise ValueError(
+            f"data.batch_size: {batch_size} images per micro-batch do not split evenly over "
+            f"{world_size} processes; give a multiple of {world_size} (it is the global batch)"
+        )
+
+
 class StepSampler(Sampler[list[tuple[int, int]]]):
     """Micro-batches of ``(index, augmentation seed)`` keys for steps ``start … stop − 1``.
 
-    See the module docstring for the positions; this rank's ``batch_size`` keys come per
-    micro-batch, ``accumulation`` micro-batches per step.
+    See the module docstring for the positions: ``batch_size`` is the global micro-batch, of
+    which this rank's share (``batch_size / world_size`` keys) comes per micro-batch,
+    ``accumulation`` micro-batches per step.
     """
 
     def __init__(
@@ -80,8 +93,10 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
     ) -> None:
         if size < 1:
             raise ValueError("the training set is empty")
+        check_global_batch(batch_size, world_size)
         self.size = size
         self.batch_size = batch_size
+        self.share = batch_size // world_size
         self.accumulation = accumulation
         self.seed = seed
         self.start = start
@@ -104,8 +119,8 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
 
     def keys(self, step: int, micro: int) -> list[tuple[int, int]]:
         """The keys of micro-batch ``micro`` of step ``step`` on this rank."""
-        first = ((step * self.accumulation + micro) * self.world_size + self.rank) * self.batch_size
-        positions = range(first, first + self.batch_size)
+        first = (step * self.accumulation + micro) * self.batch_size + self.rank * self.share
+        positions = range(first, first + self.share)
         return [(self._index(p), sample_seed(self.seed, p)) for p in positions]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

@@ -2,13 +2,16 @@
 
 ``torchrun --nproc-per-node=N -m fishertune.cli train ...`` sets ``RANK`` / ``WORLD_SIZE`` /
 ``LOCAL_RANK``; :func:`init_distributed` then joins the process group (NCCL on GPUs, gloo on
-CPU) and picks the rank's device. Gradients are averaged with explicit bucketed all-reduces
+CPU) and picks the rank's device. ``data.batch_size`` is the global batch, of which each rank
+takes its share (:class:`~fishertune.engine.batches.StepSampler`); the losses normalise over
+the whole batch and FisherTune's simulated shift takes its statistics over it. Gradients are
+averaged with explicit bucketed all-reduces
 after the backward passes (:func:`average_gradients`) instead of wrapping the model in
 ``DistributedDataParallel``: sparse methods change which tensors require gradients while
 training (growing masks) and some tensors receive none at a step, both of which DDP's
 reducer forbids. Buffers (batch-norm running statistics) are broadcast from rank 0 after
-every step, as DDP does before each forward; batch norm itself normalises with each rank's
-own batch statistics, as under DDP without SyncBatchNorm. Every rank runs the same tuner on
+every step, as DDP does before each forward; on GPUs the trainer turns batch norm into
+SyncBatchNorm, on CPU it normalises with each rank's own batch statistics. Every rank runs the same tuner on
 the same weights, so masks, selections and updates stay identical; the sensitivity
 estimators and the metric sum their statistics across ranks themselves. Only rank 0 writes
 files.

@@ -57,6 +57,7 @@ from torch import Tensor
 from fishertune.data.base import LabelledImages, SegmentationDataset
 from fishertune.engine.batches import (
     StepSampler,
+    check_global_batch,
     evaluation_transform,
     train_loader,
     training_transform,
@@ -161,6 +162,10 @@ class Trainer:
         self.segmentor, self.tuner = build_model(config, self.device)
         if self.context.is_main:
             self.tuner.keep_pretrained()  # the weight change is reported on rank 0
+        check_global_batch(config.data.batch_size, self.context.world_size)
+        if self.context.world_size > 1 and self.device.type == "cuda":
+            # data.batch_size is the global batch: batch norm normalises over all of it
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.segmentor)  # type: ignore[no-untyped-call]
         if self.tuner.perturbs_batch_statistics and config.data.batch_size < 2:
             raise ValueError(
                 f"data.batch_size: 1, but method {self.tuner.name!r} perturbs features by their "

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
@@ -105,6 +106,18 @@ def all_reduce_sum(tensors: Iterable[Tensor]) -> None:
     if dist.is_available() and dist.is_initialized():
         for tensor in tensors:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def global_share(count: int, device: torch.device) -> tuple[int, int] | None:
+    """``(total, first)``: the size of the batch that spans every process and where this
+    process's ``count`` samples start in it (rank order); None without a process group of
+    more than one. A collective: every process must call it for the same batch."""
+    if world_size() == 1:
+        return None
+    counts = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
+    counts[dist.get_rank()] = count
+    dist.all_reduce(counts)
+    return int(counts.sum()), int(counts[: dist.get_rank()].sum())
 
 
 def world_size() -> int:

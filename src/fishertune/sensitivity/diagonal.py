@@ -39,6 +39,7 @@ def diagonal_fisher(
     chunk_size: int | None = None,
     max_chunk_elements: int = 2**27,
     progress: bool = False,
+    across_processes: bool = False,
 ) -> dict[str, Tensor]:
     """Diagonal Fisher F_n = (1/N) Σ_i (∂ℓ_i/∂θ_n)² over all N samples of ``batches``.
 
@@ -77,8 +78,10 @@ def diagonal_fisher(
     (and the sampled labels), then every sample is replayed under its own draw.
 
     Under ``torch.distributed`` the sums and sample counts are all-reduced, so every rank
-    returns the Fisher of the union of all ranks' samples. ``progress`` shows a bar over the
-    batches.
+    returns the Fisher of the union of all ranks' samples; with ``across_processes`` (every
+    rank iterating batches in step, as the staged trainer does) the i-th batches of all ranks
+    form one batch whose sampled labels are drawn as one process would draw them.
+    ``progress`` shows a bar over the batches.
 
     Returns name → tensor of the parameter's shape (float32, or float64 for float64 params).
     """
@@ -104,6 +107,7 @@ def diagonal_fisher(
         method,
         chunk_size,
         max_chunk_elements,
+        across_processes,
     )
     model_loss = uses_model_loss(labels, loss_fn)
     with eval_mode(model), perturbation if perturbation is not None else nullcontext():

@@ -45,13 +45,17 @@ def sample_labels(
     *,
     targets: Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    share: tuple[int, int] | None = None,
 ) -> Tensor:
     """Draw one label per pixel from ``softmax(logits)`` along dim 1 (the true Fisher, Eq. 9).
 
     The draw is detached from the graph and reproducible for a seeded ``generator`` (uniform
     numbers are drawn on the generator's device, then moved). Where ``targets`` is given, its
     ``ignore_index`` pixels stay ignored in the sampled map, so the sampled and the empirical
-    Fisher cover the same pixels.
+    Fisher cover the same pixels. ``share`` = ``(total, first)``: these samples are rows
+    ``first …`` of a batch of ``total`` spread over processes; the uniform numbers of the
+    whole batch are drawn and these rows taken, so the labels are those one process with the
+    whole batch would draw.
     """
     expected = (logits.shape[0], *logits.shape[2:])
     if targets is not None and tuple(targets.shape) != expected:
@@ -62,7 +66,10 @@ def sample_labels(
         )
     probs = torch.softmax(logits.detach().float(), dim=1).movedim(1, -1)
     gen_device = generator.device if generator is not None else probs.device
-    u = torch.rand(probs.shape[:-1], generator=generator, device=gen_device).to(probs.device)
+    rows = probs.shape[0]
+    total, first = share if share is not None else (rows, 0)
+    u = torch.rand((total, *probs.shape[1:-1]), generator=generator, device=gen_device)
+    u = u[first : first + rows].to(probs.device)
     cdf = probs.cumsum(dim=-1)
     labels = (cdf < u.unsqueeze(-1)).sum(dim=-1).clamp_max(probs.shape[-1] - 1)
     if targets is not None:

@@ -18,7 +18,12 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from fishertune.sensitivity._common import LossFn, constant_tensors, sample_losses
+from fishertune.sensitivity._common import (
+    LossFn,
+    constant_tensors,
+    global_share,
+    sample_losses,
+)
 from fishertune.sensitivity.losses import class_logits, sample_labels
 from fishertune.sensitivity.model_inputs import ModelInputs
 from fishertune.sensitivity.perturbation import FeaturePerturbation, Offsets
@@ -85,6 +90,7 @@ class PerSampleGrads:
         method: str,
         chunk_size: int | None = None,
         max_elements: int = 2**27,
+        across_processes: bool = False,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -108,6 +114,7 @@ class PerSampleGrads:
         scored = sum(p.numel() for p in self.current.values())
         self.chunk = chunk_size or max(1, max_elements // max(scored, 1))
         self.consts = constant_tensors(model, self.names.values())
+        self.across_processes = across_processes
 
     def square_sums(
         self,
@@ -140,21 +147,13 @@ class PerSampleGrads:
         if self.use_linear and not own_loss:
             return self._linear(at, inputs, targets, labels, generator, num_label_samples)
         offsets: list[Offsets] = []
-        draws: list[Tensor | None] = [targets]
+        draws: Sequence[Tensor | None] = [targets]
         if self.perturbation is not None or labels == "sampled":
             with torch.no_grad(), _recording(self.perturbation) as recorded:
                 outputs = inputs.call(self.model, {**self.consts, **at})
             offsets = list(recorded)
             if labels == "sampled":
-                draws = [
-                    sample_labels(
-                        class_logits(outputs),
-                        generator,
-                        targets=targets,
-                        ignore_index=self.ignore_index,
-                    )
-                    for _ in range(num_label_samples)
-                ]
+                draws = self._sampled(outputs, generator, targets, num_label_samples)
         sums = self._zeros(at)
         for drawn in draws:
             for start in range(0, size, self.chunk):
@@ -168,6 +167,20 @@ class PerSampleGrads:
                 for key, sq in squares.items():
                     sums[key].add_(sq, alpha=1.0 / len(draws))
         return sums
+
+    def _sampled(
+        self, outputs: Any, generator: torch.Generator | None, targets: Tensor | None, count: int
+    ) -> list[Tensor]:
+        """``count`` label draws from the outputs' class logits; with ``across_processes`` under
+        ``torch.distributed``, as one process with every process's samples would draw them."""
+        logits = class_logits(outputs)
+        share = global_share(logits.shape[0], logits.device) if self.across_processes else None
+        return [
+            sample_labels(
+                logits, generator, targets=targets, ignore_index=self.ignore_index, share=share
+            )
+            for _ in range(count)
+        ]
 
     def _zeros(self, at: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {
@@ -211,15 +224,7 @@ class PerSampleGrads:
             for handle in handles:
                 handle.remove()
         if labels == "sampled":
-            draws = [
-                sample_labels(
-                    class_logits(outputs),
-                    generator,
-                    targets=targets,
-                    ignore_index=self.ignore_index,
-                )
-                for _ in range(num_label_samples)
-            ]
+            draws = self._sampled(outputs, generator, targets, num_label_samples)
         else:
             assert targets is not None
             draws = [targets]

@@ -7,9 +7,11 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from fishertune.sensitivity._common import global_share
 from fishertune.sensitivity.dr_fim import shift_coefficient
 
 Offsets = tuple[Tensor, Tensor]
@@ -51,6 +53,12 @@ class FeaturePerturbation:
         training_only: leave calls alone while the module is in evaluation mode.
         num_prefix_tokens: leading tokens of ``(B, N, C)`` outputs kept unchanged.
         channels_last: 4-D outputs are ``(B, H, W, C)`` maps (SAM's blocks), not ``(B, C, H, W)``.
+        across_processes: under ``torch.distributed``, the batch is the union of every
+            process's micro-batch: the spread Σ is computed over all of them (so one sample
+            per process works) and the noise of the whole batch is drawn on rank 0 and each
+            process takes its samples' rows, as one process would draw it; every process must
+            then make the same perturbed calls (the staged trainer's do). Without a process
+            group it changes nothing.
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class FeaturePerturbation:
         channels_last: bool = False,
         probability: float = 1.0,
         training_only: bool = False,
+        across_processes: bool = False,
     ) -> None:
         self.modules: list[nn.Module] = (
             [modules] if isinstance(modules, nn.Module) else list(modules)
@@ -88,6 +97,7 @@ class FeaturePerturbation:
         self.channels_last = channels_last
         self.probability = probability
         self.training_only = training_only
+        self.across_processes = across_processes
         self._handles: list[RemovableHandle] = []
         self._record: list[Offsets] | None = None
         self._replay: Sequence[Offsets] | None = None
@@ -137,7 +147,47 @@ class FeaturePerturbation:
         finally:
             self._replay, self._replay_position = None, 0
 
+    def _world(self) -> int:
+        """The number of processes sharing the batch (1 unless ``across_processes``)."""
+        if self.across_processes and dist.is_available() and dist.is_initialized():
+            return dist.get_world_size()
+        return 1
+
+    def _draw_across(self, mu: Tensor, sigma: Tensor) -> Offsets:
+        """Offsets of this process's samples when the batch spans every process: the spread
+        from all-reduced sums (float64), the noise of the whole batch from rank 0."""
+        share = global_share(mu.shape[0], mu.device)
+        assert share is not None
+        total, first = share
+        if total < 2:
+            raise ValueError(
+                "FeaturePerturbation needs a batch of at least 2 samples over all processes "
+                f"to estimate the spread of feature statistics, got {total}"
+            )
+        stats = [v.detach().double() for v in (mu, sigma)]
+        moments = torch.stack([t for v in stats for t in (v.sum(0), v.square().sum(0))])
+        dist.all_reduce(moments)
+        spreads = [
+            ((moments[2 * i + 1] - moments[2 * i].square() / total) / (total - 1))
+            .clamp_min(0.0)
+            .add(self.eps)
+            .sqrt()
+            .to(mu.dtype)
+            for i in range(2)
+        ]
+        channels = mu.shape[1]
+        noise = torch.empty((2, total, channels), dtype=mu.dtype, device=mu.device)
+        if dist.get_rank() == 0:
+            device = self.generator.device if self.generator is not None else mu.device
+            drawn = torch.randn((2, total, channels), generator=self.generator, device=device)
+            noise.copy_(drawn)
+        dist.broadcast(noise, src=0)
+        mine = noise[:, first : first + mu.shape[0]]
+        return mine[0] * self.scale_mu * spreads[0], mine[1] * self.scale_sigma * spreads[1]
+
     def _draw(self, mu: Tensor, sigma: Tensor) -> Offsets:
+        if self._world() > 1:
+            return self._draw_across(mu, sigma)
         batch = mu.shape[0]
         if batch < 2:
             raise ValueError(
@@ -166,7 +216,7 @@ class FeaturePerturbation:
             self._record.append(offsets)
         return offsets
 
-    def _skips(self, module: nn.Module) -> bool:
+    def _skips(self, module: nn.Module, output: Any) -> bool:
         """Whether this call goes unperturbed (evaluation mode, or the probability draw)."""
         if self.training_only and not module.training:
             return True
@@ -174,10 +224,13 @@ class FeaturePerturbation:
             return False
         device = self.generator.device if self.generator is not None else None
         draw = torch.rand((), generator=self.generator, device=device)
+        if self._world() > 1:  # every process perturbs the call or none does: rank 0 decides
+            draw = draw.to(output.device if isinstance(output, Tensor) else draw.device)
+            dist.broadcast(draw, src=0)
         return bool(draw >= self.probability)
 
     def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Tensor | None:
-        if self._skips(module):
+        if self._skips(module, output):
             return None  # a forward hook returning None keeps the output
         if not isinstance(output, Tensor) or output.dim() not in (3, 4):
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
@@ -242,7 +295,8 @@ def entry_perturbation(
 
     ``training``: DSU's training augmentation (perturb a forward pass with probability
     :data:`DSU_TRAINING_PROBABILITY`, only in training mode); otherwise every call is
-    perturbed, the simulated domain of the estimation stage.
+    perturbed, the simulated domain of the estimation stage. Under ``torch.distributed`` the
+    batch spans every process (``across_processes``), as the staged trainer's global batch does.
     """
     return FeaturePerturbation(
         backbone.token_entry,
@@ -252,4 +306,5 @@ def entry_perturbation(
         channels_last=backbone.maps_inside,
         probability=DSU_TRAINING_PROBABILITY if training else 1.0,
         training_only=training,
+        across_processes=True,
     )

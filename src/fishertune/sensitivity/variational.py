@@ -187,6 +187,7 @@ def fit_variational(
     chunk_size: int | None = None,
     max_chunk_elements: int = 2**27,
     progress: bool = False,
+    across_processes: bool = False,
 ) -> VariationalFit:
     """Fit Eq. 11's posterior precision by natural-gradient SVI (see the module docstring).
 
@@ -204,7 +205,9 @@ def fit_variational(
     ``labels``: ``"given"`` (the training loss, Eq. 11) or ``"sampled"`` (labels drawn from the
     detached softmax at the sampled weights: the true Fisher). With ``perturbation`` the fit is
     Λ_x' under the simulated shift (method.md §4). Under ``torch.distributed`` the curvature
-    samples are averaged over ranks at every step, so all ranks hold the same fit. Per-sample
+    samples are averaged over ranks at every step, so all ranks hold the same fit;
+    ``across_processes`` draws the sampled labels of each step's batches as one process with
+    all of them would (see :func:`~fishertune.sensitivity.diagonal_fisher`). Per-sample
     gradients run in chunks as in :func:`~fishertune.sensitivity.diagonal.diagonal_fisher`.
     """
     check_labels(labels)
@@ -227,6 +230,7 @@ def fit_variational(
         "auto",
         chunk_size,
         max_chunk_elements,
+        across_processes,
     )
     theta_hat = {key: engine.current[name] for key, name in names.items()}
     taus = _resolve_tau(tau, _resolve_prior(prior, names, theta_hat), tau_scale)

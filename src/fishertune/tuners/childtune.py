@@ -77,6 +77,7 @@ class ChildTuneDTuner(ScoredTuner):
                 labels=self.config.labels,
                 generator=generator,
                 progress=progress,
+                across_processes=True,
             )
             for part in parts
         ]

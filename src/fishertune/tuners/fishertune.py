@@ -261,6 +261,7 @@ class FisherTuneTuner(ScoredTuner):
                 perturbation=perturbation,
                 generator=seeded_generator(device, cfg.seed + 1 + index),
                 progress=progress,
+                across_processes=True,
                 **hyper,
             )
             hyper.update(gamma=result.gamma, tau=result.tau)  # one γ and τ for every fit
@@ -291,6 +292,7 @@ class FisherTuneTuner(ScoredTuner):
                 labels=cfg.labels or "given",
                 generator=seeded_generator(device, cfg.seed + 1),
                 progress=progress,
+                across_processes=True,
             )
             agreement = self.agreement(merged.fisher(), reference)
         floors = merged.floors().values()
@@ -328,6 +330,7 @@ class FisherTuneTuner(ScoredTuner):
                 perturbation=perturbation,
                 generator=seeded_generator(device, cfg.seed + 1),
                 progress=progress,
+                across_processes=True,
             )
 
         candidates = self.candidates()

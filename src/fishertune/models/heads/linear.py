@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from timm.layers.norm import LayerNorm2d
 from torch import Tensor, nn
@@ -101,7 +102,10 @@ class LinearHead(nn.Module):
         """``{"loss_ce": ...}``: pixel cross-entropy averaged over the batch's valid pixels.
 
         Logits are bilinearly upsampled to the targets' size ``(H, W)``. A batch without any
-        valid pixel gives a loss of exactly 0 (with a zero gradient) rather than NaN.
+        valid pixel gives a loss of exactly 0 (with a zero gradient) rather than NaN. Under
+        ``torch.distributed`` the batch spans the processes: the sum is divided by the mean
+        valid count per process, so the average of the processes' gradients is that of the
+        pixel mean over the whole batch (every process must call this for its micro-batch).
         """
         if targets.dim() != 3 or targets.shape[0] != features[0].shape[0]:
             raise ValueError(
@@ -112,8 +116,11 @@ class LinearHead(nn.Module):
         summed = F.cross_entropy(
             logits, targets.long(), ignore_index=self.ignore_index, reduction="sum"
         )
-        valid = (targets != self.ignore_index).sum().clamp_min(1)
-        return {"loss_ce": summed / valid}
+        valid = (targets != self.ignore_index).sum().to(summed.dtype)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(valid)
+            valid = valid / dist.get_world_size()
+        return {"loss_ce": summed / valid.clamp_min(1)}
 
     def predict(self, features: list[Tensor], image_size: tuple[int, int]) -> Tensor:
         """Logits ``(B, K, H, W)`` bilinearly upsampled to ``image_size``."""

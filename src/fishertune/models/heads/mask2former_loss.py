@@ -20,8 +20,10 @@ ignored pixels, every weight is exactly 1 (a bilinear read with zero padding wou
 points within half a pixel of the border 0.25–1): the loss then equals transformers'
 ``Mask2FormerLoss`` on the same point draws (tested).
 
-The mask count that normalises the mask losses is this process's (at least 1); it is not
-all-reduced across ranks, so the loss needs no collective and may be called any number of times.
+The mask count that normalises the mask losses is, as in Mask2Former and transformers, the
+mean count per process over all processes (all-reduced under ``torch.distributed``, at least
+1), so the averaged gradients are those of the whole batch; every process must then call the
+loss for its micro-batch.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
@@ -75,6 +78,15 @@ def semantic_to_mask_targets(
     ]
     weights = labelled if exclude_ignored else torch.ones_like(labelled)
     return MaskTargets(labels, masks, weights[:, None].float())
+
+
+def _mean_mask_count(targets: MaskTargets, device: torch.device) -> float:
+    """The batch's target masks per process, over all processes (at least 1)."""
+    count = torch.tensor(float(sum(len(labels) for labels in targets.labels)), device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return max(float(count), 1.0)
 
 
 def point_sample(maps: Tensor, points: Tensor, mode: str = "bilinear") -> Tensor:
@@ -133,7 +145,7 @@ class MaskClassificationLoss(nn.Module):
         mask_logits: Sequence[Tensor],
         targets: MaskTargets,
     ) -> dict[str, Tensor]:
-        num_masks = max(sum(len(labels) for labels in targets.labels), 1)
+        num_masks = _mean_mask_count(targets, class_logits[0].device)
         losses: dict[str, list[Tensor]] = {"loss_cls": [], "loss_mask": [], "loss_dice": []}
         for classes, masks in zip(class_logits, mask_logits, strict=True):
             matches = self.match(classes, masks, targets)
@@ -200,7 +212,7 @@ class MaskClassificationLoss(nn.Module):
         return F.cross_entropy(class_logits.transpose(1, 2), target, weight=self.class_weights)
 
     def _mask_losses(
-        self, mask_logits: Tensor, targets: MaskTargets, matches: Matches, num_masks: int
+        self, mask_logits: Tensor, targets: MaskTargets, matches: Matches, num_masks: float
     ) -> tuple[Tensor, Tensor]:
         """Point-sampled BCE and dice of the matched masks, each summed and divided by num_masks."""
         images = torch.cat([torch.full_like(queries, b) for b, (queries, _) in enumerate(matches)])
