@@ -11,8 +11,8 @@ after the backward passes (:func:`average_gradients`) instead of wrapping the mo
 training (growing masks) and some tensors receive none at a step, both of which DDP's
 reducer forbids. Buffers (batch-norm running statistics) are broadcast from rank 0 after
 every step, as DDP does before each forward; on GPUs the trainer turns batch norm into
-SyncBatchNorm, on CPU it normalises with each rank's own batch statistics. Every rank runs the same tuner on
-the same weights, so masks, selections and updates stay identical; the sensitivity
+SyncBatchNorm, on CPU it normalises with each rank's own batch statistics. Every rank runs
+the same tuner on the same weights, so masks, selections and updates stay identical; the sensitivity
 estimators and the metric sum their statistics across ranks themselves. Only rank 0 writes
 files.
 """
