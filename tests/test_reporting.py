@@ -418,3 +418,46 @@ def test_comparison_table_bolds_column_maxima_and_averages_targets_only() -> Non
     assert lines[4] == "| Partial | - | 30.00 | - | - |"
     single = comparison_table({"Rein": domain_results("Rein", {"a": 0.5, "b": 0.7})}, None)
     assert single.splitlines()[2] == "| Rein | 50.00 | 70.00 | 60.00 |"
+
+
+def test_study_figures_show_the_numbers_the_verdicts_come_from(tmp_path: Path) -> None:
+    """The forest panel plots each paired difference of the committed study at its mean with
+    its 95% half-width around a zero line, the claims coloured by verdict; the per-arm panel's
+    axis spans the values (not 0) and marks FisherTune; every figure is drawn."""
+    import json
+
+    from matplotlib.figure import Figure
+
+    from fishertune.evaluation.domains import AVERAGE_HEADER
+    from fishertune.evaluation.intervals import Interval
+    from fishertune.reporting.study_figures import (
+        VERDICT_COLOURS,
+        arm_panel,
+        draw_figures,
+        forest_panel,
+    )
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "study"
+    study = json.loads((root / "study.json").read_text(encoding="utf-8"))
+    part = study["parts"]["table1"]
+    ax = Figure().subplots()
+    forest_panel(ax, part, AVERAGE_HEADER)
+    plotted = [line.get_xdata()[0] for line in ax.lines if line.get_marker() in ("o", "s")]
+    wanted = [100 * Interval.from_dict(p["difference"][AVERAGE_HEADER]).mean for p in part["pairs"]]
+    assert plotted == pytest.approx(wanted)
+    assert any(list(line.get_xdata()) == [0.0, 0.0] for line in ax.lines)  # the zero line
+    colours = {line.get_color() for line in ax.lines}
+    assert VERDICT_COLOURS["supported"] in colours
+    assert VERDICT_COLOURS["contradicted"] in colours
+    arms = {
+        label: Interval.from_dict(a["mean"][AVERAGE_HEADER]) for label, a in part["arms"].items()
+    }
+    ax = Figure().subplots()
+    arm_panel(ax, arms, xlabel="target average")
+    assert ax.get_xlim()[0] > 40  # the axis spans the values, not 0
+    marked = [t.get_text() for t in ax.get_yticklabels() if t.get_fontweight() == "bold"]
+    assert marked == ["FisherTune"]
+    paths = draw_figures(study, tmp_path / "figures")
+    assert set(paths) == {*study["parts"], "sensitivity"}
+    for path in paths.values():
+        assert (tmp_path / path).is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,6 @@ from fishertune.data.synthetic import (
     render_sample,
     render_styles,
     scene_seed,
-    style_grid,
 )
 from fishertune.label_space import CITYSCAPES_CLASSES
 
@@ -150,12 +150,16 @@ def test_night_is_dark_and_snow_whitens_the_road(
         assert images["rain"].astype(np.float32).mean() < source.mean() + 10
 
 
-def test_style_grid_layout_and_render_time() -> None:
-    grid = style_grid([1, 2], size=(32, 48), gap=2)
-    assert grid.shape == (2 * 34 - 2, len(STYLES) * 50 - 2, 3)
-    assert grid.dtype == np.uint8
-    images, _ = render_styles(2, size=(32, 48))
-    assert np.array_equal(grid[34:66, 50:98], images[STYLES[1]])
+def test_style_figure_and_render_time(tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    from fishertune.reporting.plots import style_figure
+
+    path = style_figure([1, 2], tmp_path / "styles.png", size=(32, 48))
+    height, width = imread(path).shape[:2]
+    assert width > 2 * height  # six labelled columns, two rows
+    with pytest.raises(ValueError, match="at least one scene seed"):
+        style_figure([], tmp_path / "none.png")
     dataset = SyntheticStreets("train", "source", length=5)
     start = time.perf_counter()
     for index in range(len(dataset)):

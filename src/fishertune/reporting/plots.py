@@ -477,3 +477,33 @@ def domain_bars(
     ax.grid(axis="y", alpha=0.3)
     figure.legend(loc="outside lower center", ncol=min(len(results), 5), fontsize=7, frameon=False)
     return save_figure(figure, path)
+
+
+def style_figure(
+    seeds: Sequence[int], path: str | Path, size: tuple[int, int] = (128, 256)
+) -> Path:
+    """The embedded benchmark's scenes (one row per scene seed) in every style (one column
+    each, titled with the style's name)."""
+    from fishertune.data.synthetic import STYLES, render_styles
+
+    if not seeds:
+        raise ValueError("style_figure needs at least one scene seed")
+    height, width = size
+    scale = 1.6 / height
+    figure = Figure(
+        figsize=(len(STYLES) * width * scale, len(seeds) * height * scale + 0.4),
+        layout="constrained",
+    )
+    axes = figure.subplots(len(seeds), len(STYLES), squeeze=False)
+    for row, seed in enumerate(seeds):
+        images, _ = render_styles(seed, size)
+        for col, style in enumerate(STYLES):
+            ax = axes[row][col]
+            ax.imshow(images[style], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(style, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"scene {row + 1}", fontsize=8)
+    return save_figure(figure, path)

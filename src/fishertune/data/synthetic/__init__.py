@@ -9,7 +9,6 @@ from fishertune.data.synthetic.dataset import (
     render_sample,
     render_styles,
     scene_seed,
-    style_grid,
 )
 from fishertune.data.synthetic.scenes import Light, Scene, SceneObject, generate_scene
 from fishertune.data.synthetic.styles import STYLES, TARGET_STYLES, render_style
@@ -28,5 +27,4 @@ __all__ = [
     "render_style",
     "render_styles",
     "scene_seed",
-    "style_grid",
 ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +30,6 @@ __all__ = [
     "render_sample",
     "render_styles",
     "scene_seed",
-    "style_grid",
 ]
 
 CACHE_BYTES = 256 << 20
@@ -119,24 +117,6 @@ def render_styles(
     scene = _scene(seed, size)
     images = {style: render_style(scene, style, _style_rng(seed, style)) for style in STYLES}
     return images, scene.label
-
-
-def style_grid(
-    seeds: Sequence[int], size: tuple[int, int] = IMAGE_SIZE, gap: int = 2
-) -> NDArray[np.uint8]:
-    """A qualitative grid: one row per scene seed, one column per style (white gaps)."""
-    height, width = size
-    grid = np.full(
-        (len(seeds) * (height + gap) - gap, len(STYLES) * (width + gap) - gap, 3),
-        255,
-        dtype=np.uint8,
-    )
-    for row, seed in enumerate(seeds):
-        images, _ = render_styles(seed, size)
-        for col, style in enumerate(STYLES):
-            r, c = row * (height + gap), col * (width + gap)
-            grid[r : r + height, c : c + width] = images[style]
-    return grid
 
 
 class SyntheticStreets(SegmentationDataset):
