@@ -335,3 +335,29 @@ def test_model_and_head_options_are_checked_against_the_constructors() -> None:
         load_config(overrides=["model.head=mask2former", "model.head_options={subpixel: 2}"])
     config = load_config(overrides=["model.options={depth: 2, drop_path_rate: 0.1}"])
     assert config.model.options == {"depth": 2, "drop_path_rate": 0.1}
+
+
+def test_a_record_without_a_key_added_since_is_the_same_run() -> None:
+    """A key added to the configuration after a run was recorded, left at its default, does
+    not make the recorded run another run; any other difference does."""
+    config = load_config(DEMO_CONFIG)
+    recorded = config.identity()
+    del recorded["data"]["val_share"]
+    assert config.is_run(recorded)
+    assert config.is_run(config.identity())
+    changed = load_config(DEMO_CONFIG, ["schedule.lr=0.5"])
+    assert not changed.is_run(recorded)
+
+
+def test_switching_methods_drops_the_file_methods_options_with_a_notice(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    paper = DEMO_CONFIG.parent / "paper" / "gtav_dinov2_l.yaml"
+    config = load_config(paper, ["method.name=rein"])
+    assert (config.method.name, config.method.options) == ("rein", {})
+    assert "method.options (for 'fishertune') are not used" in capsys.readouterr().err
+    config = load_config(paper, ["method.name=rein", "method.options={num_tokens: 50}"])
+    assert config.method.options == {"num_tokens": 50}
+    kept = load_config(paper, ["method.name=fishertune"])
+    assert kept.method.options["variant"] == "DRF"
+    assert "notice" not in capsys.readouterr().err

@@ -12,10 +12,12 @@ from data_fixtures import build_cityscapes, build_gtav
 from fishertune.data.cityscapes import Cityscapes
 from fishertune.data.registry import open_dataset
 from fishertune.data.synthetic import SyntheticSettings, SyntheticStreets
+from fishertune.engine.config import load_config
 from fishertune.engine.domain_sets import (
     SOURCE_DOMAIN,
     evaluation_set,
     evaluation_sets,
+    held_out_count,
     source_train_set,
     source_val_set,
     target_sets,
@@ -95,3 +97,26 @@ def test_a_training_set_with_many_unknown_label_ids_is_warned_about(tmp_path: Pa
     assert re.match(r"7\d\.\d% of the label pixels in a sample of gtav's training labels", notice)
     assert "fishertune data check gtav ROOT" in notice
     assert unknown_label_notice(open_dataset("synthetic", "train", limit=2), "synthetic") is None
+
+
+def test_a_source_without_validation_split_can_hold_out_a_share(tmp_path: Path) -> None:
+    """GTAV declares no validation split: data.val_share holds out its last images for `best`,
+    never trained on; 0 keeps them all for training (and the run says it keeps `last` only)."""
+    build_gtav(tmp_path, [7, 8, 11, 26], n=10)
+    root = str(tmp_path)
+    train = source_train_set("gtav", root, limit=None, synthetic=SMALL, val_share=0.2)
+    val = source_val_set("gtav", root, limit=None, synthetic=SMALL, val_share=0.2)
+    assert val is not None
+    assert list(train.indices) == list(range(8))  # type: ignore[attr-defined]
+    assert list(val.indices) == [8, 9]  # type: ignore[attr-defined]
+    limited = source_train_set("gtav", root, limit=3, synthetic=SMALL, val_share=0.2)
+    assert list(limited.indices) == [0, 1, 2]  # type: ignore[attr-defined]
+    assert held_out_count(10, 0.01) == 1
+    sets = evaluation_sets("gtav", root, [], {}, limit=None, synthetic=SMALL, val_share=0.2)
+    assert list(sets) == [SOURCE_DOMAIN]
+    with pytest.raises(ValueError, match="leaves none to train on"):
+        held_out_count(1, 0.5)
+    with pytest.raises(ValueError, match=r"data\.val_share: 'synthetic' has its own validation"):
+        load_config(overrides=["data.source=synthetic", "data.targets=[fog]", "data.val_share=0.1"])
+    with pytest.raises(ValueError, match=r"data\.val_share: expected a share in \[0, 1\)"):
+        load_config(overrides=["data.val_share=1.5"])

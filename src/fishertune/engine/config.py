@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -140,7 +141,8 @@ class DataConfig:
             (the styles).
         roots: root directory of each target dataset (not needed for synthetic styles).
         crop: training crop size: one int (square) or ``[H, W]``.
-        batch_size: images per micro-batch on each process.
+        batch_size: images per micro-batch over all processes (the global batch; each of N
+            processes takes 1/N of it).
         workers: data-loader worker processes.
         train_images: use only the first this many source images (``None``: all; for
             ``"synthetic"`` the number of scenes generated).
@@ -149,6 +151,9 @@ class DataConfig:
         synthetic_size: ``[H, W]`` of the embedded benchmark's images.
         scale_range: the training pipeline's random rescale ratios ``[low, high]`` around the
             crop's short side (Rein's ``[0.5, 2.0]``).
+        val_share: for a source that declares no validation split (GTAV, SYNTHIA), the share
+            of its training images held out (the last ones) as its validation set, which
+            makes ``best`` checkpoints possible; 0: none (the run keeps ``last`` only).
         synthetic_seed: which scenes the embedded benchmark generates (its training and
             evaluation sets). Fixed across ``schedule.seed``: like a real data set, the scenes
             stay while the run's seed varies the training's randomness.
@@ -165,6 +170,7 @@ class DataConfig:
     eval_images: int | None = None
     synthetic_size: list[int] = field(default_factory=lambda: list(SyntheticSettings().size))
     synthetic_seed: int = 0
+    val_share: float = 0.0
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
 
     @property
@@ -262,6 +268,19 @@ class RunConfig:
             section: {k: v for k, v in values.items() if f"{section}.{k}" not in LOCATION_KEYS}
             for section, values in self.to_dict().items()
         }
+
+    def is_run(self, recorded: Mapping[str, Any]) -> bool:
+        """Whether a recorded :meth:`identity` is this configuration's run: equal, where a key
+        the record lacks counts as equal when this configuration leaves it at its default (a
+        key added to the configuration since cannot have changed what the run did)."""
+        current = self.identity()
+        defaults = RunConfig().identity()
+        for section, values in current.items():
+            written = recorded.get(section, {})
+            for key in [k for k in values if k not in written]:
+                if values[key] == defaults.get(section, {}).get(key):
+                    del values[key]
+        return dict(recorded) == current
 
 
 class _Loader(yaml.SafeLoader):
@@ -420,6 +439,14 @@ def _check_data_names(data: DataConfig) -> None:
             raise ValueError(
                 f"data.targets[{i}]: {target!r} is not one of the allowed {what} {sorted(allowed)}"
             )
+    if not 0.0 <= data.val_share < 1.0:
+        raise ValueError(f"data.val_share: expected a share in [0, 1), got {data.val_share}")
+    source = DATASETS[data.source]
+    if data.val_share > 0.0 and source.eval_split != source.train_split:
+        raise ValueError(
+            f"data.val_share: {data.source!r} has its own validation split "
+            f"{source.eval_split!r}; the share is for sources without one (e.g. gtav)"
+        )
 
 
 def _pair(size: int | list[int]) -> tuple[int, int]:
@@ -622,6 +649,29 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             data = {}
         if not isinstance(data, dict):
             raise ValueError(f"config file {file}: expected a mapping of sections, got {data!r}")
+    written = dict(data["method"]) if isinstance(data.get("method"), dict) else {}
     for override in overrides:
         _apply_override(data, override)
+    _drop_other_methods_options(data, written, overrides)
     return config_from_dict(data)
+
+
+def _drop_other_methods_options(
+    data: dict[str, Any], written: Mapping[str, Any], overrides: Sequence[str]
+) -> None:
+    """An override of ``method.name`` to another method drops the file's ``method.options``
+    (they are the file's method's), with a notice, unless the overrides set options too."""
+    method = data.get("method")
+    if not isinstance(method, dict) or not written.get("options"):
+        return
+    keys = [parse_override(text)[0] for text in overrides]
+    renamed = any(path[:2] == ["method", "name"] for path in keys)
+    optioned = any(path[:2] == ["method", "options"] for path in keys)
+    before, after = written.get("name", MethodConfig.name), method.get("name")
+    if renamed and not optioned and after != before:
+        method["options"] = {}
+        print(
+            f"notice: method.name {before!r} → {after!r}: the configuration's method.options "
+            f"(for {before!r}) are not used; give --set method.options=... for {after!r}",
+            file=sys.stderr,
+        )

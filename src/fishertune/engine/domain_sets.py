@@ -7,6 +7,7 @@ root raises ValueError naming the configuration key that gives it. Items are unt
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from torch.utils.data import Subset
@@ -20,6 +21,7 @@ __all__ = [
     "UNKNOWN_LABEL_WARNING",
     "evaluation_set",
     "evaluation_sets",
+    "held_out_count",
     "source_train_set",
     "source_val_set",
     "target_sets",
@@ -42,28 +44,73 @@ def _checked_root(name: str, root: str | None, key: str, role: str) -> str | Non
     return root
 
 
+def held_out_count(size: int, share: float) -> int:
+    """How many of a source's ``size`` training items a ``share`` holds out as its validation
+    set (at least one when the share is positive; none when it is 0)."""
+    if share <= 0.0:
+        return 0
+    count = max(1, math.ceil(size * share))
+    if count >= size:
+        raise ValueError(
+            f"data.val_share: {share} of {size} training images leaves none to train on"
+        )
+    return count
+
+
+def _own_validation(source: str) -> bool:
+    """Whether the data set declares a validation split apart from its training split."""
+    cls = dataset_class(source)
+    return cls.eval_split != cls.train_split
+
+
+def _first(dataset: LabelledImages, items: range, limit: int | None) -> LabelledImages:
+    chosen = items if limit is None else items[:limit]
+    return Subset(dataset, chosen)
+
+
 def source_train_set(
-    source: str, root: str | None, *, limit: int | None, synthetic: SyntheticSettings
+    source: str,
+    root: str | None,
+    *,
+    limit: int | None,
+    synthetic: SyntheticSettings,
+    val_share: float = 0.0,
 ) -> LabelledImages:
     """The training split of the data set ``source`` (at ``root``, ``data.root``): its first
-    ``limit`` items, in its training domain."""
+    ``limit`` items, in its training domain; without the last ``val_share`` of it when the
+    source declares no validation split (:func:`source_val_set` holds those out)."""
     split = dataset_class(source).train_split
     if split is None:
         raise ValueError(f"data.source: {source!r} has no training split (evaluation only)")
     checked = _checked_root(source, root, "data.root", "source")
-    return open_dataset(source, split, root=checked, limit=limit, synthetic=synthetic)
+    if val_share <= 0.0 or _own_validation(source):
+        return open_dataset(source, split, root=checked, limit=limit, synthetic=synthetic)
+    whole = open_dataset(source, split, root=checked, synthetic=synthetic)
+    size = len(whole)  # type: ignore[arg-type]
+    return _first(whole, range(size - held_out_count(size, val_share)), limit)
 
 
 def source_val_set(
-    source: str, root: str | None, *, limit: int | None, synthetic: SyntheticSettings
+    source: str,
+    root: str | None,
+    *,
+    limit: int | None,
+    synthetic: SyntheticSettings,
+    val_share: float = 0.0,
 ) -> LabelledImages | None:
     """The evaluation split of the data set ``source`` (its first ``limit`` items, in its
-    training domain); ``None`` when it is the training split (e.g. GTAV), without opening it."""
+    training domain); for a source that declares none (GTAV, SYNTHIA), the last ``val_share``
+    of its training split, or ``None`` without opening it when the share is 0."""
     cls = dataset_class(source)
-    if cls.eval_split == cls.train_split:
+    if not _own_validation(source) and val_share <= 0.0:
         return None
     checked = _checked_root(source, root, "data.root", "source")
-    return open_dataset(source, cls.eval_split, root=checked, limit=limit, synthetic=synthetic)
+    if _own_validation(source):
+        return open_dataset(source, cls.eval_split, root=checked, limit=limit, synthetic=synthetic)
+    assert cls.train_split is not None
+    whole = open_dataset(source, cls.train_split, root=checked, synthetic=synthetic)
+    size = len(whole)  # type: ignore[arg-type]
+    return _first(whole, range(size - held_out_count(size, val_share), size), limit)
 
 
 def evaluation_set(
@@ -116,12 +163,13 @@ def evaluation_sets(
     *,
     limit: int | None,
     synthetic: SyntheticSettings,
+    val_share: float = 0.0,
 ) -> dict[str, LabelledImages]:
     """Every domain a run is evaluated on: the source's validation set as
-    :data:`SOURCE_DOMAIN` when it has one (:func:`source_val_set`), then the targets
-    (:func:`target_sets`), each limited to ``limit`` items."""
+    :data:`SOURCE_DOMAIN` when it has one (:func:`source_val_set`, ``val_share`` for a source
+    without one), then the targets (:func:`target_sets`), each limited to ``limit`` items."""
     sets: dict[str, LabelledImages] = {}
-    source_val = source_val_set(source, root, limit=limit, synthetic=synthetic)
+    source_val = source_val_set(source, root, limit=limit, synthetic=synthetic, val_share=val_share)
     if source_val is not None:
         sets[SOURCE_DOMAIN] = source_val
     sets.update(target_sets(source, targets, roots, limit=limit, synthetic=synthetic))

@@ -176,7 +176,11 @@ class Trainer:
         self.total_steps = config.total_steps
         data = config.data
         self.train_set = source_train_set(
-            data.source, data.root, limit=data.train_images, synthetic=data.synthetic
+            data.source,
+            data.root,
+            limit=data.train_images,
+            synthetic=data.synthetic,
+            val_share=data.val_share,
         )
         notice = unknown_label_notice(self.train_set, data.source)
         if notice is not None and self.context.is_main:
@@ -188,7 +192,15 @@ class Trainer:
             data.roots,
             limit=data.eval_images,
             synthetic=data.synthetic,
+            val_share=data.val_share,
         )
+        if SOURCE_DOMAIN not in self.eval_sets and self.context.is_main:
+            print(
+                f"notice: {data.source} declares no validation split, so this run keeps "
+                "checkpoints/last only (no best); data.val_share=0.05 holds out 5% of the "
+                "source for validation",
+                file=sys.stderr,
+            )
         evaluation = config.evaluation
         self.protocol = eval_protocol(
             evaluation.protocol, evaluation.mode, source=data.source, synthetic=data.synthetic

@@ -9,6 +9,7 @@ method and loads the saved tensors, and the EMA weights when the run kept an ave
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,15 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
     target = Path(path)
     if target.is_dir():
         folder = target / "checkpoints" if (target / "checkpoints").is_dir() else target
-        for name in ("best", "last"):
-            if (folder / f"{name}.json").is_file():
-                return folder, name
+        if (folder / "best.json").is_file():
+            return folder, "best"
+        if (folder / "last.json").is_file():
+            print(
+                f"notice: {target} has no best checkpoint (its source had no validation set); "
+                "using last",
+                file=sys.stderr,
+            )
+            return folder, "last"
         raise FileNotFoundError(f"{target} holds no checkpoint (best.json or last.json)")
     if target.suffix in (".json", ".safetensors"):
         return checkpoint_name(target)

@@ -52,7 +52,13 @@ def _domains(
     those ``entries`` name, in order."""
     if not entries:
         return evaluation_sets(
-            data.source, data.root, data.targets, data.roots, limit=limit, synthetic=data.synthetic
+            data.source,
+            data.root,
+            data.targets,
+            data.roots,
+            limit=limit,
+            synthetic=data.synthetic,
+            val_share=data.val_share,
         )
     domains: dict[str, LabelledImages] = {}
     for entry in entries:

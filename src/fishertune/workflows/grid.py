@@ -144,7 +144,8 @@ def _read_record(run: GridRun) -> dict[str, Any] | None:
         record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a readable run record ({error})") from None
-    if not isinstance(record, dict) or record.get("identity") != run.config.identity():
+    identity = record.get("identity") if isinstance(record, dict) else None
+    if not isinstance(identity, dict) or not run.config.is_run(identity):
         raise ValueError(
             f"{path}: this run was made with other settings than those asked for now; use "
             "another --out, or remove the folder to redo it"
