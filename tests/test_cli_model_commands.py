@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -234,7 +235,25 @@ def test_evaluate_and_predict_commands(tmp_path: Path, capsys: pytest.CaptureFix
         "scene_mask.png",
         "scene_overlay.png",
         "scene_ids.png",
+        "scene_labelIds.png",
     }
+    from fishertune.data.labels import cityscapes_label_map
+
+    ids = np.asarray(Image.open(out / "scene_ids.png"))
+    label_ids = np.asarray(Image.open(out / "scene_labelIds.png"))
+    assert np.array_equal(cityscapes_label_map().apply(label_ids), ids)  # label ids → train ids
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("b.jpg", "a.png"):
+        Image.new("RGB", (64, 32), (90, 90, 90)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    native = tmp_path / "native"
+    assert main(["predict", run, str(folder), "--out", str(native), "--native"]) == 0
+    assert sorted(p.name for p in native.glob("*_ids.png")) == ["a_ids.png", "b_ids.png"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", run, str(empty), "--out", str(native)]) == 2
+    assert "a folder without images" in capsys.readouterr().err
     assert main(["predict", run, str(tmp_path / "nope.png"), "--out", str(out)]) == 2
     assert "nope.png" in capsys.readouterr().err
 

@@ -99,10 +99,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.out,
         alpha=args.alpha,
         mode=args.mode,
+        test_as=None if args.native else args.test_as,
         device=args.device,
         progress=not args.no_progress,
     )
-    print(f"{len(predictions)} image(s): masks and overlays in {args.out}")
+    print(f"{len(predictions)} image(s): ids, label ids, masks and overlays in {args.out}")
     return 0
 
 
@@ -362,15 +363,32 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
     predict = sub.add_parser(
         "predict",
-        help="segment images with a checkpoint: colour masks and overlays",
-        description="Writes <stem>_mask.png, <stem>_overlay.png and <stem>_ids.png per image.",
+        help="segment images with a checkpoint: train ids, label ids, colour masks, overlays",
+        description=(
+            "Segments each image (a folder: its images) as the run's protocol tests it: "
+            "resized to the protocol's test size (--test-as: a data set's), in its mode, the "
+            "scores resized back to the image. Writes <stem>_ids.png (train ids), "
+            "<stem>_labelIds.png (Cityscapes label ids, the benchmark servers' format, for "
+            "19-class models), <stem>_mask.png (colours) and <stem>_overlay.png."
+        ),
     )
     predict.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint JSON"
     )
-    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files to segment")
+    predict.add_argument(
+        "images", metavar="IMAGE", nargs="+", help="image files or folders of images"
+    )
     predict.add_argument("--out", required=True, metavar="DIR", help="output folder")
     predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    predict.add_argument(
+        "--test-as",
+        default="",
+        metavar="DATASET",
+        help="use this data set's test size under the protocol (default: its default size)",
+    )
+    predict.add_argument(
+        "--native", action="store_true", help="predict at each image's own size instead"
+    )
     predict.add_argument(
         "--mode",
         default=None,

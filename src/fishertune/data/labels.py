@@ -33,6 +33,7 @@ __all__ = [
     "cityscapes_label_map",
     "mapillary_label_map",
     "synthia_label_map",
+    "train_id_to_label_id",
 ]
 
 
@@ -186,6 +187,23 @@ class LabelConversion:
 
 
 @lru_cache(maxsize=1)
+def train_id_to_label_id() -> NDArray[np.uint8]:
+    """Train id → Cityscapes label id (256 entries; 255 and unused ids → 0, "unlabeled"), for
+    predictions in the format of the Cityscapes and ACDC benchmark servers, from
+    ``cityscapesscripts``' official table."""
+    try:
+        from cityscapesscripts.helpers.labels import trainId2label
+    except ImportError as error:
+        raise ImportError(
+            "writing Cityscapes label ids needs the official label table: "
+            "pip install cityscapesscripts"
+        ) from error
+    table = np.zeros(256, dtype=np.uint8)
+    for train in range(NUM_CLASSES):
+        table[train] = trainId2label[train].id
+    return table
+
+
 def cityscapes_label_map() -> LabelMap:
     """Cityscapes label id → train id, from ``cityscapesscripts.helpers.labels.labels``.
 

@@ -172,6 +172,28 @@ class DomainResults:
         Path(path).write_text(text + "\n", encoding="utf-8")
 
 
+def protocol_scores(
+    model: Predictor,
+    images: Tensor,
+    protocol: EvalProtocol,
+    domain: str,
+    size: tuple[int, int] | torch.Size,
+) -> Tensor:
+    """The class scores of ``images`` predicted as the protocol tests ``domain``: resized to
+    its test size (:meth:`EvalProtocol.resized_shape`), run in its mode (whole or sliding
+    windows), and the scores resized back (bilinearly, as mmseg) to ``size`` ``(H, W)``."""
+    height, width = images.shape[-2:]
+    tested = protocol.resized_shape(domain, height, width)
+    if tested != (height, width):
+        images = F.interpolate(images, size=tested, mode="bilinear", align_corners=False)
+    scores = model.predict(
+        images, mode=protocol.mode, crop_size=protocol.crop, stride=protocol.stride
+    )
+    if tuple(scores.shape[-2:]) != tuple(size):
+        scores = F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
+    return scores
+
+
 def evaluate_domains(
     model: Predictor,
     domains: Mapping[str, Iterable[tuple[Tensor, Tensor]]],
@@ -206,17 +228,7 @@ def evaluate_domains(
             metric = SegmentationMetric(len(names), device=device)
             for images, labels in track(batches, f"eval {domain}", enabled=progress):
                 images, labels = images.to(device), labels.to(device)
-                height, width = images.shape[-2:]
-                size = protocol.resized_shape(domain, height, width)
-                if size != (height, width):
-                    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-                scores = model.predict(
-                    images, mode=protocol.mode, crop_size=protocol.crop, stride=protocol.stride
-                )
-                if scores.shape[-2:] != labels.shape[-2:]:
-                    scores = F.interpolate(
-                        scores, size=labels.shape[-2:], mode="bilinear", align_corners=False
-                    )
+                scores = protocol_scores(model, images, protocol, domain, labels.shape[-2:])
                 metric.update(scores, labels)
             values = metric.compute()
             results[domain] = DomainMetrics(
