@@ -19,7 +19,7 @@ from fishertune.data.synthetic import SyntheticStreets
 from fishertune.engine.batches import evaluation_transform
 from fishertune.engine.trainer import Trainer
 from fishertune.engine.tuned_model import load_trained
-from fishertune.evaluation.domains import evaluate_domains
+from fishertune.evaluation.domains import evaluate_domains, protocol_scores
 from fishertune.label_space import CITYSCAPES_CLASSES
 from fishertune.models import ViTBackbone
 from fishertune.reporting.palette import colorize, overlay
@@ -142,7 +142,9 @@ def test_predict_images_writes_masks_overlays_and_ids(tmp_path: Path, last: Path
     second = tmp_path / "other" / "street.png"  # same stem: must not overwrite the first
     rgbs = [_write_scene(first, "fog", (32, 64)), _write_scene(second, "night", (40, 72))]
     out = tmp_path / "out" / "nested"
-    predictions = predict_images(last, [first, str(second)], out, alpha=0.3, progress=False)
+    predictions = predict_images(
+        last, [first, str(second)], out, alpha=0.3, test_as=None, progress=False
+    )
 
     model = load_trained(last)
     backbone = model.segmentor.backbone
@@ -150,7 +152,7 @@ def test_predict_images_writes_masks_overlays_and_ids(tmp_path: Path, last: Path
     transform = evaluation_transform(backbone.mean, backbone.std)
     assert [p.source for p in predictions] == [first, second]
     assert [p.ids.name for p in predictions] == ["street_ids.png", "street-2_ids.png"]
-    assert len(list(out.iterdir())) == 6
+    assert len(list(out.iterdir())) == 8  # ids, label ids, mask, overlay per image
     for prediction, rgb in zip(predictions, rgbs, strict=True):
         height, width = rgb.shape[:2]
         assert prediction.size == (height, width)
@@ -176,6 +178,16 @@ def test_predict_images_writes_masks_overlays_and_ids(tmp_path: Path, last: Path
         assert sum(prediction.class_share.values()) == pytest.approx(1.0)
         shares = list(prediction.class_share.values())
         assert shares == sorted(shares, reverse=True)
+    # by default as the protocol tests an image: resized to its test size, scores resized back
+    tested = predict_images(last, [second], tmp_path / "tested", progress=False)[0]
+    height, width = rgbs[1].shape[:2]
+    pixels = torch.from_numpy(rgbs[1]).permute(2, 0, 1)
+    normalised, _ = transform(pixels, torch.zeros(height, width, dtype=torch.int64))
+    protocol = model.protocol()
+    assert protocol.resized_shape("", height, width) != (height, width)
+    scores = protocol_scores(model.segmentor, normalised[None], protocol, "", (height, width))
+    with Image.open(tested.ids) as ids_png:
+        np.testing.assert_array_equal(np.array(ids_png), scores[0].argmax(0).numpy())
 
 
 def test_predict_images_validates_every_input_first(tmp_path: Path, last: Path) -> None:
