@@ -53,6 +53,10 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
         ["compare"],
         ["study"],
         ["pretrain-demo-backbone"],
+        ["export"],
+        ["list"],
+        ["config", "show"],
+        ["params"],
     ],
 )
 def test_help_texts_print_percent_signs_once(

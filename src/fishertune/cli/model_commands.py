@@ -107,6 +107,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fishertune.workflows.export import export_model
+
+    check_output_file(args.out, "--out")
+    done = export_model(args.run, args.out, use_ema=not args.no_ema)
+    how = "folded into the backbone's weights" if done.merged else "kept as its own modules"
+    print(f"{done.path}: {done.tensors} tensors; method {done.method!r} {how}")
+    print("load it with fishertune.workflows.export.load_exported(path)")
+    return 0
+
+
 def parse_seeds(text: str | None, first: int) -> list[int] | None:
     """``--seeds``: a count N (seeds ``first`` … ``first`` + N − 1) or a comma-separated list
     (``0,3,7``); None when not given."""
@@ -397,6 +408,22 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     _common(predict)
     predict.set_defaults(func=_cmd_predict)
+
+    export = sub.add_parser(
+        "export",
+        help="write a trained run as one standalone model file (method merged where possible)",
+        description=(
+            "Loads RUN's checkpoint (best, else last; EMA weights where kept), folds the "
+            "method into the backbone's weights where it allows (full, sparse methods, "
+            "FisherTune, LoRA), and writes every tensor with the model configuration to one "
+            "checked safetensors file, loadable without the run folder or base weights by "
+            "fishertune.workflows.export.load_exported."
+        ),
+    )
+    export.add_argument("run", metavar="RUN", help="a run folder or a checkpoint JSON")
+    export.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    export.add_argument("--no-ema", action="store_true", help="export the raw, not EMA, weights")
+    export.set_defaults(func=_cmd_export)
 
     comparison = sub.add_parser(
         "compare",
