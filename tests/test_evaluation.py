@@ -261,3 +261,14 @@ def test_class_table_has_the_cityscapes_columns() -> None:
     header = results.class_table().splitlines()[0]
     assert header == "| Domain | " + " | ".join(CITYSCAPES_CLASSES) + " | mIoU |"
     assert results.domain_table().splitlines()[2] == "| m | 50.00 | 50.00 |"
+
+
+def test_the_protocol_line_names_each_data_sets_split() -> None:
+    """ACDC's test labels are not public: its table says it was evaluated on val."""
+    metrics = DomainMetrics(iou=(0.5,) * 19, miou=0.5, pixel_acc=0.9, test_size=(960, 540))
+    domains = {"acdc": metrics, "nighttime_driving": metrics, "source": metrics}
+    results = DomainResults("m", get_protocol("rein"), CITYSCAPES_CLASSES, domains)
+    line = results.to_markdown().splitlines()[0]
+    assert "acdc (val) 960×540" in line
+    assert "nighttime_driving (test) 960×540" in line
+    assert "source 960×540" in line

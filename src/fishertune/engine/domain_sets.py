@@ -37,7 +37,7 @@ def _checked_root(name: str, root: str | None, key: str, role: str) -> str | Non
     """``root``, which must be given when the data set ``name`` is read from files; the
     ValueError names the configuration ``key`` that gives it."""
     if root is None and name in FILE_DATASETS:
-        leave = f", or leave it out of data.targets (e.g. --set 'data.targets=[...]')"
+        leave = ", or leave it out of data.targets (e.g. --set 'data.targets=[...]')"
         raise ValueError(
             f"{key}: the {role} dataset {name!r} needs its root directory "
             f"(e.g. --set {key}=/data/{name}){leave if role == 'target' else ''}"

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Parameter
 
+from fishertune.data.registry import DATASETS
 from fishertune.evaluation.intervals import json_number, number
 from fishertune.evaluation.metric import SegmentationMetric
 from fishertune.evaluation.protocols import EvalProtocol, get_protocol
@@ -121,7 +122,8 @@ class DomainResults:
         """The protocol line, Table 1 and Table 2, separated by blank lines."""
         p = self.protocol
         scales = ", ".join(
-            f"{name} {m.test_size[0]}×{m.test_size[1]}" for name, m in self.domains.items()
+            f"{name}{_split_note(name)} {m.test_size[0]}×{m.test_size[1]}"
+            for name, m in self.domains.items()
         )
         inference = f"slide {p.crop}/{p.stride}" if p.mode == "slide" else "whole"
         line = f"Protocol `{p.name}`: {inference}; test scale {scales}"
@@ -170,6 +172,13 @@ class DomainResults:
         """Write :meth:`to_dict` to ``path`` (indented, UTF-8)."""
         text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
         Path(path).write_text(text + "\n", encoding="utf-8")
+
+
+def _split_note(domain: str) -> str:
+    """`` (val)``-style: the split a registered data set is evaluated on (ACDC and the others
+    whose test labels are not public are evaluated on their validation split); "" else."""
+    cls = DATASETS.get(domain)
+    return f" ({cls.eval_split})" if cls is not None and not cls.domains else ""
 
 
 def protocol_scores(
