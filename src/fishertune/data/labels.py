@@ -186,7 +186,6 @@ class LabelConversion:
     label_map: Callable[[Path], LabelMap]
 
 
-@lru_cache(maxsize=1)
 def train_id_to_label_id() -> NDArray[np.uint8]:
     """Train id → Cityscapes label id (256 entries; 255 and unused ids → 0, "unlabeled"), for
     predictions in the format of the Cityscapes and ACDC benchmark servers, from
@@ -204,6 +203,7 @@ def train_id_to_label_id() -> NDArray[np.uint8]:
     return table
 
 
+@lru_cache(maxsize=1)
 def cityscapes_label_map() -> LabelMap:
     """Cityscapes label id → train id, from ``cityscapesscripts.helpers.labels.labels``.
 
