@@ -20,10 +20,15 @@ CONFIGS = {
         total_steps=6, refresh_every=2, dense_modules=("head",), variant="F", shift_module=None
     ),
     "DRF": FinetuneConfig(total_steps=6, refresh_every=2, dense_modules=("head",)),
+    "DRF_across": FinetuneConfig(
+        total_steps=6, refresh_every=2, dense_modules=("head",), across_processes=True
+    ),
 }
-"""F alone equals one process with the global batch; the DRF's simulated shift draws from each
-rank's own micro-batch (its batch statistics and noise), so a DRF run equals one process only
-in distribution, while every rank still holds the same (reduced) scores and selection."""
+"""F alone equals one process with the global batch; by default the DRF's simulated shift draws
+from each rank's own micro-batch (its batch statistics and noise), so a DRF run equals one
+process only in distribution, while every rank still holds the same (reduced) scores and
+selection; with ``across_processes`` the shift spans the ranks' micro-batches and the DRF run
+equals one process too."""
 
 
 def global_batches() -> list[tuple[Tensor, Tensor]]:

@@ -74,20 +74,22 @@ def test_sparse_finetune_on_two_ranks_equals_one_process_with_the_global_batch(
     tmp_path: Path,
 ) -> None:
     """The scores are reduced over the ranks, so every rank holds the same selection; by F
-    alone it is the one that one process makes on the global batches, and with averaged
-    gradients the ranks train the same weights as that process."""
+    alone, and by the DRF with ``across_processes``, it is the one that one process makes on
+    the global batches, and with averaged gradients the ranks train the same weights as that
+    process."""
     _torchrun("distributed_finetune_worker.py", tmp_path)
-    for variant in ("F", "DRF"):
+    for variant in ("F", "DRF", "DRF_across"):
         first, second = (load_file(str(tmp_path / f"{variant}{r}.safetensors")) for r in range(2))
         for key, value in first.items():
             assert torch.equal(value, second[key]), (variant, key)
-    tuner, weights = finetune(global_batches(), "F")
-    first = load_file(str(tmp_path / "F0.safetensors"))
-    assert tuner.selection is not None
-    for name, index in tuner.selection.items():
-        assert torch.equal(first[f"selection:{name}"], index), name
-    for key, value in weights.items():
-        torch.testing.assert_close(first[key], value, rtol=1e-4, atol=1e-6)
+    for variant in ("F", "DRF_across"):
+        tuner, weights = finetune(global_batches(), variant)
+        first = load_file(str(tmp_path / f"{variant}0.safetensors"))
+        assert tuner.selection is not None
+        for name, index in tuner.selection.items():
+            assert torch.equal(first[f"selection:{name}"], index), (variant, name)
+        for key, value in weights.items():
+            torch.testing.assert_close(first[key], value, rtol=1e-4, atol=1e-6)
 
 
 def test_the_configured_batch_is_the_global_batch_and_the_shift_spans_the_processes(

@@ -200,7 +200,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     if len(comparison.seeds) == 1:
         print(
-            "one seed per method (the demo's time: about 6-10 minutes on 2 CPU cores). For mean ± "
+            "one seed per method (the demo's time: about 6-12 minutes on 2 CPU cores). For mean ± "
             "95% CI over seeds and paired differences run: fishertune compare configs/demo.yaml "
             f"--methods {','.join(methods)} --seeds 3"
         )
@@ -291,7 +291,7 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         description=(
             "Fine-tunes the shipped demo backbone on the synthetic source style with each "
             "method, evaluates on the source and five unseen styles, prints the per-domain "
-            "table and writes report.md with figures. One seed per method; 6-10 minutes on 2 "
+            "table and writes report.md with figures. One seed per method; 6-12 minutes on 2 "
             "CPU cores, depending on the machine (--quick: about 1.5)."
         ),
     )

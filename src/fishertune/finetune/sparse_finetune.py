@@ -107,6 +107,10 @@ class FinetuneConfig:
         estimation_batches: at most this many batches are taken from what
             :meth:`SparseFinetune.estimate` is given.
         variational_steps: steps of each stable fit.
+        across_processes: under ``torch.distributed``, the i-th estimation batches of all
+            ranks are one batch: the shift's batch statistics and noise and the sampled
+            labels are those one process with the whole batch gets, so a DRF run equals one
+            process with the global batch (every rank must then pass as many batches).
         seed: seeds the shift's noise and the estimators' draws.
     """
 
@@ -126,6 +130,7 @@ class FinetuneConfig:
     labels: str = "given"
     estimation_batches: int = 16
     variational_steps: int = 100
+    across_processes: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -201,6 +206,7 @@ class SparseFinetune:
                 if cfg.prefix_tokens is None
                 else cfg.prefix_tokens
             ),
+            across_processes=cfg.across_processes,
         )
 
     def estimate(self, batches: Iterable[Any], loss_fn: LossFn | None = None) -> dict[str, Tensor]:
@@ -212,7 +218,11 @@ class SparseFinetune:
         if not data:
             raise ValueError("estimate: batches is empty")
         shift = self._shift()
-        options: dict[str, Any] = {"params": self.candidates, "labels": cfg.labels}
+        options: dict[str, Any] = {
+            "params": self.candidates,
+            "labels": cfg.labels,
+            "across_processes": cfg.across_processes,
+        }
         if loss_fn is not None:
             options["loss_fn"] = loss_fn
         if cfg.estimator == "diagonal":
