@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import subprocess
@@ -412,3 +413,31 @@ def test_predict_turns_a_photo_upright_by_its_exif_orientation(tmp_path: Path) -
     assert main(["predict", str(tmp_path / "run"), str(photo), "--out", str(out)]) == 0
     with Image.open(out / "portrait_ids.png") as ids:
         assert ids.size == (32, 64)  # upright: width and height swapped
+
+
+def test_a_full_disk_is_reported_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails without naming its file (ENOSPC) is one line naming the file."""
+    import errno
+
+    from fishertune.atomic import atomic_write
+
+    def full(path: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "out" / "results.json"
+    with pytest.raises(OSError, match="No space left on device") as error:
+        atomic_write(target, full)
+    assert error.value.filename == str(target)
+    assert not list(target.parent.iterdir())  # no temporary file left behind
+
+    def fail(_: object) -> int:
+        atomic_write(target, full)
+        return 0
+
+    from fishertune.cli.guard import run_guarded
+
+    assert run_guarded("evaluate", fail, argparse.Namespace()) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fishertune evaluate: error: No space left on device: {target}"

@@ -33,7 +33,8 @@ def _fsync_directory(directory: Path) -> None:
 def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
     """Call ``write(temporary path)``, then move the complete file onto ``target``.
 
-    ``target``'s directory is created when missing.
+    ``target``'s directory is created when missing. An ``OSError`` that names no file (a full
+    disk, an I/O error) is raised again naming ``target``.
     """
     final = Path(target)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,11 @@ def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], object]
             os.fsync(file.fileno())
         os.chmod(temporary, 0o644)
         os.replace(temporary, final)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror or str(error), str(final)) from error
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
