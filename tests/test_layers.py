@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fishertune"
 
 LAYERS = (
-    ("label_space", "progress", "atomic"),
+    ("label_space", "progress", "atomic", "process_group"),
     ("data", "selection"),
     ("evaluation", "optim", "sensitivity", "models"),
     ("tuners", "finetune"),

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fishertune.process_group import reduce_mean
+
 __all__ = [
     "DistributedContext",
     "average_gradients",
@@ -129,15 +131,6 @@ def _reduce_bucket(grads: list[Tensor], world: int) -> None:
     for grad in grads:
         grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
         offset += grad.numel()
-
-
-def reduce_mean(value: Tensor) -> Tensor:
-    """``value`` averaged over the ranks (a copy; the value itself in a single process)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return value
-    total = value.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total / dist.get_world_size()
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from fishertune.process_group import world_size
 from fishertune.sensitivity.losses import class_logits, model_loss, per_image_loss
 
 LossFn = Callable[[Any, Tensor], Tensor]
@@ -118,10 +119,3 @@ def global_share(count: int, device: torch.device) -> tuple[int, int] | None:
     counts[dist.get_rank()] = count
     dist.all_reduce(counts)
     return int(counts.sum()), int(counts[: dist.get_rank()].sum())
-
-
-def world_size() -> int:
-    """Number of ranks, 1 without ``torch.distributed``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from fishertune.process_group import world_size
 from fishertune.sensitivity._common import global_share
 from fishertune.sensitivity.dr_fim import shift_coefficient
 
@@ -149,9 +150,7 @@ class FeaturePerturbation:
 
     def _world(self) -> int:
         """The number of processes sharing the batch (1 unless ``across_processes``)."""
-        if self.across_processes and dist.is_available() and dist.is_initialized():
-            return dist.get_world_size()
-        return 1
+        return world_size() if self.across_processes else 1
 
     def _draw_across(self, mu: Tensor, sigma: Tensor) -> Offsets:
         """Offsets of this process's samples when the batch spans every process: the spread

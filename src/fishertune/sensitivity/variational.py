@@ -62,6 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from fishertune.label_space import IGNORE_INDEX
+from fishertune.process_group import world_size
 from fishertune.progress import track
 from fishertune.sensitivity._common import (
     LossFn,
@@ -71,7 +72,6 @@ from fishertune.sensitivity._common import (
     eval_mode,
     resolve_params,
     uses_model_loss,
-    world_size,
 )
 from fishertune.sensitivity.model_inputs import ModelInputs, unpack_batch
 from fishertune.sensitivity.per_sample import PerSampleGrads

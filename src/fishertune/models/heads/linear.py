@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from timm.layers.norm import LayerNorm2d
 from torch import Tensor, nn
 
 from fishertune.label_space import IGNORE_INDEX
+from fishertune.process_group import reduce_mean
 
 NORMS = ("bn", "ln")
 
@@ -116,10 +116,7 @@ class LinearHead(nn.Module):
         summed = F.cross_entropy(
             logits, targets.long(), ignore_index=self.ignore_index, reduction="sum"
         )
-        valid = (targets != self.ignore_index).sum().to(summed.dtype)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(valid)
-            valid = valid / dist.get_world_size()
+        valid = reduce_mean((targets != self.ignore_index).sum().to(summed.dtype))
         return {"loss_ce": summed / valid.clamp_min(1)}
 
     def predict(self, features: list[Tensor], image_size: tuple[int, int]) -> Tensor:

@@ -32,10 +32,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+
+from fishertune.process_group import reduce_mean
 
 TARGET_SAMPLING = ("bilinear", "nearest")
 """How target masks are read at the sampled points (pixel weights: always the nearest)."""
@@ -83,10 +84,7 @@ def semantic_to_mask_targets(
 def _mean_mask_count(targets: MaskTargets, device: torch.device) -> float:
     """The batch's target masks per process, over all processes (at least 1)."""
     count = torch.tensor(float(sum(len(labels) for labels in targets.labels)), device=device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(count)
-        count = count / dist.get_world_size()
-    return max(float(count), 1.0)
+    return max(float(reduce_mean(count)), 1.0)
 
 
 def point_sample(maps: Tensor, points: Tensor, mode: str = "bilinear") -> Tensor:
