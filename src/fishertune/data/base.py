@@ -229,6 +229,12 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
         self.check = check
 
     @classmethod
+    def has_validation_split(cls) -> bool:
+        """Whether it evaluates on a split apart from the one it trains on (GTAV and SYNTHIA,
+        one split for both, do not)."""
+        return cls.eval_split != cls.train_split
+
+    @classmethod
     def resolve_split(cls, split: str | None) -> str:
         """Return ``split``, or the default split for None; ValueError for an unknown split."""
         if split is None:

@@ -92,8 +92,10 @@ class ModelConfig:
             ("model.head_options", self.head_options, head_option_names(self.head)),
         ]
         for key, given, allowed in checks:
-            unknown = sorted(str(k) for k in given if allowed is not None and k not in allowed)
-            if unknown and allowed is not None:
+            if allowed is None:  # a timm model whose options are checked when it is built
+                continue
+            unknown = sorted(str(k) for k in given if k not in allowed)
+            if unknown:
                 raise ValueError(
                     f"unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)} for "
                     f"{self.backbone if key == 'model.options' else self.head!r}; allowed: "
@@ -442,7 +444,7 @@ def _check_data_names(data: DataConfig) -> None:
     if not 0.0 <= data.val_share < 1.0:
         raise ValueError(f"data.val_share: expected a share in [0, 1), got {data.val_share}")
     source = DATASETS[data.source]
-    if data.val_share > 0.0 and source.eval_split != source.train_split:
+    if data.val_share > 0.0 and source.has_validation_split():
         raise ValueError(
             f"data.val_share: {data.source!r} has its own validation split "
             f"{source.eval_split!r}; the share is for sources without one (e.g. gtav)"

@@ -58,12 +58,6 @@ def held_out_count(size: int, share: float) -> int:
     return count
 
 
-def _own_validation(source: str) -> bool:
-    """Whether the data set declares a validation split apart from its training split."""
-    cls = dataset_class(source)
-    return cls.eval_split != cls.train_split
-
-
 def _first(dataset: LabelledImages, items: range, limit: int | None) -> LabelledImages:
     chosen = items if limit is None else items[:limit]
     return Subset(dataset, chosen)
@@ -84,7 +78,7 @@ def source_train_set(
     if split is None:
         raise ValueError(f"data.source: {source!r} has no training split (evaluation only)")
     checked = _checked_root(source, root, "data.root", "source")
-    if val_share <= 0.0 or _own_validation(source):
+    if val_share <= 0.0 or dataset_class(source).has_validation_split():
         return open_dataset(source, split, root=checked, limit=limit, synthetic=synthetic)
     whole = open_dataset(source, split, root=checked, synthetic=synthetic)
     size = len(whole)  # type: ignore[arg-type]
@@ -103,10 +97,11 @@ def source_val_set(
     training domain); for a source that declares none (GTAV, SYNTHIA), the last ``val_share``
     of its training split, or ``None`` without opening it when the share is 0."""
     cls = dataset_class(source)
-    if not _own_validation(source) and val_share <= 0.0:
+    own = cls.has_validation_split()
+    if not own and val_share <= 0.0:
         return None
     checked = _checked_root(source, root, "data.root", "source")
-    if _own_validation(source):
+    if own:
         return open_dataset(source, cls.eval_split, root=checked, limit=limit, synthetic=synthetic)
     assert cls.train_split is not None
     whole = open_dataset(source, cls.train_split, root=checked, synthetic=synthetic)

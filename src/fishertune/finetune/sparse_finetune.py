@@ -288,7 +288,7 @@ class SparseFinetune:
             param.requires_grad_(name in self.dense)  # SparseAdamW unfreezes the selected
         selection = self.selection
         if selection is None:
-            selection = Selection.empty({n: p.shape for n, p in self.candidates.items()})
+            selection = Selection.empty(self._shapes())
         trainable = [*self.candidates.values(), *self.dense.values()]
         self._optimizer = SparseAdamW(trainable, selection, self.candidates, **hyper)
         return self._optimizer
@@ -336,7 +336,7 @@ class SparseFinetune:
         metadata = {
             "steps_done": str(self.steps_done),
             "schedule": json.dumps(self._schedule()),
-            "shapes": json.dumps({n: list(p.shape) for n, p in self.candidates.items()}),
+            "shapes": json.dumps({n: list(shape) for n, shape in self._shapes().items()}),
         }
         return save_checked(path, tensors, STATE_FORMAT, metadata)
 
@@ -351,7 +351,7 @@ class SparseFinetune:
                 f"{file}: saved with the schedule {metadata['schedule']}, this tuner has "
                 f"{json.dumps(self._schedule())}"
             )
-        shapes = {n: list(p.shape) for n, p in self.candidates.items()}
+        shapes = {n: list(shape) for n, shape in self._shapes().items()}
         if json.loads(metadata["shapes"]) != shapes:
             raise ValueError(f"{file}: its candidate tensors differ from this model's")
         scores: dict[str, Tensor] = {}
@@ -364,10 +364,14 @@ class SparseFinetune:
             scores[name] = score.reshape(param.shape)
             selected[name] = tensors[name + _SELECTED].to(param.device)
         self.scores = scores
-        self.selection = Selection(selected, {n: p.shape for n, p in self.candidates.items()})
+        self.selection = Selection(selected, self._shapes())
         self.steps_done = int(metadata["steps_done"])
         if self._optimizer is not None and self._optimizer.selection.count != self.selection.count:
             self._optimizer.update_selection(self.selection)
+
+    def _shapes(self) -> dict[str, torch.Size]:
+        """Every candidate tensor's shape, by name."""
+        return {name: param.shape for name, param in self.candidates.items()}
 
     def _schedule(self) -> dict[str, Any]:
         return {field: getattr(self.config, field) for field in _SCHEDULE_FIELDS}

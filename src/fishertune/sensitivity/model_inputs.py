@@ -84,11 +84,6 @@ class ModelInputs:
         """``model(*args, **kwargs)`` with its parameters and buffers taken from ``tensors``."""
         return functional_call(model, dict(tensors), self.args, self.kwargs)
 
-    def floating(self) -> list[Tensor]:
-        """The floating-point tensors among the inputs."""
-        values = (*self.args, *self.kwargs.values())
-        return [v for v in values if isinstance(v, Tensor) and v.is_floating_point()]
-
 
 def unpack_batch(
     batch: Any, device: torch.device, *, need_targets: bool, model_loss: bool
