@@ -11,7 +11,7 @@ import pytest
 
 from fishertune import __version__
 from fishertune.cli import build_parser, main
-from fishertune.cli.model_commands import _config
+from fishertune.cli.run_arguments import run_config
 from fishertune.engine.config import load_config
 from fishertune.tuners import available_tuners
 
@@ -155,4 +155,4 @@ def test_config_show_prints_the_resolved_configuration(
 def test_train_out_sets_the_run_folder(tmp_path: Path) -> None:
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     args = build_parser().parse_args(["train", str(demo), "--out", str(tmp_path / "run")])
-    assert _config(args).output.run_dir == str(tmp_path / "run")
+    assert run_config(args).output.run_dir == str(tmp_path / "run")

@@ -1,8 +1,9 @@
 """The ``fishertune`` command line: ``info`` here; ``params``, ``list`` and ``config show`` in
 :mod:`fishertune.cli.catalog_commands`; ``data check|convert`` in
 :mod:`fishertune.cli.data_commands`; the run commands (``demo``, ``train``, ``sensitivity``,
-``evaluate``, ``predict``, ``compare``, ``study``, ``pretrain-demo-backbone``) in
-:mod:`fishertune.cli.model_commands`.
+``evaluate``, ``predict``, ``export``, ``compare``, ``study``, ``pretrain-demo-backbone``) in
+:mod:`fishertune.cli.model_commands`; the arguments they share in
+:mod:`fishertune.cli.run_arguments`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ import copy
 import json
 from typing import Any
 
+from fishertune.cli.run_arguments import config_arguments, parse_methods, run_config
+
 __all__ = ["add_catalog_commands", "trainable_counts"]
 
 PAPER_BACKBONE = "vit_large_patch14_dinov2"
@@ -49,25 +51,17 @@ def trainable_counts(
     return total, report
 
 
-def _methods(text: str) -> list[str]:
-    from fishertune.tuners import available_tuners
-
-    methods = [m.strip() for m in text.split(",") if m.strip()] or available_tuners()
-    unknown = sorted(set(methods) - set(available_tuners()))
-    if unknown:
-        raise ValueError(f"--methods: unknown {unknown}; choose from {available_tuners()}")
-    return methods
-
-
 def _cmd_params(args: argparse.Namespace) -> int:
     """Trainable parameters of every method on a backbone built on the meta device."""
+    from fishertune.tuners import available_tuners
+
     total, report = trainable_counts(
         args.backbone,
         args.head,
         args.img_size,
         args.patch_size,
         args.num_classes,
-        _methods(args.methods),
+        parse_methods(args.methods, default=available_tuners()),
     )
     if args.json:
         print(json.dumps({"backbone": args.backbone, "backbone_total": total, "methods": report}))
@@ -121,10 +115,7 @@ def _yaml_text(data: Any) -> str:
 def _cmd_config_show(args: argparse.Namespace) -> int:
     """The configuration as a run would use it: defaults filled in, overrides applied,
     every key and value checked."""
-    from fishertune.engine.config import load_config
-
-    config = load_config(args.config, args.set)
-    print(_yaml_text(config.to_dict()), end="")
+    print(_yaml_text(run_config(args).to_dict()), end="")
     return 0
 
 
@@ -175,12 +166,5 @@ def add_catalog_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
             "(one line naming the key on an error, exit 2) and prints the result as YAML."
         ),
     )
-    show.add_argument("config", metavar="CONFIG", help="run configuration (YAML)")
-    show.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a configuration value, e.g. --set schedule.lr=2e-4 (repeatable)",
-    )
+    config_arguments(show, out=False)
     show.set_defaults(func=_cmd_config_show)

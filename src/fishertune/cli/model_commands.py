@@ -10,21 +10,11 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fishertune.cli.guard import check_output_file, check_output_folder
-
-if TYPE_CHECKING:
-    from fishertune.engine.config import RunConfig
+from fishertune.cli.run_arguments import config_arguments, parse_methods, run_config
 
 __all__ = ["add_model_commands"]
-
-
-def _config(args: argparse.Namespace) -> RunConfig:
-    from fishertune.engine.config import load_config
-
-    out = getattr(args, "run_out", None)
-    return load_config(args.config, [*args.set, *([f"output.run_dir={out}"] if out else [])])
 
 
 def _say_done(report: Path | None) -> None:
@@ -36,7 +26,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fishertune.workflows.training import train_and_report
 
     _, result, report = train_and_report(
-        _config(args), resume=args.resume, progress=not args.no_progress, device=args.device
+        run_config(args), resume=args.resume, progress=not args.no_progress, device=args.device
     )
     if report is not None and result.results is not None:
         print(result.results.domain_table())
@@ -49,7 +39,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from fishertune.engine.training_state import CHECKPOINTS
     from fishertune.workflows.training import sensitivity_map
 
-    config = _config(args)
+    config = run_config(args)
     scores, figure, quality = sensitivity_map(
         config, progress=not args.no_progress, device=args.device
     )
@@ -154,14 +144,10 @@ def _seed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from fishertune.tuners import available_tuners
     from fishertune.workflows.comparison import compare
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(available_tuners()))
-    if unknown:
-        raise ValueError(f"--methods: unknown {unknown}; choose from {available_tuners()}")
-    config = _config(args)
+    methods = parse_methods(args.methods, default=())
+    config = run_config(args)
     comparison = compare(
         config,
         methods,
@@ -264,25 +250,6 @@ def _common(parser: argparse.ArgumentParser, *, progress: bool = True) -> None:
         parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _config_arguments(parser: argparse.ArgumentParser, *, out: bool = True) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="run configuration (YAML)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a configuration value, e.g. --set schedule.lr=2e-4 (repeatable)",
-    )
-    if out:
-        parser.add_argument(
-            "--out",
-            dest="run_out",
-            default=None,
-            metavar="DIR",
-            help="the run folder (same as --set output.run_dir=DIR; default: the config's)",
-        )
-
-
 def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the run commands on the top-level sub-parser."""
     demo = sub.add_parser(
@@ -312,7 +279,7 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
             "torchrun --nproc-per-node=N -m fishertune.cli train CONFIG."
         ),
     )
-    _config_arguments(train)
+    config_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue from checkpoints/last")
     _common(train)
     train.set_defaults(func=_cmd_train)
@@ -326,7 +293,7 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
             "figures/sensitivity.png: blocks × {Q, K, V, FFN}."
         ),
     )
-    _config_arguments(sensitivity)
+    config_arguments(sensitivity)
     _common(sensitivity)
     sensitivity.set_defaults(func=_cmd_sensitivity)
 
@@ -433,7 +400,7 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
             "options, the others use their defaults) in OUT/<method> and writes OUT/report.md."
         ),
     )
-    _config_arguments(comparison, out=False)
+    config_arguments(comparison, out=False)
     comparison.add_argument("--methods", required=True, help="comma-separated method names")
     comparison.add_argument("--out", default=None, help="output folder (default output.run_dir)")
     comparison.add_argument("--resume", action="store_true", help="continue interrupted runs")
