@@ -145,8 +145,15 @@ HIGHLIGHT = "FisherTune"
 """Arms whose label starts with this are marked in the per-arm panels."""
 
 
+HIGHLIGHT_COLOUR, ARM_COLOUR = "tab:red", "tab:blue"
+
+
 def _is_highlighted(label: str) -> bool:
     return label.startswith(HIGHLIGHT)
+
+
+def _arm_colour(label: str) -> str:
+    return HIGHLIGHT_COLOUR if _is_highlighted(label) else ARM_COLOUR
 
 
 def arm_panel(ax: Axes, means: Mapping[str, Interval], *, xlabel: str) -> None:
@@ -156,20 +163,19 @@ def arm_panel(ax: Axes, means: Mapping[str, Interval], *, xlabel: str) -> None:
     ys = np.arange(len(labels), dtype=np.float64)[::-1]
     for y, label in zip(ys, labels, strict=True):
         interval = means[label]
-        colour = "tab:red" if _is_highlighted(label) else "tab:blue"
         ax.errorbar(
             100 * interval.mean,
             y,
             xerr=0.0 if math.isnan(interval.half_width) else 100 * interval.half_width,
             fmt="o",
-            color=colour,
+            color=_arm_colour(label),
             capsize=3,
         )
     ax.set_yticks(ys, labels=labels, fontsize=8)
     for tick, label in zip(ax.get_yticklabels(), labels, strict=True):
         if _is_highlighted(label):
             tick.set_fontweight("bold")
-            tick.set_color("tab:red")
+            tick.set_color(HIGHLIGHT_COLOUR)
     ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     ax.margins(y=0.05)
@@ -225,13 +231,12 @@ def capacity_panels(axes: Sequence[Axes], part: Mapping[str, Any]) -> None:
     ):
         for label, arm in arms.items():
             interval = Interval.from_dict(arm["mean"][column])
-            colour = "tab:red" if _is_highlighted(label) else "tab:blue"
             ax.errorbar(
                 float(arm["trainable"]),
                 scale * interval.mean,
                 yerr=scale * interval.half_width,
                 fmt="o",
-                color=colour,
+                color=_arm_colour(label),
                 capsize=3,
             )
             ax.annotate(
