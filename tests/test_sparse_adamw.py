@@ -12,11 +12,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fishertune.optim import SparseAdamW
+from fishertune.optim import SparseAdamW, sparse_adamw
 from fishertune.selection import Selection
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
+
+
+@pytest.fixture(autouse=True, params=["fused kernel", "indexing ops"])
+def update_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: with the fused CPU kernel (the default on CPU, required to build
+    here) and with torch's indexing ops, the path used where the kernel is unavailable."""
+    if request.param == "fused kernel":
+        found = sparse_adamw._checked_kernel()
+        assert not isinstance(found, str), found
+    else:
+        monkeypatch.setattr(sparse_adamw, "_checked_kernel", lambda: "disabled by the test")
+        monkeypatch.setattr(sparse_adamw, "_warn_kernel_unavailable", lambda reason: None)
+    return str(request.param)
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:
