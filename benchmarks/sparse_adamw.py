@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from fishertune.optim import SparseAdamW
+from fishertune.optim.sparse_adamw_kernel import kernel_library
 from fishertune.selection import Selection
 
 
@@ -94,6 +95,14 @@ def main() -> None:
         f" {selected / 1e6:.2f}M selected ({selected / elements:.1%}); device {device},"
         f" {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
+
+    kernel = kernel_library()
+    if device.type == "cpu":
+        print(
+            "fused CPU kernel: "
+            + (f"not available ({kernel})" if isinstance(kernel, str) else "compiled")
+            + ("" if isinstance(kernel, str) else f", square root: {kernel.root_names}")
+        )
 
     # The optimisers share the parameters (only timing and state sizes matter here) and take
     # their steps in turn, so that load from other processes and the allocator's state affect

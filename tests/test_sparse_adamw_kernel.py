@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -66,23 +67,23 @@ def test_kernel_equals_indexing_ops_bit_for_bit() -> None:
                 assert value == plain_state[key], key
 
 
-def _spy_on_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record how many tensors each kernel pass receives."""
+def _spy_on_updates(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record how many tensors each call of the kernel receives."""
     calls: list[int] = []
-    original: Callable[..., None] = sparse_adamw.run_pass
+    original: Callable[..., None] = sparse_adamw.run_update
 
-    def spy(library: Any, structs: Any, *args: Any, **kwargs: Any) -> None:
-        calls.append(len(structs))
-        original(library, structs, *args, **kwargs)
+    def spy(kernel: Any, tensors: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(len(tensors))
+        original(kernel, tensors, *args, **kwargs)
 
-    monkeypatch.setattr(sparse_adamw, "run_pass", spy)
+    monkeypatch.setattr(sparse_adamw, "run_update", spy)
     return calls
 
 
 def test_kernel_is_the_default_and_skips_what_it_cannot_index(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls = _spy_on_passes(monkeypatch)
+    calls = _spy_on_updates(monkeypatch)
     contiguous = nn.Parameter(torch.randn(6, 7))
     transposed = nn.Parameter(torch.randn(7, 6).t())  # column-major: flat index != offset
     half = nn.Parameter(torch.randn(6, 7).to(torch.bfloat16))
@@ -95,7 +96,7 @@ def test_kernel_is_the_default_and_skips_what_it_cannot_index(
     for param in named.values():
         param.grad = torch.ones_like(param)
     optimizer.step()
-    assert calls == [1, 1]  # the moments and apply passes, for the contiguous float32 tensor only
+    assert calls == [1]  # one call, for the contiguous float32 tensor only
     for name, param in named.items():  # the other two were updated by torch's indexing ops
         assert not torch.equal(param.detach()[mask], before[name][mask])
         assert torch.equal(param.detach()[~mask], before[name][~mask])
@@ -161,14 +162,52 @@ def test_reports_why_the_kernel_is_unavailable(
 
 
 def test_check_rejects_a_kernel_that_differs(monkeypatch: pytest.MonkeyPatch) -> None:
-    original: Callable[..., None] = sparse_adamw.run_pass
+    original: Callable[..., None] = sparse_adamw.run_update
 
     def off_by_eps(*args: Any, **kwargs: Any) -> None:
         original(*args, **{**kwargs, "eps": kwargs["eps"] * 2})
 
-    monkeypatch.setattr(sparse_adamw, "run_pass", off_by_eps)
+    monkeypatch.setattr(sparse_adamw, "run_update", off_by_eps)
     found = sparse_adamw._checked_kernel.__wrapped__()
     assert isinstance(found, str)
     assert "differs from torch's" in found
     monkeypatch.undo()
     assert not isinstance(sparse_adamw._checked_kernel.__wrapped__(), str)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_square_root_is_torchs_own(dtype: torch.dtype) -> None:
+    kernel = sparse_adamw_kernel.kernel_library()
+    assert not isinstance(kernel, str), kernel
+    probe = sparse_adamw_kernel._probe(dtype)
+    assert (probe < torch.finfo(dtype).smallest_normal).sum() > 100  # subnormals probed
+    result = torch.empty_like(probe)
+    sparse_adamw_kernel.ROOT_FUNCTION(kernel.roots[dtype])(
+        probe.numel(), probe.data_ptr(), result.data_ptr()
+    )
+    assert torch.equal(result, torch.sqrt(probe))
+
+
+def test_only_a_square_root_with_torchs_bits_is_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without torch's own square roots only the correctly rounded one is left: it is used
+    for a dtype exactly when torch.sqrt is correctly rounded there."""
+    monkeypatch.setenv("FISHERTUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(
+        sparse_adamw_kernel,
+        "_torch_square_roots",
+        lambda: {torch.float32: [], torch.float64: []},
+    )
+    found = sparse_adamw_kernel.kernel_library.__wrapped__()
+    correct = {}
+    for dtype in (torch.float32, torch.float64):
+        probe = sparse_adamw_kernel._probe(dtype)
+        rounded = torch.from_numpy(np.sqrt(probe.numpy()))  # numpy's: the IEEE operation
+        correct[dtype] = torch.equal(torch.sqrt(probe), rounded)
+    if isinstance(found, str):
+        assert not any(correct.values())
+        assert "no square root" in found
+    else:
+        assert set(found.roots) == {dtype for dtype, same in correct.items() if same}
+        assert set(found.root_names.values()) == {"the correctly rounded sqrt"}

@@ -18,15 +18,14 @@ optimiser:
   AdamW bit for bit; unselected elements are never written and their gradients never read.
 - On CPU the update runs in a fused C kernel (:mod:`fishertune.optim.sparse_adamw_kernel`,
   compiled on first use) that reads each selected gradient element once and writes each
-  selected parameter element once; torch's indexing ops (two gathers and a scatter) are the
-  fallback and the path on other devices. Once per process the kernel is checked to give
-  exactly the fallback's result before it is used.
+  selected parameter element once, with torch's own square root; torch's indexing ops (two
+  gathers and a scatter) are the fallback and the path on other devices. Once per process the
+  kernel is checked to give exactly the fallback's result before it is used.
 - Parameters without a mask are updated densely, exactly like ``torch.optim.AdamW``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import warnings
 from collections.abc import Callable, Mapping
@@ -38,13 +37,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT, StateDict
 
-from fishertune.optim.sparse_adamw_kernel import (
-    KERNEL_DTYPES,
-    KernelTensor,
-    kernel_library,
-    kernel_structs,
-    run_pass,
-)
+from fishertune.optim.sparse_adamw_kernel import Kernel, KernelTensor, kernel_library, run_update
 from fishertune.selection import Selection, mark_trainable
 
 __all__ = ["SparseAdamW"]
@@ -130,8 +123,8 @@ class SparseAdamW(Optimizer):
         if fused is not None and not isinstance(fused, bool):
             raise TypeError(f"fused must be True, False or None, got {fused!r}")
         self._fused = fused
-        self._library: ctypes.CDLL | None = None
-        self._library_resolved = fused is False
+        self._compiled: Kernel | None = None
+        self._kernel_resolved = fused is False
         self._bias_tables: dict[tuple[float, float, torch.device], tuple[Tensor, Tensor]] = {}
         super().__init__(params, defaults)
         self._parameters: dict[str, Tensor] = dict(parameters or {})
@@ -216,28 +209,26 @@ class SparseAdamW(Optimizer):
                     _dense_adamw(param, grad, state, group)
                 elif state["indices"].numel() == 0:
                     continue
-                elif _kernel_can_update(param, grad, state) and self._kernel() is not None:
+                elif _kernel_can_update(param, grad, state, self._kernel()):
                     fused.setdefault(param.dtype, []).append((param, grad, state))
                 else:
                     self._masked_adamw(param, grad, state, group, step_tables)
-            library = self._library
             for dtype, entries in fused.items():
-                assert library is not None
-                self._fused_adamw(library, entries, group, dtype, step_tables)
+                self._fused_adamw(entries, group, dtype, step_tables)
         return loss
 
-    def _kernel(self) -> ctypes.CDLL | None:
+    def _kernel(self) -> Kernel | None:
         """The fused CPU kernel if this optimiser may use it (resolved once)."""
-        if not self._library_resolved:
-            self._library_resolved = True
+        if not self._kernel_resolved:
+            self._kernel_resolved = True
             found = _checked_kernel()
             if isinstance(found, str):
                 if self._fused:
                     raise RuntimeError(f"SparseAdamW(fused=True): {found}")
                 _warn_kernel_unavailable(found)
             else:
-                self._library = found
-        return self._library
+                self._compiled = found
+        return self._compiled
 
     def load_state_dict(self, state_dict: StateDict) -> None:
         """Load a state produced by :meth:`state_dict`, keeping integer tensors integer.
@@ -327,18 +318,15 @@ class SparseAdamW(Optimizer):
 
     def _fused_adamw(
         self,
-        library: ctypes.CDLL,
         entries: list[tuple[Tensor, Tensor, dict[str, Any]]],
         group: Mapping[str, Any],
         dtype: torch.dtype,
         step_tables: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, Tensor]],
     ) -> None:
-        """AdamW on the selected elements of CPU parameters of one dtype, in the fused kernel.
-
-        The kernel reads both bias corrections per element from the step tables (which hold,
-        for a single cohort, exactly the scalars AdamW uses); ``sqrt`` of the second moment is
-        torch's, computed on the compact state between the kernel's two passes.
-        """
+        """AdamW on the selected elements of CPU parameters of one dtype, in the fused kernel,
+        which reads both bias corrections per element from the step tables (for a single
+        cohort these hold exactly the scalars AdamW uses)."""
+        assert self._compiled is not None
         for _, _, state in entries:
             state["max_step"] += 1
             state["min_step"] += 1
@@ -347,36 +335,28 @@ class SparseAdamW(Optimizer):
         if key not in step_tables:
             step_tables[key] = self._step_tables(group, *key)
         neg_step_size, bias_correction2_sqrt = step_tables[key]
-        roots = torch.empty(sum(state["indices"].numel() for _, _, state in entries), dtype=dtype)
-        tensors, offset = [], 0
-        for param, grad, state in entries:
-            count = state["indices"].numel()
-            tensors.append(
+        weight_decay = group["weight_decay"]
+        run_update(
+            self._compiled,
+            [
                 KernelTensor(
                     param=param,
                     grad=grad,
                     exp_avg=state["exp_avg"],
                     exp_avg_sq=state["exp_avg_sq"],
-                    root=roots[offset : offset + count],
                     step=state["step"],
-                    index=state["indices"],
+                    indices=state["indices"],
                 )
-            )
-            offset += count
-        structs = kernel_structs(tensors)
-        weight_decay = group["weight_decay"]
-        common = {
-            "betas": group["betas"],
-            "neg_step_size": neg_step_size,
-            "bias_correction2_sqrt": bias_correction2_sqrt,
-            "decay": 1 - group["lr"] * weight_decay if weight_decay != 0 else None,
-            "eps": group["eps"],
-            "uniform": all(state["min_step"] == last for _, _, state in entries),
-        }
-        run_pass(library, structs, dtype, moments=True, **common)
-        for tensor in tensors:
-            torch.sqrt(tensor.exp_avg_sq, out=tensor.root)
-        run_pass(library, structs, dtype, moments=False, **common)
+                for param, grad, state in entries
+            ],
+            dtype,
+            betas=group["betas"],
+            neg_step_size=neg_step_size,
+            bias_correction2_sqrt=bias_correction2_sqrt,
+            decay=1 - group["lr"] * weight_decay if weight_decay != 0 else None,
+            eps=group["eps"],
+            uniform=all(state["min_step"] == last for _, _, state in entries),
+        )
 
     def _checked(self, selection: Selection) -> list[tuple[str, Tensor, Tensor]]:
         """Validate ``selection`` against the parameters; return (name, parameter, indices on
@@ -439,14 +419,17 @@ class SparseAdamW(Optimizer):
         return neg_step_size.to(dtype), bias_correction2_sqrt.to(dtype)
 
 
-def _kernel_can_update(param: Tensor, grad: Tensor, state: Mapping[str, Any]) -> bool:
-    """Whether the fused kernel's layout assumptions hold for this parameter: CPU, float32 or
-    float64, parameter and gradient contiguous (flat index = memory offset), int32 indices and
-    steps. The compact state is contiguous and has the parameter's dtype and device (made so
-    on creation, growth and loading)."""
+def _kernel_can_update(
+    param: Tensor, grad: Tensor, state: Mapping[str, Any], kernel: Kernel | None
+) -> bool:
+    """Whether the fused kernel can update this parameter: a kernel for its dtype, on the CPU,
+    parameter and gradient contiguous (flat index = memory offset), int32 indices and steps.
+    The compact state is contiguous and has the parameter's dtype and device (made so on
+    creation, growth and loading)."""
     return (
-        param.device.type == "cpu"
-        and param.dtype in KERNEL_DTYPES
+        kernel is not None
+        and param.device.type == "cpu"
+        and param.dtype in kernel.roots
         and grad.dtype == param.dtype
         and param.is_contiguous()
         and grad.is_contiguous()
@@ -456,15 +439,15 @@ def _kernel_can_update(param: Tensor, grad: Tensor, state: Mapping[str, Any]) ->
 
 
 @functools.cache
-def _checked_kernel() -> ctypes.CDLL | str:
+def _checked_kernel() -> Kernel | str:
     """The fused kernel once it has reproduced the indexing-ops path bit for bit on a small
     problem (both dtypes, two cohorts, both branches of torch's lerp, with and without weight
     decay), or the reason it is not used."""
-    library = kernel_library()
-    if isinstance(library, str):
-        return library
+    kernel = kernel_library()
+    if isinstance(kernel, str):
+        return kernel
     generator = torch.Generator().manual_seed(0)
-    for dtype in KERNEL_DTYPES:
+    for dtype in kernel.roots:
         for betas, weight_decay in (((0.9, 0.999), 0.01), ((0.3, 0.99), 0.0)):
             shapes = ((37, 53), (129,), (5,))
             start = [torch.randn(shape, generator=generator, dtype=dtype) for shape in shapes]
@@ -492,7 +475,7 @@ def _checked_kernel() -> ctypes.CDLL | str:
                     weight_decay=weight_decay,
                     fused=False,
                 )
-                optimizer._library = library if use_kernel else None
+                optimizer._compiled = kernel if use_kernel else None
                 for k, step_grads in enumerate(grads):
                     for param, grad in zip(params, step_grads, strict=True):
                         param.grad = grad.clone()
@@ -505,7 +488,7 @@ def _checked_kernel() -> ctypes.CDLL | str:
                     return (
                         f"the compiled kernel's {dtype} update differs from torch's on this machine"
                     )
-    return library
+    return kernel
 
 
 @functools.cache

@@ -3,12 +3,18 @@
 torch offers no fused gather-update-scatter: updating the selected elements with its indexing
 ops costs two gathers and one scatter, each about as slow per selected element as a whole
 dense AdamW pass per element (docs/performance.md). ``sparse_adamw_kernel.c`` does the update
-in two passes that read the gradient once and read-modify-write the parameter once at the
+in one pass that reads the gradient once and read-modify-writes the parameter once at the
 selected indices. It is compiled with the system's C compiler (``$CC``, else ``cc``) into the
 user's cache directory the first time a SparseAdamW steps on CPU, keyed by a hash of the source,
 compiler and flags, and written atomically so that concurrent processes (torchrun) agree.
-Without a compiler, or if the compiled kernel does not reproduce torch's update bit for bit
-(``SparseAdamW`` checks once per process), the optimiser keeps using torch's indexing ops.
+
+The update's one non-elementary operation is the square root, and torch's is not always the
+correctly rounded one (x86 builds use MKL's ``vsSqrt``/``vdSqrt``, up to 1 ulp off): the
+kernel takes the square root as a function and uses, per dtype, the first candidate that gives
+``torch.sqrt``'s bits on a probe (MKL's from torch's own library, then the correctly rounded
+one). Without a compiler or a matching square root, or if the compiled kernel does not
+reproduce the indexing-ops update bit for bit (``SparseAdamW`` checks once per process), the
+optimiser keeps using torch's indexing ops.
 """
 
 from __future__ import annotations
@@ -24,16 +30,17 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["KERNEL_DTYPES", "KernelTensor", "kernel_library", "kernel_structs", "run_pass"]
+__all__ = ["Kernel", "KernelTensor", "kernel_library", "kernel_structs", "run_update"]
 
 SOURCE = Path(__file__).with_name("sparse_adamw_kernel.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-fopenmp")
-KERNEL_DTYPES = (torch.float32, torch.float64)
 COMPILE_TIMEOUT_S = 120
+ROOT_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
 
 
 class _SparseTensor(ctypes.Structure):
@@ -44,27 +51,31 @@ class _SparseTensor(ctypes.Structure):
         ("grad", ctypes.c_void_p),
         ("exp_avg", ctypes.c_void_p),
         ("exp_avg_sq", ctypes.c_void_p),
-        ("root", ctypes.c_void_p),
         ("step", ctypes.c_void_p),
         ("index", ctypes.c_void_p),
         ("count", ctypes.c_int64),
     ]
 
 
-@dataclass(frozen=True)
-class KernelTensor:
-    """One selected parameter as the kernel sees it; every tensor contiguous, on the CPU.
-
-    ``root`` receives ``sqrt(exp_avg_sq)`` between the two passes.
-    """
+class KernelTensor(NamedTuple):
+    """One selected parameter as the kernel sees it; every tensor contiguous, on the CPU."""
 
     param: Tensor
     grad: Tensor
     exp_avg: Tensor
     exp_avg_sq: Tensor
-    root: Tensor
     step: Tensor
-    index: Tensor
+    indices: Tensor
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The loaded kernel and, per dtype it serves, the address of the square root to use and
+    where it comes from."""
+
+    library: ctypes.CDLL
+    roots: dict[torch.dtype, int]
+    root_names: dict[torch.dtype, str]
 
 
 def cache_directory() -> Path:
@@ -106,8 +117,62 @@ def _compile(compiler: str, target: Path) -> None:
             os.unlink(temporary)
 
 
+def _torch_square_roots() -> dict[torch.dtype, list[tuple[str, int]]]:
+    """MKL's 64-bit-length vector square roots, where torch's CPU library exports them."""
+    found: dict[torch.dtype, list[tuple[str, int]]] = {torch.float32: [], torch.float64: []}
+    for path in sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*")):
+        try:
+            library = ctypes.CDLL(str(path))
+        except OSError:
+            continue
+        for dtype, name in ((torch.float32, "vsSqrt_64"), (torch.float64, "vdSqrt_64")):
+            if hasattr(library, name):
+                found[dtype].append((f"torch's {name}", _address(getattr(library, name))))
+    return found
+
+
+def _address(function: Any) -> int:
+    address = ctypes.cast(function, ctypes.c_void_p).value
+    assert address is not None
+    return address
+
+
+def _probe(dtype: torch.dtype) -> Tensor:
+    """Non-negative values over the dtype's whole exponent range, zero and subnormals."""
+    generator = torch.Generator().manual_seed(0)
+    info = torch.finfo(dtype)
+    exponents = torch.linspace(
+        float(torch.log10(torch.tensor(info.smallest_normal, dtype=torch.float64))) - 3,
+        float(torch.log10(torch.tensor(info.max, dtype=torch.float64))) - 1,
+        1 << 15,
+        dtype=torch.float64,
+    )
+    values = torch.rand(exponents.shape, generator=generator, dtype=torch.float64)
+    probe = (values * 10.0**exponents).to(dtype)
+    return torch.cat([probe, torch.tensor([0.0, 1.0, 4.0], dtype=dtype)])
+
+
+def _matching_roots(library: ctypes.CDLL) -> dict[torch.dtype, tuple[str, int]]:
+    """Per dtype, the first candidate square root giving ``torch.sqrt``'s bits on the probe."""
+    candidates = _torch_square_roots()
+    for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
+        function = getattr(library, f"correctly_rounded_sqrt_{suffix}")
+        candidates[dtype].append(("the correctly rounded sqrt", _address(function)))
+    roots: dict[torch.dtype, tuple[str, int]] = {}
+    for dtype, functions in candidates.items():
+        probe = _probe(dtype)
+        expected = torch.sqrt(probe)
+        for name, address in functions:
+            result = torch.empty_like(probe)
+            ROOT_FUNCTION(address)(probe.numel(), probe.data_ptr(), result.data_ptr())
+            if torch.equal(result, expected):
+                roots[dtype] = (name, address)
+                break
+    return roots
+
+
 @functools.cache
-def kernel_library() -> ctypes.CDLL | str:
+def kernel_library() -> Kernel | str:
     """The loaded kernel, compiled if not cached yet, or the reason it is unavailable."""
     compiler = _compiler()
     if compiler is None:
@@ -123,12 +188,11 @@ def kernel_library() -> ctypes.CDLL | str:
         library = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as error:
         return f"the kernel could not be built or loaded ({error})"
-    function = library.sparse_adamw_pass
+    function = library.sparse_adamw_update
     function.restype = None
     function.argtypes = [
         ctypes.POINTER(_SparseTensor),
         ctypes.c_int64,
-        ctypes.c_int,  # pass: 1 moments, 2 apply
         ctypes.c_int,  # is_double
         ctypes.c_double,  # 1 - beta1
         ctypes.c_double,  # beta2
@@ -139,32 +203,38 @@ def kernel_library() -> ctypes.CDLL | str:
         ctypes.c_int,  # apply weight decay
         ctypes.c_double,  # eps
         ctypes.c_int,  # every element has the same step
+        ctypes.c_void_p,  # the square root
         ctypes.c_int,  # threads
     ]
-    return library
+    roots = _matching_roots(library)
+    if not roots:
+        return "no square root available to C gives torch.sqrt's results on this machine"
+    return Kernel(
+        library,
+        {dtype: address for dtype, (_, address) in roots.items()},
+        {dtype: name for dtype, (name, _) in roots.items()},
+    )
 
 
 def kernel_structs(tensors: Sequence[KernelTensor]) -> ctypes.Array[_SparseTensor]:
-    """The C descriptions of ``tensors``, built once per step and shared by both passes."""
+    """The C descriptions of ``tensors``."""
     array = (_SparseTensor * len(tensors))()
     for entry, tensor in zip(array, tensors, strict=True):
         entry.param = tensor.param.data_ptr()
         entry.grad = tensor.grad.data_ptr()
         entry.exp_avg = tensor.exp_avg.data_ptr()
         entry.exp_avg_sq = tensor.exp_avg_sq.data_ptr()
-        entry.root = tensor.root.data_ptr()
         entry.step = tensor.step.data_ptr()
-        entry.index = tensor.index.data_ptr()
-        entry.count = tensor.index.numel()
+        entry.index = tensor.indices.data_ptr()
+        entry.count = tensor.indices.numel()
     return array
 
 
-def run_pass(
-    library: ctypes.CDLL,
-    structs: ctypes.Array[_SparseTensor],
+def run_update(
+    kernel: Kernel,
+    tensors: Sequence[KernelTensor],
     dtype: torch.dtype,
     *,
-    moments: bool,
     betas: tuple[float, float],
     neg_step_size: Tensor,
     bias_correction2_sqrt: Tensor,
@@ -172,15 +242,14 @@ def run_pass(
     eps: float,
     uniform: bool,
 ) -> None:
-    """Run the moments pass (``moments=True``) or the apply pass over the tensors described by
-    ``structs``, which have ``dtype``; the step tables (indexed by each
-    element's step) have that dtype too. ``decay`` is ``1 - lr * weight_decay``, or None;
-    ``uniform`` says that every element has the same step (the tables are then read once)."""
+    """One AdamW step of the selected elements of ``tensors``, which have ``dtype`` (one the
+    kernel serves); the step tables (indexed by each element's step) have that dtype too.
+    ``decay`` is ``1 - lr * weight_decay``, or None; ``uniform`` says that every element has
+    the same step (the tables are then read once)."""
     beta1, beta2 = betas
-    library.sparse_adamw_pass(
-        structs,
-        len(structs),
-        1 if moments else 2,
+    kernel.library.sparse_adamw_update(
+        kernel_structs(tensors),
+        len(tensors),
         int(dtype == torch.float64),
         1 - beta1,
         beta2,
@@ -191,5 +260,6 @@ def run_pass(
         int(decay is not None),
         eps,
         int(uniform),
+        kernel.roots[dtype],
         torch.get_num_threads(),
     )
