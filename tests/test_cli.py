@@ -80,6 +80,7 @@ def test_info_reports_versions(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "torch" in out
     assert "cuda" in out
+    assert "SparseAdamW CPU kernel: compiled and checked (square root float32: " in out
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

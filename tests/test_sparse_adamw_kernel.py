@@ -211,3 +211,11 @@ def test_only_a_square_root_with_torchs_bits_is_used(
     else:
         assert set(found.roots) == {dtype for dtype, same in correct.items() if same}
         assert set(found.root_names.values()) == {"the correctly rounded sqrt"}
+
+
+def test_status_line_says_whether_the_kernel_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sparse_adamw.fused_kernel_status().startswith("compiled and checked (square root ")
+    monkeypatch.setattr(sparse_adamw, "_checked_kernel", lambda: "no C compiler found")
+    assert sparse_adamw.fused_kernel_status() == (
+        "not used: no C compiler found; torch's indexing ops instead"
+    )

@@ -33,6 +33,9 @@ def _cmd_info(_: argparse.Namespace) -> int:
     devices = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     print(f"cuda       {'yes: ' + devices if cuda else 'no (CPU only)'}")
     print(f"threads    {torch.get_num_threads()}")
+    from fishertune.optim import fused_kernel_status
+
+    print(f"SparseAdamW CPU kernel: {fused_kernel_status()}")
     return 0
 
 

@@ -40,7 +40,7 @@ from torch.optim.optimizer import ParamsT, StateDict
 from fishertune.optim.sparse_adamw_kernel import Kernel, KernelTensor, kernel_library, run_update
 from fishertune.selection import Selection, mark_trainable
 
-__all__ = ["SparseAdamW"]
+__all__ = ["SparseAdamW", "fused_kernel_status"]
 
 
 def _describe(tensor: object) -> str:
@@ -489,6 +489,17 @@ def _checked_kernel() -> Kernel | str:
                         f"the compiled kernel's {dtype} update differs from torch's on this machine"
                     )
     return kernel
+
+
+def fused_kernel_status() -> str:
+    """One line on the fused CPU kernel: in use, with its square roots, or why not."""
+    found = _checked_kernel()
+    if isinstance(found, str):
+        return f"not used: {found}; torch's indexing ops instead"
+    roots = ", ".join(
+        f"{str(dtype).removeprefix('torch.')}: {name}" for dtype, name in found.root_names.items()
+    )
+    return f"compiled and checked (square root {roots})"
 
 
 @functools.cache
