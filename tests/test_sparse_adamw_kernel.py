@@ -219,3 +219,21 @@ def test_status_line_says_whether_the_kernel_is_used(monkeypatch: pytest.MonkeyP
     assert sparse_adamw.fused_kernel_status() == (
         "not used: no C compiler found; torch's indexing ops instead"
     )
+
+
+def test_kernel_is_not_built_for_parameters_it_could_not_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run whose selected parameters the kernel cannot take (GPU tensors, or here a
+    column-major one) never compiles or checks it, so never warns about it either."""
+
+    def fail() -> None:
+        raise AssertionError("the kernel was resolved")
+
+    monkeypatch.setattr(sparse_adamw, "_checked_kernel", fail)
+    param = nn.Parameter(torch.randn(7, 6).t())
+    optimizer = SparseAdamW(
+        [param], Selection.from_masks({"w": torch.ones(6, 7, dtype=torch.bool)}), {"w": param}
+    )
+    param.grad = torch.randn(6, 7)
+    optimizer.step()

@@ -209,7 +209,7 @@ class SparseAdamW(Optimizer):
                     _dense_adamw(param, grad, state, group)
                 elif state["indices"].numel() == 0:
                     continue
-                elif _kernel_can_update(param, grad, state, self._kernel()):
+                elif _kernel_layout(param, grad, state) and param.dtype in self._kernel_dtypes():
                     fused.setdefault(param.dtype, []).append((param, grad, state))
                 else:
                     self._masked_adamw(param, grad, state, group, step_tables)
@@ -217,8 +217,14 @@ class SparseAdamW(Optimizer):
                 self._fused_adamw(entries, group, dtype, step_tables)
         return loss
 
+    def _kernel_dtypes(self) -> Mapping[torch.dtype, int]:
+        """The dtypes the fused kernel serves (none if this optimiser may not use it)."""
+        kernel = self._kernel()
+        return {} if kernel is None else kernel.roots
+
     def _kernel(self) -> Kernel | None:
-        """The fused CPU kernel if this optimiser may use it (resolved once)."""
+        """The fused CPU kernel if this optimiser may use it (resolved, and compiled if need
+        be, when a CPU parameter first needs it)."""
         if not self._kernel_resolved:
             self._kernel_resolved = True
             found = _checked_kernel()
@@ -419,17 +425,13 @@ class SparseAdamW(Optimizer):
         return neg_step_size.to(dtype), bias_correction2_sqrt.to(dtype)
 
 
-def _kernel_can_update(
-    param: Tensor, grad: Tensor, state: Mapping[str, Any], kernel: Kernel | None
-) -> bool:
-    """Whether the fused kernel can update this parameter: a kernel for its dtype, on the CPU,
-    parameter and gradient contiguous (flat index = memory offset), int32 indices and steps.
-    The compact state is contiguous and has the parameter's dtype and device (made so on
-    creation, growth and loading)."""
+def _kernel_layout(param: Tensor, grad: Tensor, state: Mapping[str, Any]) -> bool:
+    """Whether the fused kernel's layout assumptions hold for this parameter: on the CPU,
+    parameter and gradient contiguous and of one dtype (flat index = memory offset), int32
+    indices and steps. The compact state is contiguous and has the parameter's dtype and
+    device (made so on creation, growth and loading)."""
     return (
-        kernel is not None
-        and param.device.type == "cpu"
-        and param.dtype in kernel.roots
+        param.device.type == "cpu"
         and grad.dtype == param.dtype
         and param.is_contiguous()
         and grad.is_contiguous()
