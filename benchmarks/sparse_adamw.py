@@ -29,8 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from fishertune.optim import SparseAdamW
-from fishertune.optim.sparse_adamw_kernel import kernel_library
+from fishertune.optim import SparseAdamW, fused_kernel_status
 from fishertune.selection import Selection
 
 
@@ -96,13 +95,8 @@ def main() -> None:
         f" {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
 
-    kernel = kernel_library()
     if device.type == "cpu":
-        print(
-            "fused CPU kernel: "
-            + (f"not available ({kernel})" if isinstance(kernel, str) else "compiled")
-            + ("" if isinstance(kernel, str) else f", square root: {kernel.root_names}")
-        )
+        print(f"SparseAdamW CPU kernel: {fused_kernel_status()}")
 
     # The optimisers share the parameters (only timing and state sizes matter here) and take
     # their steps in turn, so that load from other processes and the allocator's state affect

@@ -182,7 +182,7 @@ def test_square_root_is_torchs_own(dtype: torch.dtype) -> None:
     probe = sparse_adamw_kernel._probe(dtype)
     assert (probe < torch.finfo(dtype).smallest_normal).sum() > 100  # subnormals probed
     result = torch.empty_like(probe)
-    sparse_adamw_kernel.ROOT_FUNCTION(kernel.roots[dtype])(
+    sparse_adamw_kernel.ROOT_FUNCTION(kernel.roots[dtype].address)(
         probe.numel(), probe.data_ptr(), result.data_ptr()
     )
     assert torch.equal(result, torch.sqrt(probe))
@@ -210,7 +210,7 @@ def test_only_a_square_root_with_torchs_bits_is_used(
         assert "no square root" in found
     else:
         assert set(found.roots) == {dtype for dtype, same in correct.items() if same}
-        assert set(found.root_names.values()) == {"the correctly rounded sqrt"}
+        assert {root.name for root in found.roots.values()} == {"the correctly rounded sqrt"}
 
 
 def test_status_line_says_whether_the_kernel_is_used(monkeypatch: pytest.MonkeyPatch) -> None:

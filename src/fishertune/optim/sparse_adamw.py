@@ -37,7 +37,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT, StateDict
 
-from fishertune.optim.sparse_adamw_kernel import Kernel, KernelTensor, kernel_library, run_update
+from fishertune.optim.sparse_adamw_kernel import (
+    Kernel,
+    KernelTensor,
+    SquareRoot,
+    kernel_library,
+    run_update,
+)
 from fishertune.selection import Selection, mark_trainable
 
 __all__ = ["SparseAdamW", "fused_kernel_status"]
@@ -217,7 +223,7 @@ class SparseAdamW(Optimizer):
                 self._fused_adamw(entries, group, dtype, step_tables)
         return loss
 
-    def _kernel_dtypes(self) -> Mapping[torch.dtype, int]:
+    def _kernel_dtypes(self) -> Mapping[torch.dtype, SquareRoot]:
         """The dtypes the fused kernel serves (none if this optimiser may not use it)."""
         kernel = self._kernel()
         return {} if kernel is None else kernel.roots
@@ -499,7 +505,7 @@ def fused_kernel_status() -> str:
     if isinstance(found, str):
         return f"not used: {found}; torch's indexing ops instead"
     roots = ", ".join(
-        f"{str(dtype).removeprefix('torch.')}: {name}" for dtype, name in found.root_names.items()
+        f"{str(dtype).removeprefix('torch.')}: {root.name}" for dtype, root in found.roots.items()
     )
     return f"compiled and checked (square root {roots})"
 

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Kernel", "KernelTensor", "kernel_library", "kernel_structs", "run_update"]
+__all__ = ["Kernel", "KernelTensor", "SquareRoot", "kernel_library", "run_update"]
 
 SOURCE = Path(__file__).with_name("sparse_adamw_kernel.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-fopenmp")
@@ -68,14 +68,19 @@ class KernelTensor(NamedTuple):
     indices: Tensor
 
 
+class SquareRoot(NamedTuple):
+    """A C function ``r[0:n] = sqrt(a[0:n])``: where it comes from, and its address."""
+
+    name: str
+    address: int
+
+
 @dataclass(frozen=True)
 class Kernel:
-    """The loaded kernel and, per dtype it serves, the address of the square root to use and
-    where it comes from."""
+    """The loaded kernel and, per dtype it serves, the square root it uses."""
 
     library: ctypes.CDLL
-    roots: dict[torch.dtype, int]
-    root_names: dict[torch.dtype, str]
+    roots: dict[torch.dtype, SquareRoot]
 
 
 def cache_directory() -> Path:
@@ -117,9 +122,9 @@ def _compile(compiler: str, target: Path) -> None:
             os.unlink(temporary)
 
 
-def _torch_square_roots() -> dict[torch.dtype, list[tuple[str, int]]]:
+def _torch_square_roots() -> dict[torch.dtype, list[SquareRoot]]:
     """MKL's 64-bit-length vector square roots, where torch's CPU library exports them."""
-    found: dict[torch.dtype, list[tuple[str, int]]] = {torch.float32: [], torch.float64: []}
+    found: dict[torch.dtype, list[SquareRoot]] = {torch.float32: [], torch.float64: []}
     for path in sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*")):
         try:
             library = ctypes.CDLL(str(path))
@@ -127,7 +132,7 @@ def _torch_square_roots() -> dict[torch.dtype, list[tuple[str, int]]]:
             continue
         for dtype, name in ((torch.float32, "vsSqrt_64"), (torch.float64, "vdSqrt_64")):
             if hasattr(library, name):
-                found[dtype].append((f"torch's {name}", _address(getattr(library, name))))
+                found[dtype].append(SquareRoot(f"torch's {name}", _address(getattr(library, name))))
     return found
 
 
@@ -152,21 +157,21 @@ def _probe(dtype: torch.dtype) -> Tensor:
     return torch.cat([probe, torch.tensor([0.0, 1.0, 4.0], dtype=dtype)])
 
 
-def _matching_roots(library: ctypes.CDLL) -> dict[torch.dtype, tuple[str, int]]:
+def _matching_roots(library: ctypes.CDLL) -> dict[torch.dtype, SquareRoot]:
     """Per dtype, the first candidate square root giving ``torch.sqrt``'s bits on the probe."""
     candidates = _torch_square_roots()
     for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
         function = getattr(library, f"correctly_rounded_sqrt_{suffix}")
-        candidates[dtype].append(("the correctly rounded sqrt", _address(function)))
-    roots: dict[torch.dtype, tuple[str, int]] = {}
+        candidates[dtype].append(SquareRoot("the correctly rounded sqrt", _address(function)))
+    roots: dict[torch.dtype, SquareRoot] = {}
     for dtype, functions in candidates.items():
         probe = _probe(dtype)
         expected = torch.sqrt(probe)
-        for name, address in functions:
+        for root in functions:
             result = torch.empty_like(probe)
-            ROOT_FUNCTION(address)(probe.numel(), probe.data_ptr(), result.data_ptr())
+            ROOT_FUNCTION(root.address)(probe.numel(), probe.data_ptr(), result.data_ptr())
             if torch.equal(result, expected):
-                roots[dtype] = (name, address)
+                roots[dtype] = root
                 break
     return roots
 
@@ -209,14 +214,10 @@ def kernel_library() -> Kernel | str:
     roots = _matching_roots(library)
     if not roots:
         return "no square root available to C gives torch.sqrt's results on this machine"
-    return Kernel(
-        library,
-        {dtype: address for dtype, (_, address) in roots.items()},
-        {dtype: name for dtype, (name, _) in roots.items()},
-    )
+    return Kernel(library, roots)
 
 
-def kernel_structs(tensors: Sequence[KernelTensor]) -> ctypes.Array[_SparseTensor]:
+def _structs(tensors: Sequence[KernelTensor]) -> ctypes.Array[_SparseTensor]:
     """The C descriptions of ``tensors``."""
     array = (_SparseTensor * len(tensors))()
     for entry, tensor in zip(array, tensors, strict=True):
@@ -248,7 +249,7 @@ def run_update(
     the same step (the tables are then read once)."""
     beta1, beta2 = betas
     kernel.library.sparse_adamw_update(
-        kernel_structs(tensors),
+        _structs(tensors),
         len(tensors),
         int(dtype == torch.float64),
         1 - beta1,
@@ -260,6 +261,6 @@ def run_update(
         int(decay is not None),
         eps,
         int(uniform),
-        kernel.roots[dtype],
+        kernel.roots[dtype].address,
         torch.get_num_threads(),
     )
