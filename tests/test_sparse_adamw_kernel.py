@@ -18,15 +18,17 @@ from fishertune.selection import Selection
 
 def _problem(seed: int) -> tuple[list[nn.Parameter], list[dict[str, torch.Tensor]]]:
     """float32 and float64 tensors, large enough for several threads and chunks, and two
-    nested random selections of each."""
+    nested random selections of each: 30% then 50%, except 2% then 3.3% of the last tensor,
+    whose chunks are too sparse for the kernel to sweep their span first."""
     generator = torch.Generator().manual_seed(seed)
-    shapes = [(300, 200), (777,), (64, 3, 5), (300, 200), (33,)]
-    dtypes = [torch.float32, torch.float32, torch.float32, torch.float64, torch.float64]
+    shapes = [(300, 200), (777,), (64, 3, 5), (300, 200), (33,), (600, 500)]
+    dtypes = [torch.float32] * 3 + [torch.float64] * 2 + [torch.float32]
     params = [
         nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype) * 0.1)
         for shape, dtype in zip(shapes, dtypes, strict=True)
     ]
     ranks = [torch.rand(shape, generator=generator) for shape in shapes]
+    ranks[-1] *= 15
     masks = [{f"p{i}": rank < share for i, rank in enumerate(ranks)} for share in (0.3, 0.5)]
     return params, masks
 
