@@ -33,3 +33,21 @@ def test_every_bench_script_exists_and_starts(script: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
+
+
+def test_sparse_adamw_benchmark_prints_both_ratios_from_one_run() -> None:
+    """Issue 23: one run prints the state ratio and the step-time ratio (tiny sizes here)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "sparse_adamw.py"),
+            *("--blocks", "1", "--dim", "32", "--warmup", "0", "--steps", "2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^state ratio sparse/dense = \d+\.\d%", done.stdout, re.MULTILINE)
+    assert re.search(r"^step time ratio sparse/dense = \d+\.\d\dx", done.stdout, re.MULTILINE)
+    assert "glibc keeps freed memory" in done.stdout or "allocator left as it is" in done.stdout

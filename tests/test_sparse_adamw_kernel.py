@@ -18,8 +18,8 @@ from fishertune.selection import Selection
 
 def _problem(seed: int) -> tuple[list[nn.Parameter], list[dict[str, torch.Tensor]]]:
     """float32 and float64 tensors, large enough for several threads and chunks, and two
-    nested random selections of each: 30% then 50%, except 2% then 3.3% of the last tensor,
-    whose chunks are too sparse for the kernel to sweep their span first."""
+    nested random selections of each: 30% then 50%, except 2% then 3.3% of the last tensor
+    (chunks whose elements rarely share a cache line)."""
     generator = torch.Generator().manual_seed(seed)
     shapes = [(300, 200), (777,), (64, 3, 5), (300, 200), (33,), (600, 500)]
     dtypes = [torch.float32] * 3 + [torch.float64] * 2 + [torch.float32]

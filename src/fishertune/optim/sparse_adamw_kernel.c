@@ -15,10 +15,9 @@
  * with both bias corrections read from tables indexed by the element's step. The gradient is
  * read and the parameter read-modified-written only at the selected indices, once each. The
  * elements go through in chunks: gathered into a buffer on the stack, updated in loops without
- * indirection (which the compiler vectorises), scattered back. Where a chunk needs at least
- * half of the cache lines its indices span anyway, the gradient and parameter lines of the
- * span are first read in order (a sweep; values discarded): the irregular gather alone keeps
- * the hardware prefetcher from running ahead, a sequential read does not. The file is
+ * indirection (which the compiler vectorises), scattered back. While a chunk is gathered, the
+ * cache lines the next chunk will read and write are requested into L2 (software prefetch):
+ * the hardware prefetcher does not follow the irregular gather by itself. The file is
  * compiled with -ffp-contract=off, so only the explicit fma calls fuse.
  */
 #include <math.h>
@@ -64,28 +63,16 @@ typedef struct {
 #endif
 
 /* Elements per chunk: 16 KiB per buffer (4096 float32, 2048 float64), 48 KiB of stack per
- * thread; at 5% density a chunk's span of gradient and parameter (~650 KiB) stays in a 1 MiB
- * L2 cache between the sweep and the scatter. */
+ * thread; the lines of the next chunk (at 5% density ~650 KiB of gradient and parameter)
+ * fit in a 1 MiB L2 cache. */
 #define CHUNK_BYTES 16384
 #define LINE_BYTES 64
 
-/* Whether at least half of the lines that indices ic[0..n-1] span hold a selected element
- * (`per_line` elements to a line; counted by index, ignoring the array's alignment). */
-static int worth_sweeping(const int32_t *ic, int n, int per_line) {
-    int distinct = 1;
-    for (int j = 1; j < n; j++) distinct += ic[j] / per_line != ic[j - 1] / per_line;
-    const int64_t span = (int64_t)(ic[n - 1] / per_line) - ic[0] / per_line + 1;
-    return 2 * (int64_t)distinct >= span;
-}
-
-/* Reads one byte of each line of a[first..last] and of b[first..last] (byte offsets), in
- * order; as bytes, so that no floating-point value is formed. */
-static unsigned sweep(const unsigned char *a, const unsigned char *b, int64_t first,
-                      int64_t last) {
-    unsigned touched = 0;
-    for (int64_t x = first; x <= last; x += LINE_BYTES) touched += a[x] + b[x];
-    return touched;
-}
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH_TO_L2(address, for_write) __builtin_prefetch((address), (for_write), 1)
+#else
+#define PREFETCH_TO_L2(address, for_write) ((void)(address))
+#endif
 
 #define DEFINE_UPDATE(T, FMA, SUFFIX)                                                         \
     MULTIVERSIONED static void update_##SUFFIX(const sparse_tensor *t, int64_t a, int64_t b,  \
@@ -99,19 +86,22 @@ static unsigned sweep(const unsigned char *a, const unsigned char *b, int64_t fi
         const int small = fabs((double)w1) < 0.5;                                             \
         const T coefficient = small ? w1 : w1 - (T)1;                                         \
         enum { CHUNK = CHUNK_BYTES / sizeof(T), PER_LINE = LINE_BYTES / sizeof(T) };          \
-        volatile unsigned sink; /* keeps the sweep's reads */                                 \
         T gathered[CHUNK], root[CHUNK], delta[CHUNK];                                         \
         for (int64_t c = a; c < b; c += CHUNK) {                                              \
             const int n = b - c < CHUNK ? (int)(b - c) : CHUNK;                               \
             const int32_t *ic = t->index + c;                                                 \
             int32_t *sc = t->step + c;                                                        \
             T *mc = m + c, *vc = v + c;                                                       \
-            if (worth_sweeping(ic, n, PER_LINE)) {                                            \
-                sink = sweep((const unsigned char *)g, (const unsigned char *)p,              \
-                             ic[0] * (int64_t)sizeof(T), ic[n - 1] * (int64_t)sizeof(T));     \
-                (void)sink;                                                                   \
+            /* the next chunk's first index per line (by index; alignment only costs speed) */ \
+            const int64_t next = b - c - CHUNK; /* its length, if positive */                 \
+            const int32_t *in = t->index + (next > 0 ? c + CHUNK : b);                        \
+            for (int j = 0; j < n; j++) {                                                     \
+                gathered[j] = g[ic[j]];                                                       \
+                if (j < next && (j == 0 || in[j] / PER_LINE != in[j - 1] / PER_LINE)) {       \
+                    PREFETCH_TO_L2(g + in[j], 0);                                             \
+                    PREFETCH_TO_L2(p + in[j], 1);                                             \
+                }                                                                             \
             }                                                                                 \
-            for (int j = 0; j < n; j++) gathered[j] = g[ic[j]];                               \
             for (int j = 0; j < n; j++) sc[j] += 1;                                           \
             if (small)                                                                        \
                 for (int j = 0; j < n; j++)                                                   \
