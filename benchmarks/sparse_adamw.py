@@ -14,8 +14,8 @@ fused CPU kernel (``fused=False``), in one run, the optimisers taking their step
 time ratios are medians over rounds of the ratio within a round, so that the machine's load
 drifting between rounds cancels. glibc is told to keep freed memory, so that dense AdamW's
 temporaries do not page-fault afresh each step (which doubles its time at random; see
-``keep_freed_memory``): the comparison is with dense AdamW at its fastest. Targets (issue 23): state <= 12% of dense, step time <= 0.25x
-dense.
+``keep_freed_memory``): the comparison is with dense AdamW at its fastest. Targets (issue
+23): state <= 12% of dense, step time <= 0.25x dense.
 
     .venv/bin/python benchmarks/sparse_adamw.py            # ViT-B, < 1 minute on 2 CPU cores
     .venv/bin/python benchmarks/sparse_adamw.py --blocks 2 # quicker
