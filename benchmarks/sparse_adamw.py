@@ -72,7 +72,8 @@ def keep_freed_memory() -> str:
     if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(
         M_TRIM_THRESHOLD, 2**31 - 1
     ):
-        return "glibc keeps freed memory (mmap threshold 32 MiB, no trimming)"
+        threshold = MMAP_THRESHOLD_MAX >> 20
+        return f"glibc keeps freed memory (mmap threshold {threshold} MiB, no trimming)"
     return "allocator left as it is (mallopt refused)"
 
 

@@ -1,5 +1,6 @@
 """``make bench`` runs scripts that exist and start: each script its recipe names answers
-``--help`` (the benchmarks themselves take minutes and are run by hand)."""
+``--help`` (the benchmarks themselves take minutes at their sizes and are run by hand; the
+sparse-step benchmark also runs here at a tiny size, for what it prints)."""
 
 from __future__ import annotations
 
